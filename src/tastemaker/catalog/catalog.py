@@ -1,0 +1,84 @@
+"""The item catalog, held in RAM as columnar numpy arrays (row index = position)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Catalog", "CatalogError"]
+
+
+class CatalogError(ValueError):
+    """The catalog data is malformed; the message names the column and row."""
+
+
+class Catalog:
+    """Items as columns: `ids[i]`, `category[i]`, ... describe the item in row `i`.
+
+    Categorical columns are stored as int32 codes into `categories` / `brands`, so a
+    per-category lookup over all candidates is one fancy index. Embeddings are float32 and
+    L2-normalized, so a dot product is a cosine similarity.
+    """
+
+    def __init__(
+        self,
+        *,
+        ids: Sequence[str],
+        titles: Sequence[str],
+        categories: Sequence[str],
+        brands: Sequence[str],
+        prices: npt.ArrayLike,
+        embeddings: npt.ArrayLike,
+    ) -> None:
+        n = len(ids)
+        for name, col in (("title", titles), ("category", categories), ("brand", brands)):
+            if len(col) != n:
+                raise CatalogError(f"column {name!r} has {len(col)} rows, item_id has {n}")
+        self.ids: npt.NDArray[np.object_] = np.asarray(ids, dtype=object)
+        self.index: dict[str, int] = {item_id: row for row, item_id in enumerate(ids)}
+        if len(self.index) != n:
+            dup = next(i for i, count in Counter(ids).items() if count > 1)
+            raise CatalogError(f"duplicate item_id {dup!r}")
+        self.titles: npt.NDArray[np.object_] = np.asarray(titles, dtype=object)
+        self.category_names, category_codes = np.unique(
+            np.asarray(categories, dtype=str), return_inverse=True
+        )
+        self.brand_names, brand_codes = np.unique(
+            np.asarray(brands, dtype=str), return_inverse=True
+        )
+        self.category: npt.NDArray[np.int32] = category_codes.astype(np.int32).reshape(-1)
+        self.brand: npt.NDArray[np.int32] = brand_codes.astype(np.int32).reshape(-1)
+        self.category_index = {str(c): i for i, c in enumerate(self.category_names)}
+        self.brand_index = {str(b): i for i, b in enumerate(self.brand_names)}
+        self.price: npt.NDArray[np.float32] = np.asarray(prices, dtype=np.float32).reshape(-1)
+        if self.price.shape != (n,):
+            raise CatalogError(f"column 'price' has {self.price.shape[0]} rows, item_id has {n}")
+        if not np.all(np.isfinite(self.price)):
+            bad = int(np.flatnonzero(~np.isfinite(self.price))[0])
+            raise CatalogError(f"column 'price' row {bad}: not a finite number")
+        emb = np.asarray(embeddings, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[0] != n:
+            raise CatalogError(
+                f"column 'embedding' must be {n} vectors of one length, got shape {emb.shape}"
+            )
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        if not np.all(np.isfinite(norms)):
+            bad = int(np.flatnonzero(~np.isfinite(norms[:, 0]))[0])
+            raise CatalogError(f"column 'embedding' row {bad}: not finite")
+        self.embedding: npt.NDArray[np.float32] = emb / np.maximum(norms, 1e-12)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        return int(self.embedding.shape[1])
+
+    def rows(self, item_ids: Sequence[str]) -> npt.NDArray[np.int64]:
+        """Row index of each id, -1 for ids not in the catalog."""
+        get = self.index.get
+        return np.fromiter((get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))

@@ -1,0 +1,175 @@
+"""One typed, frozen config tree with defaults, read from TOML, overridable by environment.
+
+Environment overrides use the prefix `TASTEMAKER_` and `__` between levels:
+`TASTEMAKER_STORE__URL=embedded:///var/lib/tm/store`, `TASTEMAKER_SERVING__PORT=9000`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+from tastemaker.events import EventType
+from tastemaker.features import (
+    Centroid,
+    CountByType,
+    DecayedIntensity,
+    FeatureKind,
+    Histogram,
+    LastN,
+    LastValue,
+)
+
+__all__ = ["Config", "ConfigError", "load_config"]
+
+DAY = 86400.0
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+
+
+class ConfigError(ValueError):
+    """The config file or an override is invalid; the message names the setting."""
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class LogConfig(_Section, frozen=True):
+    url: str = "embedded://tastemaker-data/log"
+
+
+class StoreConfig(_Section, frozen=True):
+    url: str = "embedded://tastemaker-data/store"
+    profile_ttl_s: Positive = 90 * DAY
+    session_ttl_s: Positive = 1 * DAY
+    covis_ttl_s: Positive = 30 * DAY
+
+
+class CatalogConfig(_Section, frozen=True):
+    path: str | None = None
+
+
+class StreamConfig(_Section, frozen=True):
+    group: str = "features"
+    batch_size: PositiveInt = 5000
+    poll_interval_s: Positive = 0.2
+    session_gap_s: Positive = 1800.0
+    dedup_window_s: Positive = 7 * DAY
+    popularity_half_life_s: Positive = 3 * DAY
+    covis_window: PositiveInt = 5
+    covis_max_neighbours: PositiveInt = 100
+    top_popular: PositiveInt = 500
+    top_per_category: PositiveInt = 200
+    run_in_server: bool = True
+
+
+class RankingConfig(_Section, frozen=True):
+    """Weights of the linear scorer over the candidate feature matrix."""
+
+    weights: dict[str, float] = msgspec.field(
+        default_factory=lambda: {
+            "popularity": 0.15,
+            "covisitation": 0.9,
+            "category_retrieval": 0.3,
+            "emb_click_sim": 1.2,
+            "category_affinity": 1.0,
+            "brand_affinity": 0.5,
+            "price_fit": 0.4,
+            "session_category": 0.6,
+        }
+    )
+
+
+class ServingConfig(_Section, frozen=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    default_n: PositiveInt = 10
+    max_n: PositiveInt = 200
+    popular_candidates: PositiveInt = 300
+    covis_candidates: PositiveInt = 300
+    category_candidates: PositiveInt = 300
+    global_cache_s: Positive = 1.0
+
+
+def default_features() -> list[FeatureKind]:
+    """The feature set of the demo shop; see docs/config.example.toml."""
+    engaged = [
+        EventType.VIEW,
+        EventType.CLICK,
+        EventType.ADD_TO_CART,
+        EventType.PURCHASE,
+        EventType.LIKE,
+        EventType.RATE,
+    ]
+    return [
+        CountByType("counts"),
+        DecayedIntensity("category_intensity", field="category"),
+        DecayedIntensity("brand_intensity", field="brand"),
+        LastN("last_items", n=20),
+        LastValue("last_clicked_brand", field="brand", types=[EventType.CLICK]),
+        Histogram("price_hist"),
+        Centroid("click_centroid"),
+        LastN("purchased", n=500, types=[EventType.PURCHASE]),
+        CountByType("session_counts", family="session"),
+        LastN("session_items", family="session", n=20, types=engaged),
+        DecayedIntensity(
+            "session_category", family="session", field="category", half_life_s=1800.0
+        ),
+    ]
+
+
+class Config(_Section, frozen=True):
+    log: LogConfig = LogConfig()
+    store: StoreConfig = StoreConfig()
+    catalog: CatalogConfig = CatalogConfig()
+    stream: StreamConfig = StreamConfig()
+    ranking: RankingConfig = RankingConfig()
+    serving: ServingConfig = ServingConfig()
+    features: list[FeatureKind] = msgspec.field(default_factory=default_features)
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.features]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"features: duplicate name(s) {dupes}")
+        bad = sorted({f.family for f in self.features} - {"profile", "session"})
+        if bad:
+            raise ConfigError(f"features: family must be 'profile' or 'session', got {bad}")
+
+
+def _apply_env(tree: dict[str, Any], env: Mapping[str, str]) -> None:
+    for key, value in env.items():
+        if not key.startswith("TASTEMAKER_"):
+            continue
+        path = key.removeprefix("TASTEMAKER_").lower().split("__")
+        node = tree
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{key}: {'.'.join(path)} is not a section")
+            node = child
+        node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the config from a TOML file (or defaults), then apply `TASTEMAKER_*` overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            tree = msgspec.toml.decode(p.read_bytes())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {p} does not exist") from exc
+        except msgspec.DecodeError as exc:
+            raise ConfigError(f"config file {p}: {exc}") from exc
+    _apply_env(tree, os.environ if env is None else env)
+    try:
+        # strict=False lets "9000" from an env var stand for an int.
+        return msgspec.convert(tree, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid config: {exc}") from exc

@@ -1,0 +1,63 @@
+"""The one event schema every part of tastemaker speaks.
+
+Events are msgspec Structs: decoding JSON or msgpack into them *is* the validation, so the
+ingest path builds no second object per event.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+import msgspec
+
+__all__ = ["Context", "Event", "EventBatch", "EventType"]
+
+
+class EventType(enum.StrEnum):
+    """What the user did. `impression` means an item was shown, not acted on."""
+
+    VIEW = "view"
+    CLICK = "click"
+    ADD_TO_CART = "add_to_cart"
+    REMOVE_FROM_CART = "remove_from_cart"
+    PURCHASE = "purchase"
+    RATE = "rate"
+    LIKE = "like"
+    DISLIKE = "dislike"
+    IMPRESSION = "impression"
+    SEARCH = "search"
+
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+# Seconds since the Unix epoch, as sent by the client. Bounds reject milliseconds sent by
+# mistake (they would land in the year 50,000) and pre-2001 junk.
+Timestamp = Annotated[float, msgspec.Meta(ge=978_307_200.0, le=32_503_680_000.0)]
+
+
+class Context(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """Where the event happened. `extra` is a free-form string map for the client's own keys."""
+
+    device: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    region: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    extra: dict[str, str] = {}
+
+
+class Event(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """One user interaction. `event_id` is the client's idempotency key: resending the same
+    id is harmless, tastemaker counts it once."""
+
+    event_id: Id
+    user_id: Id
+    item_id: Id
+    type: EventType
+    ts: Timestamp
+    session_id: Id | None = None
+    value: float | None = None
+    context: Context = Context()
+
+
+class EventBatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The body of `POST /v1/events`."""
+
+    events: Annotated[list[msgspec.Raw], msgspec.Meta(min_length=1, max_length=10_000)]

@@ -1,0 +1,73 @@
+"""Decode a batch of events, all or nothing, naming every problem by index and field."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import msgspec
+
+from tastemaker.events.schema import Event, EventBatch
+
+__all__ = ["EventProblem", "InvalidBatchError", "decode_batch"]
+
+_batch_decoder = msgspec.json.Decoder(EventBatch)
+_event_decoder = msgspec.json.Decoder(Event)
+# msgspec reports the failing location as `... - at `$.field[0]``; we lift the path out so the
+# client gets `field` separately from the message.
+_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+class EventProblem(msgspec.Struct, frozen=True):
+    """One reason an event was refused."""
+
+    index: int
+    field: str
+    error: str
+
+
+class InvalidBatchError(ValueError):
+    """The batch was refused whole; `problems` lists each bad event by index and field."""
+
+    def __init__(self, problems: list[EventProblem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"events[{p.index}].{p.field}: {p.error}" for p in problems))
+
+
+def _problem(index: int, exc: msgspec.ValidationError) -> EventProblem:
+    text = str(exc)
+    match = _PATH.search(text)
+    if match is None:
+        return EventProblem(index=index, field="", error=text)
+    path = match.group("path").lstrip(".")
+    return EventProblem(index=index, field=path, error=text[: match.start()])
+
+
+def decode_batch(body: bytes) -> list[Event]:
+    """Decode `{"events": [...]}`. Raises `InvalidBatchError` naming every bad event; returns the
+    events only when all of them are valid, so a caller never writes half a batch.
+
+    Repeated `event_id`s are not an error: at-least-once senders resend whole batches, and
+    the stream processor counts each id once."""
+    try:
+        batch = _batch_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidBatchError([_problem(-1, exc)]) from exc
+    except msgspec.DecodeError as exc:
+        problem = EventProblem(index=-1, field="", error=f"malformed JSON: {exc}")
+        raise InvalidBatchError([problem]) from exc
+    events: list[Event] = []
+    problems: list[EventProblem] = []
+    for index, raw in enumerate(batch.events):
+        try:
+            event = _event_decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            problems.append(_problem(index, exc))
+            continue
+        if event.value is not None and not math.isfinite(event.value):
+            problems.append(EventProblem(index=index, field="value", error="must be finite"))
+            continue
+        events.append(event)
+    if problems:
+        raise InvalidBatchError(problems)
+    return events

@@ -1,0 +1,187 @@
+"""The kinds of declared features. Each is a frozen msgspec Struct, so a feature set can be
+declared in the TOML config and decoded straight into these classes.
+
+States are plain JSON-able values so every backend stores them and the features endpoint
+shows them as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+import msgspec
+import numpy as np
+
+from tastemaker.events import EventType
+from tastemaker.features.base import Fact
+
+__all__ = [
+    "Centroid",
+    "CountByType",
+    "DecayedIntensity",
+    "FeatureKind",
+    "Histogram",
+    "LastN",
+    "LastValue",
+]
+
+Field = Literal["category", "brand", "item_id"]
+
+# How much each kind of interaction says about taste. Impressions and searches say nothing
+# about the item itself; a dislike pushes away.
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "click": 2.0,
+    "add_to_cart": 4.0,
+    "purchase": 8.0,
+    "like": 4.0,
+    "rate": 3.0,
+    "dislike": -4.0,
+    "remove_from_cart": -1.0,
+}
+ENGAGED: list[EventType] = [
+    EventType.VIEW,
+    EventType.CLICK,
+    EventType.ADD_TO_CART,
+    EventType.PURCHASE,
+    EventType.LIKE,
+    EventType.RATE,
+]
+
+
+def _attr(fact: Fact, field: Field) -> str | None:
+    return fact.item_id if field == "item_id" else getattr(fact, field)
+
+
+class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind"):
+    name: str
+    family: str = "profile"
+
+
+class CountByType(_Base, frozen=True, tag="count_by_type"):
+    """Number of events of each type: `{"view": 12, "click": 3}`."""
+
+    def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
+        counts: dict[str, int] = dict(state or {})
+        for f in facts:
+            counts[f.type] = counts.get(f.type, 0) + 1
+        return counts
+
+
+class DecayedIntensity(_Base, frozen=True, tag="decayed"):
+    """Exponentially decayed, weighted interest per value of `field`:
+    `{"t": ref_ts, "v": {"shoes": 7.5}}`; each score is as of time `t`."""
+
+    field: Field = "category"
+    half_life_s: Annotated[float, msgspec.Meta(gt=0)] = 7 * 86400.0
+    weights: dict[str, float] = msgspec.field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    max_keys: int = 50
+
+    def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
+        rate = math.log(2) / self.half_life_s
+        ref = float(state["t"]) if state else None
+        values: dict[str, float] = dict(state["v"]) if state else {}
+        for f in facts:
+            key = _attr(f, self.field)
+            w = self.weights.get(f.type, 0.0)
+            if key is None or w == 0.0:
+                continue
+            if ref is None:
+                ref = f.ts
+            if f.ts > ref:
+                decay = math.exp(-rate * (f.ts - ref))
+                values = {k: v * decay for k, v in values.items()}
+                ref = f.ts
+                values[key] = values.get(key, 0.0) + w
+            else:  # late event: it has already decayed relative to the state
+                values[key] = values.get(key, 0.0) + w * math.exp(-rate * (ref - f.ts))
+        if ref is None:
+            return state
+        if len(values) > self.max_keys:
+            values = dict(sorted(values.items(), key=lambda kv: -kv[1])[: self.max_keys])
+        return {"t": ref, "v": values}
+
+
+class LastN(_Base, frozen=True, tag="last_n"):
+    """The last `n` distinct values of `field` (most recent first) among events of `types`."""
+
+    field: Field = "item_id"
+    n: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 20
+    types: list[EventType] = msgspec.field(default_factory=lambda: list(ENGAGED))
+
+    def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
+        items: list[str] = list(state or [])
+        changed = False
+        for f in facts:
+            key = _attr(f, self.field)
+            if key is None or f.type not in self.types:
+                continue
+            if key in items:
+                items.remove(key)
+            items.insert(0, key)
+            changed = True
+        return items[: self.n] if changed else state
+
+
+class LastValue(_Base, frozen=True, tag="last_value"):
+    """The value of `field` on the latest event of `types` (e.g. last clicked brand)."""
+
+    field: Field = "brand"
+    types: list[EventType] = msgspec.field(default_factory=lambda: [EventType.CLICK])
+
+    def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
+        for f in reversed(facts):
+            key = _attr(f, self.field)
+            if key is not None and f.type in self.types:
+                return key
+        return state
+
+
+class Histogram(_Base, frozen=True, tag="histogram"):
+    """Counts of item prices per band; `edges` are the inner band bounds, so there are
+    `len(edges) + 1` bands."""
+
+    edges: list[float] = msgspec.field(default_factory=lambda: [10.0, 25, 50, 100, 250, 500])
+    types: list[EventType] = msgspec.field(default_factory=lambda: list(ENGAGED))
+
+    def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
+        prices = [f.price for f in facts if f.price is not None and f.type in self.types]
+        if not prices:
+            return state
+        counts = np.bincount(
+            np.searchsorted(self.edges, prices, side="right"), minlength=len(self.edges) + 1
+        )
+        old = state or [0] * (len(self.edges) + 1)
+        return [int(a) + int(b) for a, b in zip(old, counts, strict=True)]
+
+
+class Centroid(_Base, frozen=True, tag="centroid"):
+    """Exponential moving average of the embeddings of items in events of `types`:
+    the user's short-term taste vector (the `EmbClickSim` feature dots candidates with it)."""
+
+    alpha: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.2
+    types: list[EventType] = msgspec.field(
+        default_factory=lambda: [
+            EventType.CLICK,
+            EventType.ADD_TO_CART,
+            EventType.PURCHASE,
+            EventType.LIKE,
+            EventType.RATE,
+        ]
+    )
+
+    def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
+        vec = None if state is None else np.asarray(state, dtype=np.float64)
+        for f in facts:
+            if f.embedding is None or f.type not in self.types:
+                continue
+            e = f.embedding.astype(np.float64)
+            vec = e if vec is None else (1 - self.alpha) * vec + self.alpha * e
+        if vec is None:
+            return state
+        return [round(float(x), 6) for x in vec]
+
+
+FeatureKind = CountByType | DecayedIntensity | LastN | LastValue | Histogram | Centroid

@@ -1,0 +1,57 @@
+"""Where features live in the online store: row keys and families.
+
+Rows are prefixed by entity kind so users, items and event ids never collide.
+"""
+
+from __future__ import annotations
+
+from tastemaker.store import FamilySpec
+
+__all__ = [
+    "COVIS",
+    "DEDUP",
+    "GLOBAL_ROW",
+    "POPULAR",
+    "PROFILE",
+    "SESSION",
+    "STATS",
+    "default_families",
+    "event_row",
+    "item_row",
+    "user_row",
+]
+
+PROFILE = "profile"  # long-lived user aggregates
+SESSION = "session"  # the user's current session: id, items, counts
+STATS = "stats"  # per-item stream statistics (popularity accumulator)
+COVIS = "covis"  # per-item co-visitation neighbours
+POPULAR = "popular"  # global top lists, overall and per category
+DEDUP = "dedup"  # event ids already applied (exactly-once effect)
+
+GLOBAL_ROW = "g:popular"
+
+
+def user_row(user_id: str) -> str:
+    return "u:" + user_id
+
+
+def item_row(item_id: str) -> str:
+    return "i:" + item_id
+
+
+def event_row(event_id: str) -> str:
+    return "e:" + event_id
+
+
+def default_families(
+    *, profile_ttl_s: float, session_ttl_s: float, covis_ttl_s: float, dedup_window_s: float
+) -> list[FamilySpec]:
+    """The families tastemaker writes, with their TTLs from the config."""
+    return [
+        FamilySpec(PROFILE, profile_ttl_s),
+        FamilySpec(SESSION, session_ttl_s),
+        FamilySpec(STATS, None),
+        FamilySpec(COVIS, covis_ttl_s),
+        FamilySpec(POPULAR, None),
+        FamilySpec(DEDUP, dedup_window_s),
+    ]

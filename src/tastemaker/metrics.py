@@ -1,0 +1,65 @@
+"""Prometheus metrics, one registry for the process, named `tastemaker_*`."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["METRICS", "Metrics"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+
+
+class Metrics:
+    """Every metric tastemaker exports. One instance per process (`METRICS`)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.events_accepted = Counter(
+            "tastemaker_events_accepted", "Events appended to the log via the API.", registry=r
+        )
+        self.events_rejected = Counter(
+            "tastemaker_events_rejected",
+            "Events refused by validation (whole batches).",
+            registry=r,
+        )
+        self.events_processed = Counter(
+            "tastemaker_events_processed", "Events applied to features by the stream.", registry=r
+        )
+        self.duplicates_dropped = Counter(
+            "tastemaker_duplicates_dropped",
+            "Events skipped because their id was applied.",
+            registry=r,
+        )
+        self.stream_errors = Counter(
+            "tastemaker_stream_errors",
+            "Stream microbatches that failed and were retried.",
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "tastemaker_stream_batch_seconds",
+            "Time to apply one microbatch.",
+            registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.freshness_seconds = Histogram(
+            "tastemaker_feature_freshness_seconds",
+            "Now minus event time when the event's features are written.",
+            registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 30, 300, 3600, 86400),
+        )
+        self.lag_events = Gauge(
+            "tastemaker_stream_lag_events", "Events in the log not yet applied.", registry=r
+        )
+        self.request_seconds = Histogram(
+            "tastemaker_request_seconds",
+            "API request latency by endpoint.",
+            ["endpoint"],
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.recommendations = Counter(
+            "tastemaker_recommendations", "Recommend calls by path taken.", ["path"], registry=r
+        )
+
+
+METRICS = Metrics()

@@ -1,0 +1,85 @@
+"""Assemble the candidate feature matrix: one row per candidate, one column per feature,
+built with numpy over all candidates at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tastemaker.catalog import Catalog
+from tastemaker.features.layout import PROFILE, SESSION
+from tastemaker.retrieval import CandidateSet
+from tastemaker.store import RowData
+
+__all__ = ["FEATURE_NAMES", "assemble"]
+
+FEATURE_NAMES = [
+    "popularity",
+    "covisitation",
+    "category_retrieval",  # retriever scores
+    "emb_click_sim",  # dot(candidate embedding, user's click centroid)
+    "category_affinity",
+    "brand_affinity",
+    "session_category",  # user share of the item's value
+    "price_fit",  # share of the user's engagements in the item's price band
+]
+_RETRIEVER_COLUMNS = {
+    "popular": "popularity",
+    "covisitation": "covisitation",
+    "category": "category_retrieval",
+}
+
+
+def _shares(cell_value: Any, index: dict[str, int], size: int) -> npt.NDArray[np.float32]:
+    """A decayed-intensity state as a dense array of shares over all codes."""
+    out = np.zeros(size, np.float32)
+    if cell_value is None:
+        return out
+    for key, v in cell_value["v"].items():
+        code = index.get(key)
+        if code is not None and v > 0:
+            out[code] = v
+    total = out.sum()
+    return out / total if total > 0 else out
+
+
+def _value(user: RowData, family: str, column: str) -> Any:
+    cell = user.get(family, {}).get(column)
+    return None if cell is None else cell.value
+
+
+def assemble(
+    cands: CandidateSet, user: RowData, catalog: Catalog, price_edges: list[float]
+) -> npt.NDArray[np.float32]:
+    """The (len(cands.rows), len(FEATURE_NAMES)) matrix for one user."""
+    rows = cands.rows
+    x = np.zeros((rows.size, len(FEATURE_NAMES)), np.float32)
+    if rows.size == 0:
+        return x
+    for i, name in enumerate(cands.names):
+        col = cands.scores[:, i]
+        top = col.max()
+        x[:, FEATURE_NAMES.index(_RETRIEVER_COLUMNS[name])] = col / top if top > 0 else col
+    centroid = _value(user, PROFILE, "click_centroid")
+    if centroid is not None:
+        c = np.asarray(centroid, np.float32)
+        norm = float(np.linalg.norm(c))
+        if norm > 0:
+            x[:, 3] = catalog.embedding[rows] @ (c / norm)
+    n_cat, n_brand = len(catalog.category_names), len(catalog.brand_names)
+    x[:, 4] = _shares(_value(user, PROFILE, "category_intensity"), catalog.category_index, n_cat)[
+        catalog.category[rows]
+    ]
+    x[:, 5] = _shares(_value(user, PROFILE, "brand_intensity"), catalog.brand_index, n_brand)[
+        catalog.brand[rows]
+    ]
+    x[:, 6] = _shares(_value(user, SESSION, "session_category"), catalog.category_index, n_cat)[
+        catalog.category[rows]
+    ]
+    hist = _value(user, PROFILE, "price_hist")
+    if hist is not None and len(hist) == len(price_edges) + 1 and sum(hist) > 0:
+        dist = np.asarray(hist, np.float32) / float(sum(hist))
+        x[:, 7] = dist[np.searchsorted(price_edges, catalog.price[rows], side="right")]
+    return x

@@ -1,0 +1,78 @@
+"""The Retriever protocol and the candidate set the retrievers fill together."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from tastemaker.catalog import Catalog
+from tastemaker.store import Cell, RowData
+
+__all__ = ["CandidateSet", "Candidates", "RetrievalContext", "Retriever", "merge"]
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float32]
+
+
+class RetrievalContext(msgspec.Struct, frozen=True):
+    """What one request knows when retrieving: the user's rows and the global top lists,
+    fetched once for all retrievers."""
+
+    user: RowData
+    popular: dict[str, Cell]
+    catalog: Catalog
+
+
+class Candidates(msgspec.Struct, frozen=True):
+    """Catalog rows and one retriever's score for each: positive, higher is better (0 means
+    "not proposed" once candidates are merged)."""
+
+    rows: IntArray
+    scores: FloatArray
+
+    @staticmethod
+    def empty() -> Candidates:
+        return Candidates(np.empty(0, np.int64), np.empty(0, np.float32))
+
+
+class Retriever(Protocol):
+    """Proposes up to `k` candidate items for a request."""
+
+    @property
+    def name(self) -> str: ...
+
+    def retrieve(self, ctx: RetrievalContext, k: int) -> Candidates: ...
+
+
+class CandidateSet(msgspec.Struct, frozen=True):
+    """The union of all retrievers' candidates: unique `rows`, a score column per retriever
+    (0 where it did not propose the row) and a bitmask of which retrievers did."""
+
+    rows: IntArray
+    scores: FloatArray  # shape (len(rows), len(names))
+    sources: npt.NDArray[np.uint32]
+    names: list[str]
+
+
+def merge(names: Sequence[str], results: Sequence[Candidates]) -> CandidateSet:
+    """Union the retrievers' candidates, vectorized: one `np.unique` over all rows."""
+    if not results or all(r.rows.size == 0 for r in results):
+        return CandidateSet(
+            np.empty(0, np.int64),
+            np.zeros((0, len(names)), np.float32),
+            np.empty(0, np.uint32),
+            list(names),
+        )
+    all_rows = np.concatenate([r.rows for r in results])
+    which = np.concatenate([np.full(r.rows.size, i, np.int64) for i, r in enumerate(results)])
+    all_scores = np.concatenate([r.scores for r in results]).astype(np.float32)
+    rows, inverse = np.unique(all_rows, return_inverse=True)
+    scores = np.zeros((rows.size, len(names)), np.float32)
+    np.maximum.at(scores, (inverse, which), all_scores)
+    sources = np.zeros(rows.size, np.uint32)
+    np.bitwise_or.at(sources, inverse, (np.uint32(1) << which.astype(np.uint32)))
+    return CandidateSet(rows, scores, sources, list(names))

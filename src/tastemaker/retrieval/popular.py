@@ -1,0 +1,33 @@
+"""Time-decayed popularity, kept current by the stream: the cold-start and fallback source."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tastemaker.retrieval.base import Candidates, RetrievalContext
+
+__all__ = ["PopularRetriever", "popular_candidates"]
+
+
+def popular_candidates(ctx: RetrievalContext, column: str, k: int) -> Candidates:
+    """Candidates from one stored top list (`all` or `c:<category>`). The score is
+    `(popularity / best popularity) ** 0.25`, in (0, 1]: the fourth root keeps the Zipf tail
+    from vanishing next to the head."""
+    cell = ctx.popular.get(column)
+    if cell is None:
+        return Candidates.empty()
+    ids, log_scores = cell.value
+    rows = ctx.catalog.rows(ids[:k])
+    scores = np.asarray(log_scores[:k], np.float64)
+    known = rows >= 0  # items deleted from the catalog since the list was written
+    top = scores.max() if scores.size else 0.0
+    return Candidates(rows[known], np.exp((scores[known] - top) / 4.0).astype(np.float32))
+
+
+class PopularRetriever:
+    """The most popular items overall."""
+
+    name = "popular"
+
+    def retrieve(self, ctx: RetrievalContext, k: int) -> Candidates:
+        return popular_candidates(ctx, "all", k)

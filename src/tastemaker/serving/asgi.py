@@ -1,0 +1,24 @@
+"""ASGI entry point for multi-worker serving: each worker builds its app from the config file
+named by `TASTEMAKER_CONFIG_FILE`. Workers never run the stream; `tastemaker serve` starts
+one `tastemaker stream` process beside them."""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+from starlette.applications import Starlette
+
+from tastemaker.config import load_config
+from tastemaker.serving.api import build_app
+from tastemaker.serving.runtime import Runtime
+
+__all__ = ["create_app"]
+
+
+def create_app() -> Starlette:
+    config = load_config(os.environ.get("TASTEMAKER_CONFIG_FILE"))
+    config = msgspec.structs.replace(
+        config, stream=msgspec.structs.replace(config.stream, run_in_server=False)
+    )
+    return build_app(Runtime.from_config(config))

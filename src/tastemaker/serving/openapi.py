@@ -1,0 +1,108 @@
+"""The OpenAPI 3.1 document, generated from the wire Structs by msgspec."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from tastemaker.events import Event, EventBatch
+from tastemaker.serving.schemas import (
+    Accepted,
+    ErrorBody,
+    Health,
+    RecommendRequest,
+    RecommendResponse,
+    UserFeatures,
+)
+
+__all__ = ["openapi_document"]
+
+_REF = "#/components/schemas/{name}"
+
+
+def _json(ref: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": ref}}}
+
+
+def openapi_document(version: str) -> dict[str, Any]:
+    types = (
+        Event,
+        EventBatch,
+        Accepted,
+        ErrorBody,
+        RecommendRequest,
+        RecommendResponse,
+        UserFeatures,
+        Health,
+    )
+    refs, components = msgspec.json.schema_components(types, ref_template=_REF)
+    r = dict(zip((t.__name__ for t in types), refs, strict=True))
+    # EventBatch carries raw events (validated one by one for per-index errors); document them.
+    components["EventBatch"]["properties"]["events"]["items"] = r["Event"]
+    error = {
+        "description": "Invalid request; the body names what is wrong.",
+        **_json(r["ErrorBody"]),
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tastemaker",
+            "version": version,
+            "description": "Real-time personalization: events in, recommendations out.",
+        },
+        "paths": {
+            "/v1/events": {
+                "post": {
+                    "summary": "Ingest a batch of events (all or nothing)",
+                    "requestBody": {"required": True, **_json(r["EventBatch"])},
+                    "responses": {
+                        "202": {"description": "Durably appended", **_json(r["Accepted"])},
+                        "400": error,
+                    },
+                }
+            },
+            "/v1/recommend": {
+                "post": {
+                    "summary": "Recommend items for a user",
+                    "requestBody": {"required": True, **_json(r["RecommendRequest"])},
+                    "responses": {
+                        "200": {"description": "Ranked items", **_json(r["RecommendResponse"])},
+                        "400": error,
+                    },
+                }
+            },
+            "/v1/users/{user_id}/features": {
+                "get": {
+                    "summary": "A user's online features as stored",
+                    "parameters": [
+                        {
+                            "name": "user_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "Features by family and column",
+                            **_json(r["UserFeatures"]),
+                        }
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness and stream lag",
+                    "responses": {"200": {"description": "OK", **_json(r["Health"])}},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "Prometheus text format"}},
+                }
+            },
+        },
+        "components": {"schemas": components},
+    }

@@ -1,0 +1,59 @@
+"""Wire shapes of the HTTP API (msgspec Structs; the OpenAPI document is generated from them)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+from tastemaker.events import EventProblem
+from tastemaker.serving.pipeline import RecommendedItem
+
+__all__ = [
+    "Accepted",
+    "ErrorBody",
+    "FeatureCell",
+    "Health",
+    "RecommendRequest",
+    "RecommendResponse",
+    "UserFeatures",
+]
+
+
+class Accepted(msgspec.Struct, frozen=True):
+    accepted: int
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    """Every 4xx/5xx answer. `problems` names each bad event of a refused batch."""
+
+    error: str
+    detail: str
+    problems: list[EventProblem] = []
+
+
+class RecommendRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    user_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    n: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
+
+
+class RecommendResponse(msgspec.Struct, frozen=True):
+    items: list[RecommendedItem]
+    degraded: bool = False
+
+
+class FeatureCell(msgspec.Struct, frozen=True):
+    value: Any
+    ts: float
+
+
+class UserFeatures(msgspec.Struct, frozen=True):
+    user_id: str
+    features: dict[str, dict[str, FeatureCell]]
+
+
+class Health(msgspec.Struct, frozen=True):
+    status: str
+    log_end_offset: int
+    stream_lag: int
+    items: int

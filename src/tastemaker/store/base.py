@@ -1,0 +1,78 @@
+"""The OnlineStore protocol, in Bigtable's model.
+
+A row (an entity: a user, a session, an item) holds families; a family (one data type, with
+its own TTL) holds columns; each column holds one cell: a value and the timestamp it is
+valid at. Two rules hold on every backend:
+
+- Newer wins: a cell written with an older timestamp than the stored one is ignored, so
+  replayed and out-of-order writes never roll a feature back. Equal timestamps overwrite.
+- TTL: a family of a row expires `ttl_s` seconds after its last write (the same as a Redis
+  key's EXPIRE refreshed on every write). An expired family is never returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import msgspec
+
+__all__ = ["Cell", "FamilySpec", "Mutation", "OnlineStore", "RowData", "StoreError"]
+
+
+class StoreError(RuntimeError):
+    """A store backend failed or timed out; callers may fall back."""
+
+
+class Cell(msgspec.Struct, array_like=True, frozen=True):
+    """One column's value and the (event) time it is valid at, in seconds since the epoch.
+
+    `value` is any msgpack/JSON-able value: numbers, strings, lists, string-keyed maps."""
+
+    ts: float
+    value: Any
+
+
+class FamilySpec(msgspec.Struct, frozen=True):
+    """A family and its time to live (None: never expires)."""
+
+    name: str
+    ttl_s: float | None = None
+
+
+class Mutation(msgspec.Struct, frozen=True):
+    """Cells to write into one family of one row."""
+
+    row: str
+    family: str
+    cells: dict[str, Cell]
+
+
+# family -> column -> cell
+RowData = dict[str, dict[str, Cell]]
+
+
+class OnlineStore(Protocol):
+    """Rows of families of timestamped cells, read many at a time."""
+
+    @property
+    def families(self) -> Mapping[str, FamilySpec]:
+        """The declared families; writing to any other is an error."""
+        ...
+
+    def get(self, rows: Sequence[str], families: Iterable[str]) -> dict[str, RowData]:
+        """Read the given families of many rows in one call. Rows (and families) with nothing
+        live are absent from the result, never an error."""
+        ...
+
+    def write(self, mutations: Sequence[Mutation]) -> None:
+        """Apply all mutations in one batch, newer timestamp winning per column."""
+        ...
+
+    def delete_rows(self, rows: Sequence[str]) -> None:
+        """Delete every family of each row (erasure)."""
+        ...
+
+    def close(self) -> None:
+        """Release resources."""
+        ...

@@ -1,0 +1,176 @@
+"""Embedded online store on LMDB.
+
+Why LMDB: a memory-mapped B+tree that many processes can read at once without locks while
+one writes, with atomic transactions and no server. Reads are a page-cache lookup, which is
+what keeps a 50-feature fetch far under 0.1 ms.
+
+Layout: one LMDB key per (row, family), `row \\x1f family`, so a row's families are
+contiguous (erasure is one range delete). The value is msgpack `[expire_at, {column: [ts,
+value]}]`; `expire_at` is 0 for families without a TTL. Expired values are filtered on read
+and removed by `sweep()`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import lmdb
+import msgspec
+
+from tastemaker.store.base import Cell, FamilySpec, Mutation, RowData, StoreError
+
+__all__ = ["EmbeddedStore"]
+
+_SEP = b"\x1f"
+
+
+class _Record(msgspec.Struct, array_like=True):
+    expire_at: float
+    cells: dict[str, Cell]
+
+
+# One LMDB environment per file per process: LMDB forbids opening the same file twice in a
+# process, so stores on the same path share it.
+_ENVS: dict[Path, tuple[lmdb.Environment, int]] = {}
+_ENVS_LOCK = threading.Lock()
+
+
+def _key(row: str, family: str) -> bytes:
+    return row.encode() + _SEP + family.encode()
+
+
+class EmbeddedStore:
+    """OnlineStore in `<directory>/store.lmdb`, shared safely by threads and processes."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        families: Sequence[FamilySpec],
+        *,
+        map_size: int = 8 << 30,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        path = Path(directory).resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        self._path = path
+        self._families = {f.name: f for f in families}
+        self._clock = clock
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._decode = msgspec.msgpack.Decoder(_Record).decode
+        with _ENVS_LOCK:
+            env, refs = _ENVS.get(path, (None, 0))
+            if env is None:
+                # writemap=False keeps a stray pointer from corrupting the file; sync on each
+                # commit keeps what the stream processor committed across power loss.
+                env = lmdb.open(
+                    str(path / "store.lmdb"),
+                    map_size=map_size,
+                    subdir=False,
+                    max_dbs=0,
+                    lock=True,
+                    readahead=False,
+                    meminit=False,
+                    max_readers=512,
+                )
+            _ENVS[path] = (env, refs + 1)
+        self._env = env
+        self._closed = False
+
+    @property
+    def families(self) -> Mapping[str, FamilySpec]:
+        return self._families
+
+    def get(self, rows: Sequence[str], families: Iterable[str]) -> dict[str, RowData]:
+        fams = list(families)
+        for f in fams:
+            self._check_family(f)
+        now = self._clock()
+        decode = self._decode
+        out: dict[str, RowData] = {}
+        with self._env.begin(buffers=True) as txn:
+            get = txn.get
+            for row in rows:
+                prefix = row.encode() + _SEP
+                data: RowData | None = None
+                for fam in fams:
+                    raw = get(prefix + fam.encode())
+                    if raw is None:
+                        continue
+                    rec = decode(raw)
+                    if rec.expire_at and rec.expire_at <= now:
+                        continue
+                    if data is None:
+                        data = out[row] = {}
+                    data[fam] = rec.cells
+        return out
+
+    def write(self, mutations: Sequence[Mutation]) -> None:
+        if not mutations:
+            return
+        for m in mutations:
+            self._check_family(m.family)
+        now = self._clock()
+        decode, encode = self._decode, self._encode
+        try:
+            with self._env.begin(write=True) as txn:
+                for m in mutations:
+                    key = _key(m.row, m.family)
+                    ttl = self._families[m.family].ttl_s
+                    raw = txn.get(key)
+                    cells: dict[str, Cell]
+                    if raw is None:
+                        cells = dict(m.cells)
+                    else:
+                        rec = decode(raw)
+                        cells = {} if rec.expire_at and rec.expire_at <= now else rec.cells
+                        for col, cell in m.cells.items():
+                            old = cells.get(col)
+                            if old is None or cell.ts >= old.ts:
+                                cells[col] = cell
+                    expire_at = now + ttl if ttl is not None else 0.0
+                    txn.put(key, encode(_Record(expire_at, cells)))
+        except lmdb.Error as exc:
+            raise StoreError(f"embedded store write failed: {exc}") from exc
+
+    def delete_rows(self, rows: Sequence[str]) -> None:
+        with self._env.begin(write=True) as txn:
+            cursor = txn.cursor()
+            for row in rows:
+                prefix = row.encode() + _SEP
+                if not cursor.set_range(prefix):
+                    continue
+                while cursor.key().startswith(prefix):
+                    if not cursor.delete():
+                        break
+
+    def sweep(self) -> int:
+        """Delete expired families; returns how many. Reads never need it, it frees space."""
+        now = self._clock()
+        with self._env.begin(write=True) as txn:
+            expired = [
+                bytes(key)
+                for key, raw in txn.cursor()
+                if (rec := self._decode(raw)).expire_at and rec.expire_at <= now
+            ]
+            for key in expired:
+                txn.delete(key)
+        return len(expired)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with _ENVS_LOCK:
+            env, refs = _ENVS[self._path]
+            if refs <= 1:
+                del _ENVS[self._path]
+                env.close()
+            else:
+                _ENVS[self._path] = (env, refs - 1)
+
+    def _check_family(self, family: str) -> None:
+        if family not in self._families:
+            raise StoreError(f"unknown family {family!r}; declared: {sorted(self._families)}")
