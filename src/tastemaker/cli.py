@@ -45,7 +45,7 @@ def _serve(runtime_config: Config, config_path: str | None, workers: int) -> Non
         stream = subprocess.Popen(
             [sys.executable, "-m", "tastemaker", "stream", "--config", config_path]
         )
-    os.environ["TASTEMAKER_CONFIG_FILE"] = str(Path(config_path).resolve())
+    os.environ["TASTEMAKER_CONFIG"] = str(Path(config_path).resolve())
     try:
         uvicorn.run(
             "tastemaker.serving.asgi:create_app",

@@ -2,6 +2,7 @@
 
 Environment overrides use the prefix `TASTEMAKER_` and `__` between levels:
 `TASTEMAKER_STORE__URL=embedded:///var/lib/tm/store`, `TASTEMAKER_SERVING__PORT=9000`.
+`TASTEMAKER_CONFIG` is reserved: it names the config file when `--config` is not given.
 """
 
 from __future__ import annotations
@@ -142,9 +143,13 @@ class Config(_Section, frozen=True):
             raise ConfigError(f"features: family must be 'profile' or 'session', got {bad}")
 
 
+# Variables with the prefix that are not settings.
+_RESERVED_ENV = frozenset({"TASTEMAKER_CONFIG", "TASTEMAKER_CACHE_DIR"})
+
+
 def _apply_env(tree: dict[str, Any], env: Mapping[str, str]) -> None:
     for key, value in env.items():
-        if not key.startswith("TASTEMAKER_"):
+        if not key.startswith("TASTEMAKER_") or key in _RESERVED_ENV:
             continue
         path = key.removeprefix("TASTEMAKER_").lower().split("__")
         node = tree
@@ -157,7 +162,11 @@ def _apply_env(tree: dict[str, Any], env: Mapping[str, str]) -> None:
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Read the config from a TOML file (or defaults), then apply `TASTEMAKER_*` overrides."""
+    """Read the config from a TOML file (default: `$TASTEMAKER_CONFIG`, else built-in
+    defaults), then apply `TASTEMAKER_*` overrides."""
+    environ = os.environ if env is None else env
+    if path is None:
+        path = environ.get("TASTEMAKER_CONFIG") or None
     tree: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -167,7 +176,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             raise ConfigError(f"config file {p} does not exist") from exc
         except msgspec.DecodeError as exc:
             raise ConfigError(f"config file {p}: {exc}") from exc
-    _apply_env(tree, os.environ if env is None else env)
+    _apply_env(tree, environ)
     try:
         # strict=False lets "9000" from an env var stand for an int.
         return msgspec.convert(tree, Config, strict=False)

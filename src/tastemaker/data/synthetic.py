@@ -96,7 +96,10 @@ class Shop:
             self._cat_cdf.append(np.cumsum(p) / p.sum())
         # Users: sparse taste over categories, three favourite brands, a price band.
         urng = np.random.default_rng(spec.seed + 1)
-        self.user_taste = urng.dirichlet(np.full(c, 0.15), size=spec.n_users)
+        taste = urng.dirichlet(np.full(c, 0.15), size=spec.n_users)
+        # Small catalogs can leave a category without items: nobody can shop there.
+        taste *= np.array([items.size > 0 for items in self._cat_items])
+        self.user_taste = taste / np.maximum(taste.sum(axis=1, keepdims=True), 1e-12)
         self.user_brands = urng.integers(0, b, size=(spec.n_users, 3))
         self.user_band = urng.integers(0, len(PRICE_BANDS) + 1, size=spec.n_users)
         self.user_ids = np.array([f"user{i:07d}" for i in range(spec.n_users)])

@@ -37,11 +37,14 @@ def _shares(cell_value: Any, index: dict[str, int], size: int) -> npt.NDArray[np
     out = np.zeros(size, np.float32)
     if cell_value is None:
         return out
+    total = 0.0
     for key, v in cell_value["v"].items():
+        if v <= 0:
+            continue
+        total += v  # interest in values the catalog no longer has still counts in the total
         code = index.get(key)
-        if code is not None and v > 0:
+        if code is not None:
             out[code] = v
-    total = out.sum()
     return out / total if total > 0 else out
 
 

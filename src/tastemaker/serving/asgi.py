@@ -1,10 +1,8 @@
 """ASGI entry point for multi-worker serving: each worker builds its app from the config file
-named by `TASTEMAKER_CONFIG_FILE`. Workers never run the stream; `tastemaker serve` starts
+named by `TASTEMAKER_CONFIG`. Workers never run the stream; `tastemaker serve` starts
 one `tastemaker stream` process beside them."""
 
 from __future__ import annotations
-
-import os
 
 import msgspec
 from starlette.applications import Starlette
@@ -17,7 +15,7 @@ __all__ = ["create_app"]
 
 
 def create_app() -> Starlette:
-    config = load_config(os.environ.get("TASTEMAKER_CONFIG_FILE"))
+    config = load_config()
     config = msgspec.structs.replace(
         config, stream=msgspec.structs.replace(config.stream, run_in_server=False)
     )

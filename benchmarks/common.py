@@ -1,0 +1,75 @@
+"""Helpers shared by the benchmarks: a prepared demo shop and server processes."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+
+from tastemaker.catalog import save_catalog
+from tastemaker.data.synthetic import ShopSpec, generate_shop
+from tastemaker.serving.runtime import Runtime
+
+__all__ = ["free_port", "prepare_shop", "server"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prepare_shop(directory: Path, spec: ShopSpec) -> tuple[Path, list[str]]:
+    """Generate a shop, ingest and process all its events; return the config path and the ids
+    of users that have features."""
+    from tastemaker.config import CatalogConfig, Config, LogConfig, StoreConfig
+
+    directory.mkdir(parents=True, exist_ok=True)
+    shop = generate_shop(spec)
+    save_catalog(shop.catalog(), directory / "catalog.parquet")
+    config_path = directory / "config.toml"
+    config_path.write_text(
+        f'[log]\nurl = "embedded://{directory}/log?fsync=never"\n'
+        f'[store]\nurl = "embedded://{directory}/store"\n'
+        f'[catalog]\npath = "{directory}/catalog.parquet"\n'
+    )
+    config = Config(
+        log=LogConfig(url=f"embedded://{directory}/log?fsync=never"),
+        store=StoreConfig(url=f"embedded://{directory}/store"),
+        catalog=CatalogConfig(path=str(directory / "catalog.parquet")),
+    )
+    runtime = Runtime.from_config(config)
+    for events in shop.events():
+        runtime.ingestor.ingest(events)
+    runtime.processor.drain()
+    runtime.close()
+    return config_path, [str(u) for u in shop.user_ids]
+
+
+@contextlib.contextmanager
+def server(argv: list[str], port: int, env: dict[str, str]) -> Iterator[None]:
+    """Run a server command until the block ends; wait until /healthz answers."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server {argv} did not start")
+            time.sleep(0.1)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)

@@ -1,0 +1,86 @@
+"""Shared fixtures: a small synthetic shop, configs on temporary directories, a runtime."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from tastemaker.catalog import Catalog, save_catalog
+from tastemaker.config import CatalogConfig, Config, LogConfig, StoreConfig
+from tastemaker.data.synthetic import Shop, ShopSpec, generate_shop
+from tastemaker.events import Event, EventType
+from tastemaker.serving.runtime import Runtime
+
+T0 = 1_760_000_000.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.05) -> None:
+    """Poll `predicate()` until true; fail the test after `timeout` seconds."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def event(
+    event_id: str,
+    user: str,
+    item: str,
+    etype: EventType = EventType.VIEW,
+    ts: float = T0,
+    **kw: object,
+) -> Event:
+    return msgspec.convert(
+        {"event_id": event_id, "user_id": user, "item_id": item, "type": etype, "ts": ts, **kw},
+        Event,
+    )
+
+
+@pytest.fixture(scope="session")
+def shop() -> Shop:
+    return generate_shop(ShopSpec(n_users=300, n_items=400, n_categories=8, n_brands=20, seed=3))
+
+
+@pytest.fixture(scope="session")
+def catalog(shop: Shop) -> Catalog:
+    return shop.catalog()
+
+
+def make_config(root: Path, catalog: Catalog | None = None, **sections: object) -> Config:
+    """A config whose log, store and catalog live under `root`."""
+    catalog_path = None
+    if catalog is not None:
+        catalog_path = str(root / "catalog.parquet")
+        save_catalog(catalog, catalog_path)
+    base = Config(
+        log=LogConfig(url=f"embedded://{root / 'log'}"),
+        store=StoreConfig(url=f"embedded://{root / 'store'}"),
+        catalog=CatalogConfig(path=catalog_path),
+    )
+    return msgspec.structs.replace(base, **sections)
+
+
+@pytest.fixture
+def config(tmp_path: Path, catalog: Catalog) -> Config:
+    return make_config(tmp_path, catalog)
+
+
+@pytest.fixture
+def runtime(config: Config) -> Iterator[Runtime]:
+    rt = Runtime.from_config(config)
+    yield rt
+    rt.close()

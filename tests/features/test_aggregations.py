@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tastemaker.events import EventType
+from tastemaker.features import (
+    Centroid,
+    CountByType,
+    DecayedIntensity,
+    Fact,
+    Histogram,
+    LastN,
+    LastValue,
+    Popularity,
+    update_covisitation,
+)
+
+T = 1_700_000_000.0
+
+
+def fact(item: str, etype: EventType = EventType.VIEW, ts: float = T, **kw: object) -> Fact:
+    return Fact(ts, etype, item, "s", **kw)  # type: ignore[arg-type]
+
+
+def test_count_by_type_adds_to_previous_state() -> None:
+    agg = CountByType("counts")
+    state = agg.apply(None, [fact("a"), fact("b", EventType.CLICK), fact("a")])
+    assert state == {"view": 2, "click": 1}
+    assert agg.apply(state, [fact("c", EventType.CLICK)]) == {"view": 2, "click": 2}
+    assert state == {"view": 2, "click": 1}  # pure: the old state is untouched
+
+
+def test_decayed_intensity_halves_after_a_half_life() -> None:
+    agg = DecayedIntensity("ci", field="category", half_life_s=100.0)
+    s1 = agg.apply(None, [fact("a", ts=T, category="shoes")])
+    assert s1 == {"t": T, "v": {"shoes": 1.0}}
+    s2 = agg.apply(s1, [fact("b", EventType.PURCHASE, ts=T + 100, category="hats")])
+    assert s2["t"] == T + 100
+    assert s2["v"]["shoes"] == pytest.approx(0.5)
+    assert s2["v"]["hats"] == pytest.approx(8.0)
+
+
+def test_decayed_intensity_counts_late_events_decayed() -> None:
+    agg = DecayedIntensity("ci", field="category", half_life_s=100.0)
+    state = agg.apply(None, [fact("a", ts=T + 100, category="x")])
+    late = agg.apply(state, [fact("b", ts=T, category="x")])
+    assert late["t"] == T + 100
+    assert late["v"]["x"] == pytest.approx(1.5)
+
+
+def test_decayed_intensity_ignores_unknown_items_and_zero_weights() -> None:
+    agg = DecayedIntensity("ci", field="category")
+    assert agg.apply(None, [fact("a"), fact("b", EventType.IMPRESSION, category="x")]) is None
+
+
+def test_last_n_keeps_distinct_most_recent_first() -> None:
+    agg = LastN("last", n=3)
+    state = agg.apply(None, [fact("a"), fact("b"), fact("a"), fact("c"), fact("d")])
+    assert state == ["d", "c", "a"]
+    assert agg.apply(state, [fact("x", EventType.IMPRESSION)]) is state
+
+
+def test_last_value_takes_the_latest_matching_event() -> None:
+    agg = LastValue("lb", field="brand", types=[EventType.CLICK])
+    facts = [fact("a", EventType.CLICK, brand="acme"), fact("b", EventType.VIEW, brand="zeta")]
+    assert agg.apply("old", facts) == "acme"
+    assert agg.apply("old", [fact("b", EventType.VIEW, brand="zeta")]) == "old"
+
+
+def test_histogram_bins_prices_into_bands() -> None:
+    agg = Histogram("ph", edges=[10.0, 100.0])
+    state = agg.apply(None, [fact("a", price=5.0), fact("b", price=10.0), fact("c", price=500.0)])
+    assert state == [1, 1, 1]
+    assert agg.apply(state, [fact("d", price=50.0)]) == [1, 2, 1]
+
+
+def test_centroid_is_an_exponential_moving_average() -> None:
+    agg = Centroid("c", alpha=0.5, types=[EventType.CLICK])
+    e1 = np.array([1.0, 0.0], np.float32)
+    e2 = np.array([0.0, 1.0], np.float32)
+    state = agg.apply(None, [fact("a", EventType.CLICK, embedding=e1)])
+    assert state == [1.0, 0.0]
+    state = agg.apply(
+        state, [fact("b", EventType.CLICK, embedding=e2), fact("c", EventType.VIEW, embedding=e1)]
+    )
+    assert state == [0.5, 0.5]
+
+
+def test_popularity_top_is_ordered_and_decays_old_events() -> None:
+    pop = Popularity(4, half_life_s=100.0)
+    pop.add(np.array([0, 1, 1, 2, -1]), np.array([T, T, T, T + 1000, T]), np.ones(5))
+    # item 2 had one event 10 half-lives later than two events of item 1: it is more popular.
+    assert pop.top(3).tolist() == [2, 1, 0]
+    assert pop.top(1).tolist() == [2]
+    assert pop.top(5, among=np.array([0, 1, 3])).tolist() == [1, 0]
+    ratio = math.exp(pop.log_score[1] - pop.log_score[0])
+    assert ratio == pytest.approx(2.0)
+
+
+def test_covisitation_keeps_strongest_links() -> None:
+    links = update_covisitation({"a": 1.0}, [("b", 2.0), ("a", 0.5), ("c", 0.1)], 2)
+    assert links == {"b": 2.0, "a": 1.5}

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import numpy as np
+
+from tastemaker.catalog import Catalog
+from tastemaker.retrieval import (
+    Candidates,
+    CategoryRetriever,
+    PopularRetriever,
+    RetrievalContext,
+    merge,
+)
+from tastemaker.store import Cell
+
+
+def test_merge_unions_rows_keeps_a_column_per_retriever_and_sources() -> None:
+    a = Candidates(np.array([5, 1, 3]), np.array([0.5, 0.9, 0.1], np.float32))
+    b = Candidates(np.array([3, 7]), np.array([2.0, 1.0], np.float32))
+    c = merge(["a", "b"], [a, b])
+    assert c.rows.tolist() == [1, 3, 5, 7]
+    np.testing.assert_allclose(c.scores, [[0.9, 0], [0.1, 2.0], [0.5, 0], [0, 1.0]])
+    assert c.sources.tolist() == [1, 3, 1, 2]
+
+
+def test_merge_of_nothing_is_empty() -> None:
+    c = merge(["a"], [Candidates.empty()])
+    assert c.rows.size == 0
+    assert c.scores.shape == (0, 1)
+
+
+def lists(catalog: Catalog) -> dict[str, Cell]:
+    ids = catalog.ids[:4].tolist()
+    cat0 = str(catalog.category_names[catalog.category[0]])
+    return {
+        "all": Cell(0.0, [[*ids, "deleted-item"], [0.0, -4.0, -8.0, -12.0, -1.0]]),
+        "c:" + cat0: Cell(0.0, [[ids[0]], [0.0]]),
+    }
+
+
+def test_popular_scores_are_positive_and_ordered(catalog: Catalog) -> None:
+    got = PopularRetriever().retrieve(RetrievalContext({}, lists(catalog), catalog), 10)
+    assert got.rows.tolist() == [0, 1, 2, 3]  # the deleted item is skipped
+    assert got.scores[0] == 1.0
+    assert (np.diff(got.scores) < 0).all()
+    assert (got.scores > 0).all()
+
+
+def test_category_retriever_follows_the_users_affinity(catalog: Catalog) -> None:
+    cat0 = str(catalog.category_names[catalog.category[0]])
+    user = {"profile": {"category_intensity": Cell(0.0, {"t": 0.0, "v": {cat0: 3.0}})}}
+    got = CategoryRetriever().retrieve(RetrievalContext(user, lists(catalog), catalog), 10)
+    assert got.rows.tolist() == [0]
+    assert (
+        CategoryRetriever().retrieve(RetrievalContext({}, lists(catalog), catalog), 10).rows.size
+        == 0
+    )

@@ -1,0 +1,91 @@
+"""The HTTP API through Starlette's test client (in-process ASGI, real runtime)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import msgspec
+import pytest
+from starlette.testclient import TestClient
+
+from tastemaker.catalog import Catalog
+from tastemaker.serving.api import build_app
+from tastemaker.serving.runtime import Runtime
+
+
+@pytest.fixture
+def client(runtime: Runtime) -> Iterator[TestClient]:
+    with TestClient(build_app(runtime)) as c:
+        yield c
+
+
+def ev(i: int, item: str, **kw: object) -> dict[str, object]:
+    return {
+        "event_id": f"e{i}",
+        "user_id": "alice",
+        "item_id": item,
+        "type": "click",
+        "ts": 1.76e9 + i,
+        **kw,
+    }
+
+
+def test_post_events_accepts_and_appends(
+    client: TestClient, runtime: Runtime, catalog: Catalog
+) -> None:
+    r = client.post("/v1/events", json={"events": [ev(1, catalog.ids[0]), ev(2, catalog.ids[1])]})
+    assert r.status_code == 202
+    assert r.json() == {"accepted": 2}
+    assert runtime.log.end_offset() == 2
+
+
+def test_a_bad_batch_is_refused_whole_and_names_each_problem(
+    client: TestClient, runtime: Runtime, catalog: Catalog
+) -> None:
+    events = [
+        ev(1, catalog.ids[0]),
+        ev(2, catalog.ids[0], type="teleport"),
+        ev(3, catalog.ids[0], ts="yesterday"),
+    ]
+    r = client.post("/v1/events", json={"events": events})
+    assert r.status_code == 400
+    body = r.json()
+    assert body["error"] == "invalid_batch"
+    assert [(p["index"], p["field"]) for p in body["problems"]] == [(1, "type"), (2, "ts")]
+    assert runtime.log.end_offset() == 0  # nothing of the batch was written
+
+
+@pytest.mark.parametrize(
+    "payload", [b"{", b'{"user_id": ""}', b'{"user_id": "a", "n": 0}', b'{"user_id": "a", "x": 1}']
+)
+def test_bad_recommend_requests_get_400_json(client: TestClient, payload: bytes) -> None:
+    r = client.post("/v1/recommend", content=payload)
+    assert r.status_code == 400
+    assert r.json()["error"] == "invalid_request"
+    assert r.json()["detail"]
+
+
+def test_recommend_features_health_metrics_openapi(
+    client: TestClient, runtime: Runtime, catalog: Catalog
+) -> None:
+    client.post("/v1/events", json={"events": [ev(1, catalog.ids[0]), ev(2, catalog.ids[1])]})
+    runtime.processor.drain()
+    r = client.post("/v1/recommend", json={"user_id": "alice", "n": 3})
+    assert r.status_code == 200
+    items = r.json()["items"]
+    assert 1 <= len(items) <= 3
+    assert set(items[0]) == {"item_id", "score", "sources"}
+    f = client.get("/v1/users/alice/features").json()
+    assert f["user_id"] == "alice"
+    assert f["features"]["profile"]["counts"]["value"] == {"click": 2}
+    assert "_session" not in f["features"]["session"]
+    assert client.get("/v1/users/nobody/features").json() == {"user_id": "nobody", "features": {}}
+    h = client.get("/healthz").json()
+    assert h == {"status": "ok", "log_end_offset": 2, "stream_lag": 0, "items": len(catalog)}
+    metrics = client.get("/metrics").text
+    assert "tastemaker_events_accepted_total" in metrics
+    assert 'tastemaker_request_seconds_count{endpoint="recommend"}' in metrics
+    spec = msgspec.json.decode(client.get("/openapi.json").content)
+    assert set(spec["paths"]) >= {"/v1/events", "/v1/recommend", "/v1/users/{user_id}/features"}
+    event_schema = spec["components"]["schemas"]["Event"]
+    assert set(event_schema["required"]) == {"event_id", "user_id", "item_id", "type", "ts"}

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+from typing import Any
+
+from tastemaker.catalog import Catalog
+from tastemaker.data.synthetic import Shop
+from tastemaker.events import Event, EventType
+from tastemaker.features.layout import COVIS, GLOBAL_ROW, POPULAR, PROFILE, SESSION
+from tastemaker.serving.runtime import Runtime
+from tests.conftest import T0, event
+
+
+def all_rows(rt: Runtime, catalog: Catalog, users: list[str]) -> dict[str, Any]:
+    rows = [f"u:{u}" for u in users] + [f"i:{i}" for i in catalog.ids] + [GLOBAL_ROW]
+    return rt.store.get(rows, [PROFILE, SESSION, "stats", COVIS, POPULAR])
+
+
+def shop_events(shop: Shop, limit: int) -> list[Event]:
+    return next(iter(shop.events(chunk_users=100)))[:limit]
+
+
+def test_ingesting_the_same_events_twice_leaves_identical_features(
+    runtime: Runtime, shop: Shop, catalog: Catalog
+) -> None:
+    events = shop_events(shop, 1500)
+    users = sorted({e.user_id for e in events})
+    runtime.ingestor.ingest(events)
+    assert runtime.processor.drain() == len(events)
+    once = all_rows(runtime, catalog, users)
+    runtime.ingestor.ingest(events[:700])  # a client retry of a whole batch
+    runtime.ingestor.ingest(events)
+    assert runtime.processor.drain() == 0
+    assert all_rows(runtime, catalog, users) == once
+
+
+def test_duplicates_inside_one_batch_count_once(runtime: Runtime, catalog: Catalog) -> None:
+    item = str(catalog.ids[0])
+    e = event("dup", "u1", item, EventType.CLICK)
+    runtime.ingestor.ingest([e, e, e])
+    result = runtime.processor.process_once()
+    assert result is not None
+    assert (result.events, result.duplicates) == (1, 2)
+    profile = runtime.pipeline.user_features("u1")[PROFILE]
+    assert profile["counts"].value == {"click": 1}
+
+
+def test_features_reflect_the_users_events(runtime: Runtime, catalog: Catalog) -> None:
+    a, b = str(catalog.ids[0]), str(catalog.ids[1])
+    brand_b = str(catalog.brand_names[catalog.brand[1]])
+    runtime.ingestor.ingest(
+        [
+            event("1", "u1", a, EventType.VIEW, T0),
+            event("2", "u1", b, EventType.CLICK, T0 + 10),
+            event("3", "u1", b, EventType.PURCHASE, T0 + 20, value=12.0),
+        ]
+    )
+    runtime.processor.drain()
+    data = runtime.pipeline.user_features("u1")
+    p, s = data[PROFILE], data[SESSION]
+    assert p["counts"].value == {"view": 1, "click": 1, "purchase": 1}
+    assert p["last_items"].value == [b, a]
+    assert p["last_clicked_brand"].value == brand_b
+    assert p["purchased"].value == [b]
+    assert sum(p["price_hist"].value) == 3
+    assert len(p["click_centroid"].value) == catalog.dim
+    assert p["counts"].ts == T0 + 20  # cell time is event time
+    assert s["session_items"].value == [b, a]
+    assert s["_session"].value["id"] == f"u1/{int(T0 * 1000)}"
+    # a and b were engaged with in one session: they are co-visited both ways
+    covis = runtime.store.get([f"i:{a}", f"i:{b}"], [COVIS])
+    assert covis[f"i:{a}"][COVIS]["neighbours"].value == {b: 2.0 + 8.0}
+    assert covis[f"i:{b}"][COVIS]["neighbours"].value == {a: 2.0 + 8.0}
+
+
+def test_a_new_session_resets_session_features_only(runtime: Runtime, catalog: Catalog) -> None:
+    a, b = str(catalog.ids[0]), str(catalog.ids[1])
+    runtime.ingestor.ingest([event("1", "u1", a, ts=T0)])
+    runtime.processor.drain()
+    runtime.ingestor.ingest([event("2", "u1", b, ts=T0 + 3 * 3600)])
+    runtime.processor.drain()
+    data = runtime.pipeline.user_features("u1")
+    assert data[SESSION]["session_items"].value == [b]
+    assert data[SESSION]["session_counts"].value == {"view": 1}
+    assert data[PROFILE]["last_items"].value == [b, a]
+    # items of different sessions are not co-visited
+    assert runtime.store.get([f"i:{a}"], [COVIS]) == {}
+
+
+def test_unknown_items_update_counts_but_not_item_features(runtime: Runtime) -> None:
+    runtime.ingestor.ingest([event("1", "u1", "not-in-catalog", EventType.CLICK)])
+    runtime.processor.drain()
+    p = runtime.pipeline.user_features("u1")[PROFILE]
+    assert p["counts"].value == {"click": 1}
+    assert "category_intensity" not in p
+    assert "click_centroid" not in p
+
+
+def test_restart_resumes_from_the_committed_offset(runtime: Runtime, shop: Shop) -> None:
+    events = shop_events(shop, 400)
+    runtime.ingestor.ingest(events[:200])
+    runtime.processor.drain()
+    assert runtime.log.committed(runtime.config.stream.group) == 200
+    restarted = Runtime(runtime.config, runtime.catalog)
+    try:
+        assert restarted.processor.position == 200
+        assert (
+            restarted.processor.popularity.log_score == runtime.processor.popularity.log_score
+        ).all()
+        restarted.ingestor.ingest(events[200:])
+        assert restarted.processor.drain() == 200
+    finally:
+        restarted.close()

@@ -1,0 +1,128 @@
+"""End to end over real HTTP: `tastemaker serve` in its own process, events in, features and
+recommendations change."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from tastemaker.catalog import Catalog
+from tastemaker.data.synthetic import Shop
+from tests.conftest import free_port, make_config, wait_until
+
+
+@pytest.fixture
+def server(tmp_path: Path, catalog: Catalog) -> Iterator[httpx.Client]:
+    port = free_port()
+    config = make_config(tmp_path, catalog)
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[log]\nurl = "{config.log.url}"\n[store]\nurl = "{config.store.url}"\n'
+        f'[catalog]\npath = "{config.catalog.path}"\n'
+        "[stream]\npoll_interval_s = 0.05\n[serving]\nglobal_cache_s = 0.05\n"
+    )
+    stderr = tmp_path / "server.log"
+    with stderr.open("wb") as err:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tastemaker",
+                "serve",
+                "--config",
+                str(path),
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
+
+    def up() -> bool:
+        try:
+            return client.get("/healthz").status_code == 200
+        except httpx.TransportError:
+            assert proc.poll() is None, stderr.read_text()
+            return False
+
+    try:
+        wait_until(up, timeout=30)
+        yield client
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+@pytest.mark.slow
+def test_events_over_http_change_features_and_recommendations(
+    server: httpx.Client, shop: Shop, catalog: Catalog
+) -> None:
+    # Background traffic so popularity and co-visitation exist.
+    events = next(iter(shop.events(chunk_users=150)))
+    for i in range(0, len(events), 1000):
+        chunk = [
+            {
+                "event_id": e.event_id,
+                "user_id": e.user_id,
+                "item_id": e.item_id,
+                "type": e.type,
+                "ts": e.ts,
+            }
+            for e in events[i : i + 1000]
+        ]
+        assert server.post("/v1/events", json={"events": chunk}).status_code == 202
+    wait_until(lambda: server.get("/healthz").json()["stream_lag"] == 0, timeout=30)
+
+    before = server.post("/v1/recommend", json={"user_id": "carol", "n": 10}).json()["items"]
+    assert [i["sources"] for i in before] == [["popular"]] * 10  # cold start
+
+    # carol looks at items of one category, then buys one of them.
+    category = int(catalog.category[0])
+    picks = [str(i) for i in catalog.ids[catalog.category == category][:4]]
+    ts = max(e.ts for e in events) + 60
+    mine = [
+        {
+            "event_id": f"carol-{k}",
+            "user_id": "carol",
+            "item_id": item,
+            "type": "click",
+            "ts": ts + k,
+        }
+        for k, item in enumerate(picks)
+    ]
+    mine.append(
+        {
+            "event_id": "carol-buy",
+            "user_id": "carol",
+            "item_id": picks[0],
+            "type": "purchase",
+            "ts": ts + 10,
+            "value": 19.9,
+        }
+    )
+    assert server.post("/v1/events", json={"events": mine}).json() == {"accepted": 5}
+
+    def features_arrived() -> bool:
+        f = server.get("/v1/users/carol/features").json()["features"]
+        return bool(
+            f.get("profile", {}).get("counts", {}).get("value") == {"click": 4, "purchase": 1}
+        )
+
+    wait_until(features_arrived, timeout=10)
+    profile = server.get("/v1/users/carol/features").json()["features"]["profile"]
+    assert profile["purchased"]["value"] == [picks[0]]
+    assert profile["last_items"]["value"][:4] == [picks[0], picks[3], picks[2], picks[1]]
+
+    after = server.post("/v1/recommend", json={"user_id": "carol", "n": 10}).json()["items"]
+    assert after != before
+    assert picks[0] not in {i["item_id"] for i in after}  # bought: filtered
+    in_category = [catalog.category[catalog.index[i["item_id"]]] == category for i in after]
+    assert sum(in_category) >= 5
+    assert any("category" in i["sources"] or "covisitation" in i["sources"] for i in after)
