@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -11,6 +13,7 @@ from starlette.testclient import TestClient
 from tastemaker.catalog import Catalog
 from tastemaker.serving.api import build_app
 from tastemaker.serving.runtime import Runtime
+from tests.conftest import make_config
 
 
 @pytest.fixture
@@ -89,3 +92,21 @@ def test_recommend_features_health_metrics_openapi(
     assert set(spec["paths"]) >= {"/v1/events", "/v1/recommend", "/v1/users/{user_id}/features"}
     event_schema = spec["components"]["schemas"]["Event"]
     assert set(event_schema["required"]) == {"event_id", "user_id", "item_id", "type", "ts"}
+
+
+def test_a_failing_log_answers_503_and_writes_nothing(tmp_path: Path, catalog: Catalog) -> None:
+    config = make_config(tmp_path, catalog)
+    log = msgspec.structs.replace(config.log, url=config.log.url + "?busy_timeout_s=0.05")
+    runtime = Runtime.from_config(msgspec.structs.replace(config, log=log))
+    other_writer = sqlite3.connect(tmp_path / "log" / "events.sqlite3", timeout=0)
+    other_writer.execute("BEGIN EXCLUSIVE")  # another process holds the database
+    try:
+        with TestClient(build_app(runtime)) as client:
+            r = client.post("/v1/events", json={"events": [ev(1, catalog.ids[0])]})
+    finally:
+        other_writer.rollback()
+        other_writer.close()
+    assert r.status_code == 503
+    assert r.json()["error"] == "log_unavailable"
+    assert runtime.log.end_offset() == 0
+    runtime.close()

@@ -9,7 +9,12 @@ import msgspec
 
 from tastemaker.events import Event
 
-__all__ = ["EventLog", "LogRecord"]
+__all__ = ["EventLog", "LogError", "LogRecord"]
+
+
+class LogError(RuntimeError):
+    """The log could not append or read (disk full, file unwritable, database locked too
+    long). Nothing of a failed append was written."""
 
 
 class LogRecord(msgspec.Struct, frozen=True):

@@ -23,7 +23,7 @@ from typing import Literal
 import msgspec
 
 from tastemaker.events import Event
-from tastemaker.log.base import LogRecord
+from tastemaker.log.base import LogError, LogRecord
 
 __all__ = ["EmbeddedEventLog", "FsyncPolicy"]
 
@@ -45,14 +45,16 @@ class EmbeddedEventLog:
     """EventLog on one SQLite file (`<directory>/events.sqlite3`). Safe to share between
     threads of a process and between processes."""
 
-    def __init__(self, directory: str | Path, *, fsync: FsyncPolicy = "always") -> None:
+    def __init__(
+        self, directory: str | Path, *, fsync: FsyncPolicy = "always", busy_timeout_s: float = 30.0
+    ) -> None:
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         self.path = path / "events.sqlite3"
         self._lock = threading.Lock()
         # isolation_level=None: we issue BEGIN/COMMIT ourselves so an append is one transaction.
         self._db = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if fsync == 'always' else 'NORMAL'}")
@@ -65,13 +67,18 @@ class EmbeddedEventLog:
             return self.end_offset()
         payloads = [(self._encoder.encode(e),) for e in events]
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise LogError(f"event log {self.path}: cannot append: {exc}") from exc
             try:
                 self._db.executemany("INSERT INTO events(payload) VALUES (?)", payloads)
                 row = self._db.execute("SELECT max(offset) FROM events").fetchone()
                 self._db.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise LogError(f"event log {self.path}: cannot append: {exc}") from exc
                 raise
         return int(row[0])
 

@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from tastemaker import __version__
 from tastemaker.events import InvalidBatchError
+from tastemaker.log import LogError
 from tastemaker.metrics import METRICS
 from tastemaker.serving.openapi import openapi_document
 from tastemaker.serving.runtime import Runtime
@@ -79,6 +80,8 @@ def build_app(runtime: Runtime) -> Starlette:
                 f"{len(exc.problems)} invalid event(s); nothing was written",
                 exc.problems,
             )
+        except LogError as exc:
+            return _error(503, "log_unavailable", f"{exc}; nothing was written, retry later")
         return _json(Accepted(accepted), 202)
 
     async def post_recommend(request: Request) -> Response:
