@@ -31,10 +31,27 @@ def test_every_bad_event_is_named_by_index_and_field() -> None:
                 {**GOOD, "colour": "red"},
             )
         )
-    found = {(p.index, p.field) for p in info.value.problems}
-    assert found == {(1, "type"), (2, "ts"), (3, ""), (4, "context.region"), (5, "")}
-    assert "user_id" in info.value.problems[2].error
-    assert "colour" in info.value.problems[4].error
+    found = [(p.index, p.field, p.error) for p in info.value.problems]
+    assert found == [
+        (1, "type", "Invalid enum value 'teleport'"),
+        (2, "ts", "Expected `float` <= 32503680000.0"),
+        (3, "user_id", "missing required field"),
+        (4, "context.region", "Expected `str | null`, got `int`"),
+        (5, "colour", "unknown field"),
+    ]
+
+
+def test_all_bad_fields_of_one_event_are_named() -> None:
+    bad = {"event_id": "", "user_id": 7, "type": "view", "ts": 1.0, "value": "x"}
+    with pytest.raises(InvalidBatchError) as info:
+        decode_batch(body(GOOD, bad))
+    assert {(p.index, p.field) for p in info.value.problems} == {
+        (1, "item_id"),
+        (1, "event_id"),
+        (1, "user_id"),
+        (1, "ts"),
+        (1, "value"),
+    }
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,38 @@ def _problem(index: int, exc: msgspec.ValidationError) -> EventProblem:
     return EventProblem(index=index, field=path, error=text[: match.start()])
 
 
+_FIELDS = {f.name: f for f in msgspec.structs.fields(Event)}
+
+
+def _field_problems(index: int, raw: msgspec.Raw, first: EventProblem) -> list[EventProblem]:
+    """Every bad field of one event. msgspec stops at the first error; on this (rare) error
+    path we check field by field so the client can fix them all in one go."""
+    try:
+        obj = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return [first]
+    if not isinstance(obj, dict):
+        return [first]
+    problems = [
+        EventProblem(index, name, "missing required field")
+        for name, f in _FIELDS.items()
+        if f.required and name not in obj
+    ]
+    for key, value in obj.items():
+        field = _FIELDS.get(key)
+        if field is None:
+            problems.append(EventProblem(index, key, "unknown field"))
+            continue
+        try:
+            msgspec.convert(value, field.type)
+        except msgspec.ValidationError as exc:
+            sub = _problem(index, exc)
+            problems.append(
+                EventProblem(index, ".".join(filter(None, (key, sub.field))), sub.error)
+            )
+    return problems or [first]
+
+
 def decode_batch(body: bytes) -> list[Event]:
     """Decode `{"events": [...]}`. Raises `InvalidBatchError` naming every bad event; returns the
     events only when all of them are valid, so a caller never writes half a batch.
@@ -62,7 +94,7 @@ def decode_batch(body: bytes) -> list[Event]:
         try:
             event = _event_decoder.decode(raw)
         except msgspec.ValidationError as exc:
-            problems.append(_problem(index, exc))
+            problems.extend(_field_problems(index, raw, _problem(index, exc)))
             continue
         if event.value is not None and not math.isfinite(event.value):
             problems.append(EventProblem(index=index, field="value", error="must be finite"))
