@@ -15,6 +15,7 @@ from tastemaker.config import CatalogConfig, Config, LogConfig, StoreConfig
 from tastemaker.data.synthetic import Shop, ShopSpec, generate_shop
 from tastemaker.events import Event, EventType
 from tastemaker.serving.runtime import Runtime
+from tests.servers import redis_cluster, redis_server
 
 T0 = 1_760_000_000.0
 
@@ -48,6 +49,20 @@ def event(
         {"event_id": event_id, "user_id": user, "item_id": item, "type": etype, "ts": ts, **kw},
         Event,
     )
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real Redis-protocol server for the whole test session (see tests/servers.py)."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real 3-node cluster for the whole test session."""
+    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -19,12 +19,40 @@ __all__ = [
 
 
 def open_store(url: str, families: Sequence[FamilySpec]) -> OnlineStore:
-    """Open the store a URL names. `embedded:///abs/path` or `embedded://rel/path`.
+    """Open the store a URL names:
 
-    The registry is this function: one explicit branch per backend, nothing resolved by name.
+    - `embedded:///abs/path` or `embedded://rel/path` (`?map_size_gb=8`): LMDB;
+    - `redis://host:port/db`: a Redis >= 6.2 or Valkey server;
+    - `redis+cluster://host:port`: a Redis Cluster, through any of its nodes.
+
+    Redis URLs take `timeout_ms` (per call, default 250), `max_connections` (default 64) and
+    `prefix` (prepended to every key). The registry is this function: one explicit branch per
+    backend, nothing resolved by name.
     """
     parsed = parse_url(url)
     if parsed.scheme == "embedded":
         map_size = int(parsed.params.get("map_size_gb", "8")) << 30
         return EmbeddedStore(parsed.path, families, map_size=map_size)
-    raise ValueError(f"unsupported online store URL {url!r}: expected embedded://PATH")
+    if parsed.scheme in ("redis", "redis+cluster"):
+        from tastemaker.store.redis import RedisStore  # only this backend imports redis-py
+
+        params = dict(parsed.params)
+        try:
+            timeout_s = float(params.pop("timeout_ms", "250")) / 1000
+            max_connections = int(params.pop("max_connections", "64"))
+        except ValueError as exc:
+            raise ValueError(f"online store URL {url!r}: {exc}") from exc
+        prefix = params.pop("prefix", "")
+        base = url.split("?", 1)[0]
+        rest = "&".join(f"{k}={v}" for k, v in params.items())
+        return RedisStore.from_url(
+            base + (f"?{rest}" if rest else ""),
+            families,
+            timeout_s=timeout_s,
+            max_connections=max_connections,
+            prefix=prefix,
+        )
+    raise ValueError(
+        f"unsupported online store URL {url!r}: expected embedded://PATH, redis://HOST:PORT/DB "
+        "or redis+cluster://HOST:PORT"
+    )

