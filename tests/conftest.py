@@ -15,7 +15,7 @@ from tastemaker.config import CatalogConfig, Config, LogConfig, StoreConfig
 from tastemaker.data.synthetic import Shop, ShopSpec, generate_shop
 from tastemaker.events import Event, EventType
 from tastemaker.serving.runtime import Runtime
-from tests.servers import redis_cluster, redis_server
+from tastemaker.testing.servers import redis_cluster, redis_server
 
 T0 = 1_760_000_000.0
 
@@ -79,6 +79,7 @@ def make_config(root: Path, catalog: Catalog | None = None, **sections: object) 
     """A config whose log, store and catalog live under `root`."""
     catalog_path = None
     if catalog is not None:
+        root.mkdir(parents=True, exist_ok=True)
         catalog_path = str(root / "catalog.parquet")
         save_catalog(catalog, catalog_path)
     base = Config(

@@ -25,8 +25,10 @@ def test_one_key_per_row_family_with_ttl_and_compact_values(redis_url: str) -> N
     assert len(data_keys) == 1
     assert data_keys[0].startswith("layout:{u:42}")
     assert 0 < raw.pttl(data_keys[0]) <= 60_000
-    # 25 float32-exact floats, names replaced by ids: 9 bytes of header, 8 per cell.
-    assert raw.strlen(data_keys[0]) == 9 + 25 * (1 + 1 + 1 + 5)
+    # Names replaced by 1-byte ids, one shared timestamp, float32-exact floats in 5 bytes:
+    # version + array (2); header: array (1), ts (9), 25 ids (3 + 25), no own timestamps (1),
+    # 25 sizes (3 + 25); values (3 + 25 * 5).
+    assert raw.strlen(data_keys[0]) == 2 + 1 + 9 + 28 + 1 + 28 + 3 + 25 * 5
     store.write([Mutation("i:1", "stats", {"pop": Cell(1.0, 2)})])
     stats_key = next(k for k in raw.keys("layout:{i:1}*"))
     assert raw.pttl(stats_key) == -1  # no TTL on a family without one

