@@ -41,9 +41,15 @@ class Metrics:
             registry=r,
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
+        self.batch_events = Histogram(
+            "tastemaker_stream_batch_events",
+            "Events read per microbatch.",
+            registry=r,
+            buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000),
+        )
         self.freshness_seconds = Histogram(
             "tastemaker_feature_freshness_seconds",
-            "Now minus event time when the event's features are written.",
+            "Now minus the newest event time of each user row when it is written.",
             registry=r,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 30, 300, 3600, 86400),
         )

@@ -75,12 +75,14 @@ def make_store(
     def factory() -> OnlineStore:
         store: OnlineStore
         if backend == "embedded":
-            store = EmbeddedStore(tmp_path / "store", FAMILIES, map_size=64 << 20, clock=clock)
+            store = EmbeddedStore(
+                tmp_path / "store", FAMILIES, map_size=64 << 20, seen_ttl_s=1.0, clock=clock
+            )
         else:
             url = request.getfixturevalue(
                 "redis_url" if backend == "redis" else "redis_cluster_url"
             )
-            store = RedisStore.from_url(url, FAMILIES, prefix=prefix)
+            store = RedisStore.from_url(url, FAMILIES, prefix=prefix, seen_ttl_s=1.0)
         opened.append(store)
         return store
 
@@ -243,6 +245,29 @@ def test_read_your_writes_across_many_rows(store: OnlineStore) -> None:
         assert store.get([row], ["profile"])[row]["profile"]["n"].value == i
     got = store.get(rows, ["profile"])
     assert [got[r]["profile"]["n"].value for r in rows] == list(range(200))
+
+
+def test_idempotency_keys_are_recorded_with_the_write(store: OnlineStore) -> None:
+    assert store.seen(["e1", "e2"]) == set()
+    store.write([Mutation("u:1", "profile", {"a": Cell(1.0, 1)})], seen=["e1", "e2"])
+    assert store.seen(["e1", "e2", "e3"]) == {"e1", "e2"}
+    store.write([], seen=["e3"])
+    assert store.seen(["e3", "e4"]) == {"e3"}
+    assert store.seen([]) == set()
+
+
+def test_idempotency_keys_expire(store: OnlineStore, clock: Clock) -> None:
+    store.write([], seen=["old"])
+    clock.advance(0.5)
+    store.write([], seen=["new"])
+    clock.advance(0.7)
+    assert store.seen(["old", "new"]) == {"new"}
+
+
+def test_a_failed_batch_records_no_idempotency_keys(store: OnlineStore) -> None:
+    with pytest.raises(StoreError):
+        store.write([Mutation("r", "nope", {"a": Cell(1.0, 1)})], seen=["e1"])
+    assert store.seen(["e1"]) == set()
 
 
 def test_sweep_removes_only_expired(tmp_path: Path) -> None:

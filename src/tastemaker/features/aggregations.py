@@ -81,24 +81,31 @@ class DecayedIntensity(_Base, frozen=True, tag="decayed"):
 
     def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
         rate = math.log(2) / self.half_life_s
-        ref = float(state["t"]) if state else None
+        # Scores are accumulated as of a fixed `anchor` time (one exp per event) and decayed
+        # to the newest event's time once at the end. Late events simply weigh less.
+        anchor = float(state["t"]) if state else None
         values: dict[str, float] = dict(state["v"]) if state else {}
+        newest = anchor
         for f in facts:
             key = _attr(f, self.field)
             w = self.weights.get(f.type, 0.0)
             if key is None or w == 0.0:
                 continue
-            if ref is None:
-                ref = f.ts
-            if f.ts > ref:
-                decay = math.exp(-rate * (f.ts - ref))
+            if anchor is None:
+                anchor = newest = f.ts
+            elif rate * (f.ts - anchor) > 50.0:  # keep exp() far from overflow: re-anchor
+                decay = math.exp(-rate * (f.ts - anchor))
                 values = {k: v * decay for k, v in values.items()}
-                ref = f.ts
-                values[key] = values.get(key, 0.0) + w
-            else:  # late event: it has already decayed relative to the state
-                values[key] = values.get(key, 0.0) + w * math.exp(-rate * (ref - f.ts))
-        if ref is None:
+                anchor = f.ts
+            values[key] = values.get(key, 0.0) + w * math.exp(rate * (f.ts - anchor))
+            if newest is None or f.ts > newest:
+                newest = f.ts
+        if anchor is None or newest is None:
             return state
+        ref = max(anchor, newest)
+        if ref != anchor:
+            decay = math.exp(-rate * (ref - anchor))
+            values = {k: v * decay for k, v in values.items()}
         if len(values) > self.max_keys:
             values = dict(sorted(values.items(), key=lambda kv: -kv[1])[: self.max_keys])
         return {"t": ref, "v": values}
@@ -181,7 +188,7 @@ class Centroid(_Base, frozen=True, tag="centroid"):
             vec = e if vec is None else (1 - self.alpha) * vec + self.alpha * e
         if vec is None:
             return state
-        return [round(float(x), 6) for x in vec]
+        return np.round(vec, 6).tolist()
 
 
 FeatureKind = CountByType | DecayedIntensity | LastN | LastValue | Histogram | Centroid

@@ -1,6 +1,7 @@
 """Where features live in the online store: row keys and families.
 
-Rows are prefixed by entity kind so users, items and event ids never collide.
+Rows are prefixed by entity kind so users and items never collide. Applied event ids are not
+features: they are the store's idempotency keys (`OnlineStore.write(..., seen=...)`).
 """
 
 from __future__ import annotations
@@ -9,14 +10,12 @@ from tastemaker.store import FamilySpec
 
 __all__ = [
     "COVIS",
-    "DEDUP",
     "GLOBAL_ROW",
     "POPULAR",
     "PROFILE",
     "SESSION",
     "STATS",
     "default_families",
-    "event_row",
     "item_row",
     "user_row",
 ]
@@ -26,7 +25,6 @@ SESSION = "session"  # the user's current session: id, items, counts
 STATS = "stats"  # per-item stream statistics (popularity accumulator)
 COVIS = "covis"  # per-item co-visitation neighbours
 POPULAR = "popular"  # global top lists, overall and per category
-DEDUP = "dedup"  # event ids already applied (exactly-once effect)
 
 GLOBAL_ROW = "g:popular"
 
@@ -39,12 +37,8 @@ def item_row(item_id: str) -> str:
     return "i:" + item_id
 
 
-def event_row(event_id: str) -> str:
-    return "e:" + event_id
-
-
 def default_families(
-    *, profile_ttl_s: float, session_ttl_s: float, covis_ttl_s: float, dedup_window_s: float
+    *, profile_ttl_s: float, session_ttl_s: float, covis_ttl_s: float
 ) -> list[FamilySpec]:
     """The families tastemaker writes, with their TTLs from the config."""
     return [
@@ -53,5 +47,4 @@ def default_families(
         FamilySpec(STATS, None),
         FamilySpec(COVIS, covis_ttl_s),
         FamilySpec(POPULAR, None),
-        FamilySpec(DEDUP, dedup_window_s),
     ]

@@ -35,8 +35,8 @@ class Runtime:
                 profile_ttl_s=s.profile_ttl_s,
                 session_ttl_s=s.session_ttl_s,
                 covis_ttl_s=s.covis_ttl_s,
-                dedup_window_s=config.stream.dedup_window_s,
             ),
+            seen_ttl_s=config.stream.dedup_window_s,
         )
         self.ingestor = Ingestor(self.log)
         self.pipeline = RecommendPipeline(config, self.store, catalog)

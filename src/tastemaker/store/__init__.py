@@ -18,7 +18,9 @@ __all__ = [
 ]
 
 
-def open_store(url: str, families: Sequence[FamilySpec]) -> OnlineStore:
+def open_store(
+    url: str, families: Sequence[FamilySpec], *, seen_ttl_s: float = 7 * 86400.0
+) -> OnlineStore:
     """Open the store a URL names:
 
     - `embedded:///abs/path` or `embedded://rel/path` (`?map_size_gb=8`): LMDB;
@@ -27,12 +29,13 @@ def open_store(url: str, families: Sequence[FamilySpec]) -> OnlineStore:
 
     Redis URLs take `timeout_ms` (per call, default 250), `max_connections` (default 64) and
     `prefix` (prepended to every key). The registry is this function: one explicit branch per
-    backend, nothing resolved by name.
+    backend, nothing resolved by name. `seen_ttl_s` is how long idempotency keys (event ids)
+    are remembered.
     """
     parsed = parse_url(url)
     if parsed.scheme == "embedded":
         map_size = int(parsed.params.get("map_size_gb", "8")) << 30
-        return EmbeddedStore(parsed.path, families, map_size=map_size)
+        return EmbeddedStore(parsed.path, families, map_size=map_size, seen_ttl_s=seen_ttl_s)
     if parsed.scheme in ("redis", "redis+cluster"):
         from tastemaker.store.redis import RedisStore  # only this backend imports redis-py
 
@@ -51,6 +54,7 @@ def open_store(url: str, families: Sequence[FamilySpec]) -> OnlineStore:
             timeout_s=timeout_s,
             max_connections=max_connections,
             prefix=prefix,
+            seen_ttl_s=seen_ttl_s,
         )
     raise ValueError(
         f"unsupported online store URL {url!r}: expected embedded://PATH, redis://HOST:PORT/DB "

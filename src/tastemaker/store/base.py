@@ -65,8 +65,14 @@ class OnlineStore(Protocol):
         live are absent from the result, never an error."""
         ...
 
-    def write(self, mutations: Sequence[Mutation]) -> None:
-        """Apply all mutations in one batch, newer timestamp winning per column."""
+    def write(self, mutations: Sequence[Mutation], *, seen: Sequence[str] = ()) -> None:
+        """Apply all mutations in one batch, newer timestamp winning per column, and record
+        the idempotency keys `seen` (event ids) with them, in the same atomic step where the
+        backend has one. A key is remembered for the store's `seen_ttl_s`."""
+        ...
+
+    def seen(self, keys: Sequence[str]) -> set[str]:
+        """Which of `keys` were recorded by `write(..., seen=...)` and have not expired."""
         ...
 
     def delete_rows(self, rows: Sequence[str]) -> None:

@@ -4,14 +4,16 @@ Why LMDB: a memory-mapped B+tree that many processes can read at once without lo
 one writes, with atomic transactions and no server. Reads are a page-cache lookup, which is
 what keeps a 50-feature fetch far under 0.1 ms.
 
-Layout: one LMDB key per (row, family), `row \\x1f family`, so a row's families are
-contiguous (erasure is one range delete). The value is msgpack `[expire_at, {column: [ts,
-value]}]`; `expire_at` is 0 for families without a TTL. Expired values are filtered on read
-and removed by `sweep()`.
+Layout: sub-database `cells` has one key per (row, family), `row \\x1f family`, so a row's
+families are contiguous (erasure is one range delete). The value is msgpack `[expire_at,
+{column: [ts, value]}]`; `expire_at` is 0 for families without a TTL. Sub-database `seen`
+maps idempotency keys (event ids) to their expiry, written in the same transaction as the
+cells. Expired entries are filtered on read and removed by `sweep()`.
 """
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,6 +27,7 @@ from tastemaker.store.base import Cell, FamilySpec, Mutation, RowData, StoreErro
 __all__ = ["EmbeddedStore"]
 
 _SEP = b"\x1f"
+_F64 = struct.Struct("<d")
 
 
 class _Record(msgspec.Struct, array_like=True):
@@ -51,6 +54,7 @@ class EmbeddedStore:
         families: Sequence[FamilySpec],
         *,
         map_size: int = 8 << 30,
+        seen_ttl_s: float = 7 * 86400.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         path = Path(directory).resolve()
@@ -69,7 +73,7 @@ class EmbeddedStore:
                     str(path / "store.lmdb"),
                     map_size=map_size,
                     subdir=False,
-                    max_dbs=0,
+                    max_dbs=2,
                     lock=True,
                     readahead=False,
                     meminit=False,
@@ -77,6 +81,9 @@ class EmbeddedStore:
                 )
             _ENVS[path] = (env, refs + 1)
         self._env = env
+        self._cells = env.open_db(b"cells")
+        self._seen = env.open_db(b"seen")
+        self._seen_ttl_s = seen_ttl_s
         self._closed = False
 
     @property
@@ -90,7 +97,7 @@ class EmbeddedStore:
         now = self._clock()
         decode = self._decode
         out: dict[str, RowData] = {}
-        with self._env.begin(buffers=True) as txn:
+        with self._env.begin(db=self._cells, buffers=True) as txn:
             get = txn.get
             for row in rows:
                 prefix = row.encode() + _SEP
@@ -107,15 +114,20 @@ class EmbeddedStore:
                     data[fam] = rec.cells
         return out
 
-    def write(self, mutations: Sequence[Mutation]) -> None:
-        if not mutations:
+    def write(self, mutations: Sequence[Mutation], *, seen: Sequence[str] = ()) -> None:
+        if not mutations and not seen:
             return
         for m in mutations:
             self._check_family(m.family)
         now = self._clock()
         decode, encode = self._decode, self._encode
         try:
-            with self._env.begin(write=True) as txn:
+            with self._env.begin(db=self._cells, write=True) as txn:
+                if seen:
+                    expiry = _F64.pack(now + self._seen_ttl_s)
+                    put_seen = txn.put
+                    for event_key in seen:
+                        put_seen(event_key.encode(), expiry, db=self._seen)
                 for m in mutations:
                     key = _key(m.row, m.family)
                     ttl = self._families[m.family].ttl_s
@@ -135,8 +147,18 @@ class EmbeddedStore:
         except lmdb.Error as exc:
             raise StoreError(f"embedded store write failed: {exc}") from exc
 
+    def seen(self, keys: Sequence[str]) -> set[str]:
+        now = self._clock()
+        found: set[str] = set()
+        with self._env.begin(db=self._seen, buffers=True) as txn:
+            for key in keys:
+                raw = txn.get(key.encode())
+                if raw is not None and _F64.unpack(raw)[0] > now:
+                    found.add(key)
+        return found
+
     def delete_rows(self, rows: Sequence[str]) -> None:
-        with self._env.begin(write=True) as txn:
+        with self._env.begin(db=self._cells, write=True) as txn:
             cursor = txn.cursor()
             for row in rows:
                 prefix = row.encode() + _SEP
@@ -147,9 +169,10 @@ class EmbeddedStore:
                         break
 
     def sweep(self) -> int:
-        """Delete expired families; returns how many. Reads never need it, it frees space."""
+        """Delete expired families and idempotency keys; returns how many families. Reads never
+        need it, it frees space."""
         now = self._clock()
-        with self._env.begin(write=True) as txn:
+        with self._env.begin(db=self._cells, write=True) as txn:
             expired = [
                 bytes(key)
                 for key, raw in txn.cursor()
@@ -157,6 +180,9 @@ class EmbeddedStore:
             ]
             for key in expired:
                 txn.delete(key)
+            old_seen = [bytes(k) for k, v in txn.cursor(db=self._seen) if _F64.unpack(v)[0] <= now]
+            for key in old_seen:
+                txn.delete(key, db=self._seen)
         return len(expired)
 
     def close(self) -> None:

@@ -185,11 +185,13 @@ class RedisStore:
         families: Sequence[FamilySpec],
         *,
         prefix: str = "",
+        seen_ttl_s: float = 7 * 86400.0,
     ) -> None:
         self._client: Any = client
         self._cluster = isinstance(client, RedisCluster)
         self._families = {f.name: f for f in families}
         self._prefix = prefix
+        self._seen_ttl_ms = max(1, int(seen_ttl_s * 1000))
         try:
             self._schema = _Schema(client, f"{prefix}tm:schema")
             self._merge = client.register_script(_lua("merge.lua"))
@@ -209,6 +211,7 @@ class RedisStore:
         timeout_s: float = 0.25,
         max_connections: int = 64,
         prefix: str = "",
+        seen_ttl_s: float = 7 * 86400.0,
     ) -> RedisStore:
         """`redis://host:port/db` or `redis+cluster://host:port` (any node of the cluster)."""
         opts: dict[str, Any] = {
@@ -225,7 +228,7 @@ class RedisStore:
                 client = redis.Redis.from_url(url, **opts)
         except redis.RedisError as exc:
             raise _wrap(exc) from exc
-        return cls(client, families, prefix=prefix)
+        return cls(client, families, prefix=prefix, seen_ttl_s=seen_ttl_s)
 
     @property
     def families(self) -> Mapping[str, FamilySpec]:
@@ -260,8 +263,8 @@ class RedisStore:
                 }
         return out
 
-    def write(self, mutations: Sequence[Mutation]) -> None:
-        if not mutations:
+    def write(self, mutations: Sequence[Mutation], *, seen: Sequence[str] = ()) -> None:
+        if not mutations and not seen:
             return
         # Merge mutations of one (row, family) first: one key, one blob, one script argument.
         merged: dict[str, tuple[int, dict[str, Cell]]] = {}
@@ -288,10 +291,33 @@ class RedisStore:
             end = start + len(cells_list)
             blobs[key] = (ttl_ms, _encode_family(ids, cells_list, encoded[start:end]))
             start = end
+        seen_keys = [self._seen_key(k) for k in seen]
         try:
-            self._retry_moved(lambda: self._run_merge(blobs))
+            self._retry_moved(lambda: self._run_merge(blobs, seen_keys))
         except redis.RedisError as exc:
             raise _wrap(exc) from exc
+
+    def seen(self, keys: Sequence[str]) -> set[str]:
+        if not keys:
+            return set()
+        wanted = {self._seen_key(k): k for k in keys}
+        try:
+            if not self._cluster:
+                found = self._client.mget(list(wanted))
+                return {k for k, v in zip(keys, found, strict=True) if v is not None}
+            present: set[str] = set()
+            for client, slots in self._by_node(wanted).values():
+                pipe = client.pipeline(transaction=False)
+                flat = [k for ks in slots.values() for k in ks]
+                for k in flat:
+                    pipe.exists(k)
+                present.update(wanted[k] for k, n in zip(flat, pipe.execute(), strict=True) if n)
+            return present
+        except redis.RedisError as exc:
+            raise _wrap(exc) from exc
+
+    def _seen_key(self, key: str) -> str:
+        return f"{self._prefix}{{s:{key}}}"
 
     # -- routing ---------------------------------------------------------------------------
     # redis-py's cluster pipeline refuses scripts, so on a cluster we route ourselves: keys
@@ -326,12 +352,20 @@ class RedisStore:
                 found.update(zip(row_keys, values, strict=True))
         return [found[k] for k in keys]
 
-    def _run_merge(self, blobs: Mapping[str, tuple[int, bytes]]) -> None:
-        for client, slots in self._by_node(blobs).values():
-            pipe = client.pipeline(transaction=False)
+    def _run_merge(self, blobs: Mapping[str, tuple[int, bytes]], seen_keys: list[str]) -> None:
+        # Standalone: cells and idempotency keys in one MULTI/EXEC, all or nothing. A cluster
+        # cannot make keys of several nodes atomic; there each node's share is one pipeline.
+        targets = self._by_node([*blobs, *seen_keys])
+        seen_set = set(seen_keys)
+        for client, slots in targets.values():
+            pipe = client.pipeline(transaction=not self._cluster)
             for keys in slots.values():
-                for i in range(0, len(keys), _KEYS_PER_SCRIPT):
-                    chunk = keys[i : i + _KEYS_PER_SCRIPT]
+                for k in keys:
+                    if k in seen_set:
+                        pipe.set(k, b"1", px=self._seen_ttl_ms)
+                cell_keys = [k for k in keys if k not in seen_set]
+                for i in range(0, len(cell_keys), _KEYS_PER_SCRIPT):
+                    chunk = cell_keys[i : i + _KEYS_PER_SCRIPT]
                     args: list[Any] = []
                     for key in chunk:
                         args.extend(blobs[key])

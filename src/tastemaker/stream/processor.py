@@ -1,9 +1,10 @@
 """The stream processor: log -> dedup -> sessionize -> aggregate -> one store write -> commit.
 
-Exactly-once effect on an at-least-once log: the ids of applied events are written in the
-same store batch as the features they changed (one LMDB transaction embedded), and the log
-offset is committed after. A crash between the two replays the batch, and every replayed
-event is then recognised by its id and skipped, so features end the same as without the crash.
+Exactly-once effect on an at-least-once log: the ids of applied events are written as the
+store's idempotency keys in the same write as the features they changed (one LMDB transaction
+embedded, one MULTI/EXEC on a standalone Redis), and the log offset is committed after. A
+crash between the two replays the batch, and every replayed event is then recognised by its
+id and skipped, so features end the same as without the crash.
 """
 
 from __future__ import annotations
@@ -24,13 +25,11 @@ from tastemaker.features import Fact, Popularity, update_covisitation
 from tastemaker.features.aggregations import DEFAULT_WEIGHTS
 from tastemaker.features.layout import (
     COVIS,
-    DEDUP,
     GLOBAL_ROW,
     POPULAR,
     PROFILE,
     SESSION,
     STATS,
-    event_row,
     item_row,
     user_row,
 )
@@ -84,6 +83,7 @@ class StreamProcessor:
         self._load_popularity()
         self.position = log_.committed(s.group)
         self._stop = threading.Event()
+        self._newest_ts: dict[str, float] = {}
 
     def _load_popularity(self) -> None:
         rows = [item_row(i) for i in self.catalog.ids]
@@ -107,41 +107,39 @@ class StreamProcessor:
         n_dup = len(records) - len(events)
         mutations: list[Mutation] = []
         users: set[str] = set()
+        self._newest_ts = {}
         if events:
             users = {e.user_id for e in events}
             mutations = self._apply(events)
-        mutations.extend(
-            Mutation(event_row(e.event_id), DEDUP, {"o": Cell(e.ts, 1)}) for e in events
-        )
-        self.store.write(mutations)
+        self.store.write(mutations, seen=[e.event_id for e in events])
         self.log.commit(s.group, last_offset)
         self.position = last_offset
         METRICS.events_processed.inc(len(events))
         METRICS.duplicates_dropped.inc(n_dup)
         METRICS.batch_seconds.observe(time.perf_counter() - started)
+        METRICS.batch_events.observe(len(records))
         now = time.time()
-        for e in events:
-            METRICS.freshness_seconds.observe(max(0.0, now - e.ts))
+        for ts in self._newest_ts.values():  # one observation per user row written
+            METRICS.freshness_seconds.observe(max(0.0, now - ts))
         METRICS.lag_events.set(max(0, self.log.end_offset() - last_offset))
         if users and self.on_users_changed is not None:
             self.on_users_changed(users)
         return BatchResult(len(events), n_dup, users, last_offset)
 
     def _drop_duplicates(self, events: list[Event]) -> list[Event]:
-        seen_before = self.store.get([event_row(e.event_id) for e in events], [DEDUP])
+        seen = self.store.seen([e.event_id for e in events])
         fresh: list[Event] = []
-        in_batch: set[str] = set()
         for e in events:
-            if e.event_id in in_batch or event_row(e.event_id) in seen_before:
-                continue
-            in_batch.add(e.event_id)
-            fresh.append(e)
+            if e.event_id not in seen:
+                seen.add(e.event_id)  # a repeat inside the batch is a duplicate too
+                fresh.append(e)
         return fresh
 
     def _apply(self, events: list[Event]) -> list[Mutation]:
         by_user: dict[str, list[Event]] = defaultdict(list)
         for e in events:
             by_user[e.user_id].append(e)
+        self._newest_ts = {u: max(e.ts for e in evs) for u, evs in by_user.items()}
         states = self.store.get([user_row(u) for u in by_user], [PROFILE, SESSION])
         mutations: list[Mutation] = []
         covis_pairs: dict[str, list[tuple[str, float]]] = defaultdict(list)
