@@ -40,6 +40,24 @@ def test_parquet_round_trip(tmp_path: Path) -> None:
     np.testing.assert_allclose(back.price, c.price)
 
 
+def test_save_and_load_cycles_change_nothing(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    first = Catalog(
+        ids=[str(i) for i in range(50)],
+        titles=["t"] * 50,
+        categories=["c"] * 50,
+        brands=["b"] * 50,
+        prices=np.ones(50),
+        embeddings=rng.normal(size=(50, 8)),
+    )
+    save_catalog(first, tmp_path / "a.parquet")
+    second = load_catalog(tmp_path / "a.parquet")
+    save_catalog(second, tmp_path / "b.parquet")
+    third = load_catalog(tmp_path / "b.parquet")
+    assert np.array_equal(first.embedding, second.embedding)
+    assert np.array_equal(second.embedding, third.embedding)
+
+
 def test_csv_with_space_separated_embeddings(tmp_path: Path) -> None:
     path = tmp_path / "c.csv"
     path.write_text(

@@ -68,7 +68,10 @@ class Catalog:
         if not np.all(np.isfinite(norms)):
             bad = int(np.flatnonzero(~np.isfinite(norms[:, 0]))[0])
             raise CatalogError(f"column 'embedding' row {bad}: not finite")
-        self.embedding: npt.NDArray[np.float32] = emb / np.maximum(norms, 1e-12)
+        # Rows already of unit length are kept bit for bit, so saving and loading a catalog
+        # never changes it (dividing by a norm of 0.99999994 would move the last bits).
+        scale = np.where(np.abs(norms - 1.0) > 1e-6, np.maximum(norms, 1e-12), 1.0)
+        self.embedding: npt.NDArray[np.float32] = (emb / scale).astype(np.float32)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -76,6 +76,7 @@ class StreamProcessor:
         self.on_users_changed = on_users_changed
         s = config.stream
         self.popularity = Popularity(len(catalog), s.popularity_half_life_s)
+        self._clock = 0.0
         self._category_rows = [
             np.flatnonzero(catalog.category == c).astype(np.int64)
             for c in range(len(catalog.category_names))
@@ -92,6 +93,17 @@ class StreamProcessor:
             cell = data[STATS].get("pop_log")
             if cell is not None:
                 self.popularity.log_score[self.catalog.index[r[2:]]] = float(cell.value)
+                self._clock = max(self._clock, cell.ts)
+        lists = self.store.get([GLOBAL_ROW], [POPULAR]).get(GLOBAL_ROW, {}).get(POPULAR, {})
+        self._clock = max([self._clock, *(c.ts for c in lists.values())])
+
+    def _tick(self, batch_max_ts: float) -> float:
+        """The timestamp of item-level cells: the newest event time seen so far. Events of
+        different users interleave in the log, so a batch's own newest event can be older
+        than an earlier batch's; stamping shared rows with it would make the store's
+        newer-wins rule drop the write."""
+        self._clock = max(self._clock, batch_max_ts)
+        return self._clock
 
     # -- one microbatch -------------------------------------------------------------------
 
@@ -253,7 +265,7 @@ class StreamProcessor:
         )
         self.popularity.add(rows, ts, weights)
         touched = np.unique(rows[(rows >= 0) & (weights > 0)])
-        now_ts = float(ts.max())
+        now_ts = self._tick(float(ts.max()))
         out = [
             Mutation(
                 item_row(str(cat.ids[r])),
