@@ -67,6 +67,8 @@ class StreamConfig(_Section, frozen=True):
     top_popular: PositiveInt = 500
     top_per_category: PositiveInt = 200
     run_in_server: bool = True
+    max_lag_events: PositiveInt = 1_000_000
+    retry_after_s: PositiveInt = 1
 
 
 class RankingConfig(_Section, frozen=True):

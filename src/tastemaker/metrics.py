@@ -22,6 +22,11 @@ class Metrics:
             "Events refused by validation (whole batches).",
             registry=r,
         )
+        self.backpressure = Counter(
+            "tastemaker_events_backpressure",
+            "POST /v1/events answered 429 because the stream lagged too far.",
+            registry=r,
+        )
         self.events_processed = Counter(
             "tastemaker_events_processed", "Events applied to features by the stream.", registry=r
         )

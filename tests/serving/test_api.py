@@ -110,3 +110,27 @@ def test_a_failing_log_answers_503_and_writes_nothing(tmp_path: Path, catalog: C
     assert r.json()["error"] == "log_unavailable"
     assert runtime.log.end_offset() == 0
     runtime.close()
+
+
+def test_backpressure_answers_429_with_retry_after_and_drops_nothing(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    config = make_config(tmp_path, catalog)
+    stream = msgspec.structs.replace(config.stream, max_lag_events=10, retry_after_s=3)
+    runtime = Runtime.from_config(msgspec.structs.replace(config, stream=stream))
+    with TestClient(build_app(runtime)) as client:
+        first = client.post(
+            "/v1/events", json={"events": [ev(i, catalog.ids[0]) for i in range(8)]}
+        )
+        second = client.post(
+            "/v1/events", json={"events": [ev(i, catalog.ids[0]) for i in range(8, 13)]}
+        )
+        refused = client.post("/v1/events", json={"events": [ev(99, catalog.ids[0])]})
+        assert (first.status_code, second.status_code, refused.status_code) == (202, 202, 429)
+        assert refused.headers["Retry-After"] == "3"
+        assert refused.json()["error"] == "backpressure"
+        assert runtime.log.end_offset() == 13  # the refused batch was not written
+        assert runtime.processor.drain() == 13  # every accepted event is applied
+        again = client.post("/v1/events", json={"events": [ev(99, catalog.ids[0])]})
+        assert again.status_code == 202
+    runtime.close()

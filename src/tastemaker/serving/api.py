@@ -22,6 +22,7 @@ from tastemaker import __version__
 from tastemaker.events import InvalidBatchError
 from tastemaker.log import LogError
 from tastemaker.metrics import METRICS
+from tastemaker.serving.ingest import BackpressureError
 from tastemaker.serving.openapi import openapi_document
 from tastemaker.serving.runtime import Runtime
 from tastemaker.serving.schemas import (
@@ -82,6 +83,10 @@ def build_app(runtime: Runtime) -> Starlette:
             )
         except LogError as exc:
             return _error(503, "log_unavailable", f"{exc}; nothing was written, retry later")
+        except BackpressureError as exc:
+            response = _error(429, "backpressure", f"{exc}; nothing was written")
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+            return response
         return _json(Accepted(accepted), 202)
 
     async def post_recommend(request: Request) -> Response:

@@ -12,17 +12,38 @@ from tastemaker.events import Event, InvalidBatchError, decode_batch
 from tastemaker.log import EventLog
 from tastemaker.metrics import METRICS
 
-__all__ = ["Ingestor"]
+__all__ = ["BackpressureError", "Ingestor"]
+
+
+class BackpressureError(RuntimeError):
+    """The stream is too far behind; the client should retry after `retry_after_s`."""
+
+    def __init__(self, lag: int, retry_after_s: int) -> None:
+        self.lag = lag
+        self.retry_after_s = retry_after_s
+        super().__init__(f"the stream is {lag} events behind; retry in {retry_after_s} s")
 
 
 class Ingestor:
-    """Validates and appends events; nothing of an invalid batch reaches the log."""
+    """Validates and appends events; nothing of an invalid batch reaches the log, and nothing
+    is appended while the stream is more than `max_lag_events` behind (`BackpressureError`):
+    refusing is how no accepted event is ever dropped or left waiting for minutes."""
 
-    def __init__(self, log: EventLog) -> None:
+    def __init__(
+        self, log: EventLog, *, group: str, max_lag_events: int, retry_after_s: int = 1
+    ) -> None:
         self.log = log
+        self.group = group
+        self.max_lag_events = max_lag_events
+        self.retry_after_s = retry_after_s
+
+    def lag(self) -> int:
+        """Events in the log that the stream processor has not committed."""
+        return max(0, self.log.end_offset() - self.log.committed(self.group))
 
     def ingest_json(self, body: bytes) -> int:
-        """Decode `{"events": [...]}` and append it. Raises `InvalidBatchError`."""
+        """Decode `{"events": [...]}` and append it. Raises `InvalidBatchError` or
+        `BackpressureError`."""
         try:
             events = decode_batch(body)
         except InvalidBatchError as exc:
@@ -32,6 +53,10 @@ class Ingestor:
 
     def ingest(self, events: Sequence[Event]) -> int:
         """Append already-typed events durably; returns how many were accepted."""
+        lag = self.lag()
+        if lag > self.max_lag_events:
+            METRICS.backpressure.inc()
+            raise BackpressureError(lag, self.retry_after_s)
         self.log.append(events)
         METRICS.events_accepted.inc(len(events))
         return len(events)

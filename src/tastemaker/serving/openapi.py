@@ -59,6 +59,15 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "responses": {
                         "202": {"description": "Durably appended", **_json(r["Accepted"])},
                         "400": error,
+                        "429": {
+                            "description": "The stream is behind; nothing was written. Retry "
+                            "after the seconds in the Retry-After header.",
+                            **_json(r["ErrorBody"]),
+                        },
+                        "503": {
+                            "description": "The log cannot be written; nothing was written.",
+                            **_json(r["ErrorBody"]),
+                        },
                     },
                 }
             },

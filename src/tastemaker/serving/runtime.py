@@ -38,7 +38,13 @@ class Runtime:
             ),
             seen_ttl_s=config.stream.dedup_window_s,
         )
-        self.ingestor = Ingestor(self.log)
+        st = config.stream
+        self.ingestor = Ingestor(
+            self.log,
+            group=st.group,
+            max_lag_events=st.max_lag_events,
+            retry_after_s=st.retry_after_s,
+        )
         self.pipeline = RecommendPipeline(config, self.store, catalog)
         self._processor: StreamProcessor | None = None
         self._thread: threading.Thread | None = None
