@@ -1,0 +1,207 @@
+"""Stream benchmark: processor throughput, freshness under load, duplicates after replays.
+
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_stream [--quick]
+
+Prints progress, then one JSON object as the last line:
+
+    events_per_s_embedded   one processor, the demo shop's full declared feature set, the
+                            embedded log and the LMDB store
+    events_per_s_redis      the same, online store on Redis (Valkey started here); the log
+                            is still the embedded one (the Redis Streams log is not built yet)
+    freshness_p50_s, freshness_p99_s
+                            `tastemaker serve` and `tastemaker stream` in their own
+                            processes (the layout for load) while a load generator
+                            holds a steady 20,000 events/s on POST /v1/events: for probe
+                            events, the time from their POST returning to their effect being
+                            visible through GET /v1/users/{id}/features
+    duplicates_counted      after replaying 10% of the events: events counted more than
+                            once in the users' `counts` features (must be 0)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import msgspec
+import numpy as np
+
+from benchmarks.common import free_port, server
+from benchmarks.loadgen import run_load
+from tastemaker.catalog import save_catalog
+from tastemaker.config import CatalogConfig, Config, LogConfig, StoreConfig
+from tastemaker.data.synthetic import Shop, ShopSpec, generate_shop
+from tastemaker.events import Event
+from tastemaker.features.layout import PROFILE, user_row
+from tastemaker.serving.runtime import Runtime
+from tastemaker.testing.servers import redis_server
+
+
+def _config(root: Path, store_url: str | None = None) -> Config:
+    return Config(
+        log=LogConfig(url=f"embedded://{root}/log?fsync=never"),
+        store=StoreConfig(url=store_url or f"embedded://{root}/store"),
+        catalog=CatalogConfig(path=str(root / "catalog.parquet")),
+    )
+
+
+def throughput(root: Path, shop: Shop, events: list[Event], store_url: str | None) -> float:
+    root.mkdir(parents=True, exist_ok=True)
+    save_catalog(shop.catalog(), root / "catalog.parquet")
+    rt = Runtime.from_config(_config(root, store_url))
+    for i in range(0, len(events), 10_000):
+        rt.log.append(events[i : i + 10_000])
+    started = time.perf_counter()
+    applied = rt.processor.drain()
+    elapsed = time.perf_counter() - started
+    rt.close()
+    assert applied == len({e.event_id for e in events})
+    return len(events) / elapsed
+
+
+def duplicates_counted(root: Path, events: list[Event]) -> int:
+    """Replay 10% of the events (as at-least-once delivery does) and count double counting."""
+    rt = Runtime.from_config(_config(root))  # the store the embedded throughput run filled
+    replay = events[::10]
+    rt.log.append(replay)
+    rt.processor.drain()
+    users = sorted({e.user_id for e in events})
+    rows = rt.store.get([user_row(u) for u in users], [PROFILE])
+    counted = sum(sum(r[PROFILE]["counts"].value.values()) for r in rows.values())
+    rt.close()
+    return counted - len({e.event_id for e in events})
+
+
+def freshness(
+    root: Path, shop: Shop, events: list[Event], seconds: float, rate: float
+) -> dict[str, Any]:
+    root.mkdir(parents=True, exist_ok=True)
+    save_catalog(shop.catalog(), root / "catalog.parquet")
+    config = root / "config.toml"
+    config.write_text(
+        f'[log]\nurl = "embedded://{root}/log?fsync=never"\n'
+        f'[store]\nurl = "embedded://{root}/store"\n'
+        f'[catalog]\npath = "{root}/catalog.parquet"\n'
+        "[stream]\npoll_interval_s = 0.05\nrun_in_server = false\n"
+    )
+    per_request = 500
+    encode = msgspec.json.Encoder().encode
+    bodies = [
+        encode({"events": events[i : i + per_request]})
+        for i in range(0, len(events) - per_request, per_request)
+    ]
+    port = free_port()
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    item = str(shop.item_ids[0])
+    waits: list[float] = []
+    stop = threading.Event()
+
+    def probe(worker: int) -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            k = 0
+            while not stop.is_set():
+                user = f"probe-{worker}-{k}"
+                body = {
+                    "events": [
+                        {
+                            "event_id": user,
+                            "user_id": user,
+                            "item_id": item,
+                            "type": "click",
+                            "ts": time.time(),
+                        }
+                    ]
+                }
+                if http.post("/v1/events", json=body).status_code != 202:
+                    continue
+                posted = time.perf_counter()
+                while not stop.is_set():
+                    features = http.get(f"/v1/users/{user}/features").json()["features"]
+                    if features:
+                        waits.append(time.perf_counter() - posted)
+                        break
+                    time.sleep(0.005)
+                k += 1
+                stop.wait(0.05)
+
+    # The production layout under load: the API and the stream as separate processes.
+    stream = subprocess.Popen(
+        [sys.executable, "-m", "tastemaker", "stream", "--config", str(config)], env=env
+    )
+    try:
+        with server(
+            ["tastemaker", "serve", "--config", str(config), "--port", str(port)], port, env
+        ):
+            probers = [threading.Thread(target=probe, args=(w,)) for w in range(4)]
+            for t in probers:
+                t.start()
+            load = run_load(
+                "127.0.0.1",
+                port,
+                "/v1/events",
+                bodies,
+                seconds=seconds,
+                connections=4,
+                rate=rate / per_request,
+            )
+            stop.set()
+            for t in probers:
+                t.join()
+    finally:
+        stream.terminate()
+        stream.wait(timeout=15)
+    w = np.asarray(waits)
+    print(
+        f"freshness: {w.size} probes, p50 {np.percentile(w, 50):.3f} s, "
+        f"p99 {np.percentile(w, 99):.3f} s; load {load}",
+        flush=True,
+    )
+    return {
+        "freshness_p50_s": round(float(np.percentile(w, 50)), 3),
+        "freshness_p99_s": round(float(np.percentile(w, 99)), 3),
+        "freshness_probes": int(w.size),
+        "load_events_per_s": round(load.rps * per_request),
+        "load_errors": load.errors,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rate", type=float, default=20_000.0, help="events/s for freshness")
+    args = parser.parse_args()
+    users = 5_000 if args.quick else 20_000
+    seconds = 20.0 if args.quick else 60.0
+    shop = generate_shop(ShopSpec(n_users=users, n_items=5_000))
+    events = [e for chunk in shop.events() for e in chunk]
+    result: dict[str, Any] = {"events": len(events), "users": users}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        result["events_per_s_embedded"] = round(throughput(root / "emb", shop, events, None))
+        print(f"embedded: {result['events_per_s_embedded']:,} events/s", flush=True)
+        result["duplicates_counted"] = duplicates_counted(root / "emb", events)
+        with redis_server(root / "redis") as url:
+            result["events_per_s_redis"] = round(throughput(root / "red", shop, events, url))
+        print(f"redis store: {result['events_per_s_redis']:,} events/s", flush=True)
+        load_shop = generate_shop(ShopSpec(n_users=users * 4, n_items=5_000, seed=11))
+        load_events = [e for chunk in load_shop.events() for e in chunk]
+        needed = int(args.rate * seconds * 1.1)
+        result.update(
+            freshness(root / "fresh", load_shop, load_events[:needed], seconds, args.rate)
+        )
+    result["freshness_rate_events_per_s"] = args.rate
+    print(msgspec.json.encode(result).decode())
+
+
+if __name__ == "__main__":
+    main()
