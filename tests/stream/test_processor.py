@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +137,28 @@ def test_restarting_after_every_batch_changes_nothing(tmp_path: Path, shop: Shop
         snapshots.append(all_rows(rt, catalog, users))
         rt.close()
     assert snapshots[0] == snapshots[1]
+
+
+def test_the_stored_position_prevents_replays_beyond_the_dedup_window(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    config = make_config(tmp_path, catalog)
+    # Idempotency keys that expire at once: only the stored position can prevent a replay.
+    config = msgspec.structs.replace(
+        config, stream=msgspec.structs.replace(config.stream, dedup_window_s=0.001)
+    )
+    item = str(catalog.ids[0])
+    rt = Runtime(config, catalog)
+    rt.ingestor.ingest([event(str(i), "u1", item, EventType.CLICK, T0 + i) for i in range(3)])
+    rt.log.commit = lambda *_: None  # type: ignore[method-assign]  # dies before the log commit
+    assert rt.processor.process_once() is not None
+    rt.close()
+    time.sleep(0.01)
+    again = Runtime(config, catalog)
+    try:
+        assert again.log.committed(config.stream.group) == 0  # the log never heard of it
+        assert again.processor.position == 3
+        assert again.processor.drain() == 0
+        assert again.pipeline.user_features("u1")[PROFILE]["counts"].value == {"click": 3}
+    finally:
+        again.close()

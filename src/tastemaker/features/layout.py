@@ -11,12 +11,14 @@ from tastemaker.store import FamilySpec
 __all__ = [
     "COVIS",
     "GLOBAL_ROW",
+    "OFFSETS",
     "POPULAR",
     "PROFILE",
     "SESSION",
     "STATS",
     "default_families",
     "item_row",
+    "offsets_row",
     "user_row",
 ]
 
@@ -25,8 +27,13 @@ SESSION = "session"  # the user's current session: id, items, counts
 STATS = "stats"  # per-item stream statistics (popularity accumulator)
 COVIS = "covis"  # per-item co-visitation neighbours
 POPULAR = "popular"  # global top lists, overall and per category
+OFFSETS = "offsets"  # per consumer group: the log position the stored state reflects
 
 GLOBAL_ROW = "g:popular"
+
+
+def offsets_row(group: str) -> str:
+    return "o:" + group
 
 
 def user_row(user_id: str) -> str:
@@ -47,4 +54,5 @@ def default_families(
         FamilySpec(STATS, None),
         FamilySpec(COVIS, covis_ttl_s),
         FamilySpec(POPULAR, None),
+        FamilySpec(OFFSETS, None),
     ]

@@ -1,10 +1,13 @@
 """The stream processor: log -> dedup -> sessionize -> aggregate -> one store write -> commit.
 
-Exactly-once effect on an at-least-once log: the ids of applied events are written as the
-store's idempotency keys in the same write as the features they changed (one LMDB transaction
-embedded, one MULTI/EXEC on a standalone Redis), and the log offset is committed after. A
-crash between the two replays the batch, and every replayed event is then recognised by its
-id and skipped, so features end the same as without the crash.
+Exactly-once effect on an at-least-once log, twice over:
+- the log position a batch ends at is written in the same store write as the state it
+  produced (one LMDB transaction embedded, one MULTI/EXEC on a standalone Redis), and a
+  restarted processor resumes from the store's position: a batch is never applied twice;
+- the ids of applied events are written in that same write as the store's idempotency keys,
+  so an event a client sent twice (at-least-once delivery upstream) counts once within
+  `stream.dedup_window_s`.
+The log's own committed offset is written after, for lag monitoring.
 """
 
 from __future__ import annotations
@@ -26,11 +29,13 @@ from tastemaker.features.aggregations import DEFAULT_WEIGHTS
 from tastemaker.features.layout import (
     COVIS,
     GLOBAL_ROW,
+    OFFSETS,
     POPULAR,
     PROFILE,
     SESSION,
     STATS,
     item_row,
+    offsets_row,
     user_row,
 )
 from tastemaker.log import EventLog
@@ -82,9 +87,18 @@ class StreamProcessor:
             for c in range(len(catalog.category_names))
         ]
         self._load_popularity()
-        self.position = log_.committed(s.group)
+        self.position = self._stored_position()
         self._stop = threading.Event()
         self._newest_ts: dict[str, float] = {}
+
+    def _stored_position(self) -> int:
+        """Where this group's stored state ends in the log. The log's committed offset can only
+        lag behind it (it is written after the store), so the store's position wins."""
+        group = self.config.stream.group
+        row = offsets_row(group)
+        cell = self.store.get([row], [OFFSETS]).get(row, {}).get(OFFSETS, {}).get("log")
+        stored = 0 if cell is None else int(cell.value)
+        return max(stored, self.log.committed(group))
 
     def _load_popularity(self) -> None:
         rows = [item_row(i) for i in self.catalog.ids]
@@ -123,8 +137,13 @@ class StreamProcessor:
         if events:
             users = {e.user_id for e in events}
             mutations = self._apply(events)
+        # The position travels in the same store write as the state it produced: after a
+        # crash the state and the position agree, whatever the log's own commit says.
+        mutations.append(
+            Mutation(offsets_row(s.group), OFFSETS, {"log": Cell(float(last_offset), last_offset)})
+        )
         self.store.write(mutations, seen=[e.event_id for e in events])
-        self.log.commit(s.group, last_offset)
+        self.log.commit(s.group, last_offset)  # for lag monitoring and other readers
         self.position = last_offset
         METRICS.events_processed.inc(len(events))
         METRICS.duplicates_dropped.inc(n_dup)
