@@ -81,7 +81,7 @@ def test_events_over_http_change_features_and_recommendations(
     wait_until(lambda: server.get("/healthz").json()["stream_lag"] == 0, timeout=30)
 
     before = server.post("/v1/recommend", json={"user_id": "carol", "n": 10}).json()["items"]
-    assert [i["sources"] for i in before] == [["popular"]] * 10  # cold start
+    assert all(set(i["sources"]) <= {"popular", "trending"} for i in before)  # cold start
 
     # carol looks at items of one category, then buys one of them.
     category = int(catalog.category[0])

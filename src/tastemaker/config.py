@@ -62,6 +62,7 @@ class StreamConfig(_Section, frozen=True):
     session_gap_s: Positive = 1800.0
     dedup_window_s: Positive = 7 * DAY
     popularity_half_life_s: Positive = 3 * DAY
+    trending_half_life_s: Positive = 3600.0
     covis_window: PositiveInt = 5
     covis_max_neighbours: PositiveInt = 100
     top_popular: PositiveInt = 500
@@ -72,13 +73,18 @@ class StreamConfig(_Section, frozen=True):
 
 
 class RankingConfig(_Section, frozen=True):
-    """Weights of the linear scorer over the candidate feature matrix."""
+    """The scorer: a LightGBM model file if `model_path` is set, else the linear scorer with
+    `weights` over the candidate feature matrix."""
 
+    model_path: str | None = None
     weights: dict[str, float] = msgspec.field(
         default_factory=lambda: {
             "popularity": 0.15,
+            "trending": 0.1,
             "covisitation": 0.9,
+            "session_neighbours": 0.6,
             "category_retrieval": 0.3,
+            "ann": 0.3,
             "emb_click_sim": 1.2,
             "category_affinity": 1.0,
             "brand_affinity": 0.5,
@@ -93,9 +99,13 @@ class ServingConfig(_Section, frozen=True):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     default_n: PositiveInt = 10
     max_n: PositiveInt = 200
-    popular_candidates: PositiveInt = 300
-    covis_candidates: PositiveInt = 300
-    category_candidates: PositiveInt = 300
+    popular_candidates: PositiveInt = 200
+    trending_candidates: PositiveInt = 100
+    covis_candidates: PositiveInt = 200
+    session_candidates: PositiveInt = 100
+    category_candidates: PositiveInt = 200
+    ann_candidates: PositiveInt = 200
+    ann_exact_below: PositiveInt = 20_000
     global_cache_s: Positive = 1.0
 
 

@@ -4,6 +4,7 @@ import numpy as np
 
 from tastemaker.catalog import Catalog
 from tastemaker.retrieval import (
+    AnnRetriever,
     Candidates,
     CategoryRetriever,
     PopularRetriever,
@@ -54,3 +55,19 @@ def test_category_retriever_follows_the_users_affinity(catalog: Catalog) -> None
         CategoryRetriever().retrieve(RetrievalContext({}, lists(catalog), catalog), 10).rows.size
         == 0
     )
+
+
+def test_ann_exact_and_hnsw_find_the_nearest_items(catalog: Catalog) -> None:
+    target = catalog.embedding[7]
+    ctx = RetrievalContext(
+        {"profile": {"click_centroid": Cell(0.0, (target * 3).tolist())}}, {}, catalog
+    )
+    exact = AnnRetriever(catalog, exact_below=10**9).retrieve(ctx, 20)
+    hnsw = AnnRetriever(catalog, exact_below=1).retrieve(ctx, 20)
+    assert 7 in exact.rows.tolist()
+    assert exact.scores.max() == np.float32(exact.scores[exact.rows.tolist().index(7)])
+    truth = np.argsort(-(catalog.embedding @ target))[:20]
+    assert set(exact.rows.tolist()) == set(truth.tolist())
+    assert len(set(hnsw.rows.tolist()) & set(truth.tolist())) >= 18
+    assert (exact.scores > 0).all()
+    assert AnnRetriever(catalog).retrieve(RetrievalContext({}, {}, catalog), 5).rows.size == 0

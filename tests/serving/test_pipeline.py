@@ -23,9 +23,15 @@ def test_unknown_user_before_any_event_gets_catalog_items(runtime: Runtime) -> N
 def test_cold_start_gets_the_most_popular_items(runtime: Runtime, shop: Shop) -> None:
     loaded(runtime, shop)
     rec = runtime.pipeline.recommend("nobody", 5)
-    top = runtime.processor.popularity.top(5)
-    assert [i.item_id for i in rec.items] == runtime.catalog.ids[top].tolist()
-    assert all(i.sources == ["popular"] for i in rec.items)
+    cfg = runtime.config.serving
+    p = runtime.processor
+    allowed = set(runtime.catalog.ids[p.popularity.top(cfg.popular_candidates)]) | set(
+        runtime.catalog.ids[p.trending.top(cfg.trending_candidates)]
+    )
+    assert len(rec.items) == 5
+    assert {i.item_id for i in rec.items} <= allowed
+    assert all(set(i.sources) <= {"popular", "trending"} for i in rec.items)
+    assert runtime.catalog.ids[p.popularity.top(1)][0] in {i.item_id for i in rec.items}
 
 
 def test_known_users_get_personal_items_that_say_where_they_came_from(
@@ -39,7 +45,7 @@ def test_known_users_get_personal_items_that_say_where_they_came_from(
     scores = [i.score for i in rec.items]
     assert scores == sorted(scores, reverse=True)
     assert len({i.item_id for i in rec.items}) == 10
-    allowed = {"popular", "covisitation", "category"}
+    allowed = {"popular", "trending", "covisitation", "session", "category", "ann"}
     assert all(i.sources and set(i.sources) <= allowed for i in rec.items)
     assert any("covisitation" in i.sources or "category" in i.sources for i in rec.items)
     assert rec.items != runtime.pipeline.recommend("nobody", 10).items

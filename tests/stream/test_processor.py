@@ -162,3 +162,19 @@ def test_the_stored_position_prevents_replays_beyond_the_dedup_window(
         assert again.pipeline.user_features("u1")[PROFILE]["counts"].value == {"click": 3}
     finally:
         again.close()
+
+
+def test_trending_favours_recent_events_and_session_neighbours_use_the_session(
+    runtime: Runtime, catalog: Catalog
+) -> None:
+    old, new = str(catalog.ids[0]), str(catalog.ids[1])
+    # `old` got many views a day ago, `new` a few in the last minutes.
+    events = [event(f"o{i}", f"u{i}", old, ts=T0 - 86400 + i) for i in range(30)]
+    events += [event(f"n{i}", f"v{i}", new, ts=T0 + i) for i in range(5)]
+    runtime.ingestor.ingest(events)
+    runtime.processor.drain()
+    p = runtime.processor
+    assert catalog.ids[p.popularity.top(1)][0] == old  # 3-day half-life: volume wins
+    assert catalog.ids[p.trending.top(1)][0] == new  # 1-hour half-life: recency wins
+    lists = runtime.store.get([GLOBAL_ROW], [POPULAR])[GLOBAL_ROW][POPULAR]
+    assert lists["trending"].value[0][0] == new

@@ -15,21 +15,24 @@ from tastemaker.store import RowData
 
 __all__ = ["FEATURE_NAMES", "assemble"]
 
-FEATURE_NAMES = [
-    "popularity",
-    "covisitation",
-    "category_retrieval",  # retriever scores
-    "emb_click_sim",  # dot(candidate embedding, user's click centroid)
-    "category_affinity",
-    "brand_affinity",
-    "session_category",  # user share of the item's value
-    "price_fit",  # share of the user's engagements in the item's price band
-]
+# Retriever name -> its score column.
 _RETRIEVER_COLUMNS = {
     "popular": "popularity",
+    "trending": "trending",
     "covisitation": "covisitation",
+    "session": "session_neighbours",
     "category": "category_retrieval",
+    "ann": "ann",
 }
+FEATURE_NAMES = [
+    *_RETRIEVER_COLUMNS.values(),  # each retriever's score, scaled to (0, 1] per request
+    "emb_click_sim",  # dot(candidate embedding, user's click centroid): EmbClickSim
+    "category_affinity",  # the user's share of interest in the candidate's category
+    "brand_affinity",  # ... in its brand
+    "session_category",  # ... in its category during this session
+    "price_fit",  # share of the user's engagements in the candidate's price band
+]
+_COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
 
 def _shares(cell_value: Any, index: dict[str, int], size: int) -> npt.NDArray[np.float32]:
@@ -64,25 +67,24 @@ def assemble(
     for i, name in enumerate(cands.names):
         col = cands.scores[:, i]
         top = col.max()
-        x[:, FEATURE_NAMES.index(_RETRIEVER_COLUMNS[name])] = col / top if top > 0 else col
+        x[:, _COL[_RETRIEVER_COLUMNS[name]]] = col / top if top > 0 else col
     centroid = _value(user, PROFILE, "click_centroid")
     if centroid is not None:
         c = np.asarray(centroid, np.float32)
         norm = float(np.linalg.norm(c))
-        if norm > 0:
-            x[:, 3] = catalog.embedding[rows] @ (c / norm)
+        if norm > 0 and c.shape[0] == catalog.dim:
+            x[:, _COL["emb_click_sim"]] = catalog.embedding[rows] @ (c / norm)
     n_cat, n_brand = len(catalog.category_names), len(catalog.brand_names)
-    x[:, 4] = _shares(_value(user, PROFILE, "category_intensity"), catalog.category_index, n_cat)[
-        catalog.category[rows]
-    ]
-    x[:, 5] = _shares(_value(user, PROFILE, "brand_intensity"), catalog.brand_index, n_brand)[
-        catalog.brand[rows]
-    ]
-    x[:, 6] = _shares(_value(user, SESSION, "session_category"), catalog.category_index, n_cat)[
-        catalog.category[rows]
-    ]
+    cats, brands = catalog.category[rows], catalog.brand[rows]
+    affinity = _shares(_value(user, PROFILE, "category_intensity"), catalog.category_index, n_cat)
+    x[:, _COL["category_affinity"]] = affinity[cats]
+    brand = _shares(_value(user, PROFILE, "brand_intensity"), catalog.brand_index, n_brand)
+    x[:, _COL["brand_affinity"]] = brand[brands]
+    session = _shares(_value(user, SESSION, "session_category"), catalog.category_index, n_cat)
+    x[:, _COL["session_category"]] = session[cats]
     hist = _value(user, PROFILE, "price_hist")
     if hist is not None and len(hist) == len(price_edges) + 1 and sum(hist) > 0:
         dist = np.asarray(hist, np.float32) / float(sum(hist))
-        x[:, 7] = dist[np.searchsorted(price_edges, catalog.price[rows], side="right")]
+        bands = np.searchsorted(price_edges, catalog.price[rows], side="right")
+        x[:, _COL["price_fit"]] = dist[bands]
     return x

@@ -1,5 +1,6 @@
 """Retrievers propose candidates as numpy arrays of (catalog row, score)."""
 
+from tastemaker.retrieval.ann import AnnRetriever
 from tastemaker.retrieval.base import (
     Candidates,
     CandidateSet,
@@ -12,6 +13,7 @@ from tastemaker.retrieval.covisitation import CovisitationRetriever
 from tastemaker.retrieval.popular import PopularRetriever, popular_candidates
 
 __all__ = [
+    "AnnRetriever",
     "CandidateSet",
     "Candidates",
     "CategoryRetriever",

@@ -12,22 +12,22 @@ __all__ = ["CovisitationRetriever"]
 
 
 class CovisitationRetriever:
-    """Seeds are the session's items, then the user's last items, the most recent weighing
-    most; their neighbour lists are read in one multi-get."""
+    """Items co-visited with seed items, the most recent seeds weighing most; the seeds'
+    neighbour lists are read in one multi-get. As `covisitation` the seeds are the user's last
+    items; as `session` (session neighbours) only the items of the current session."""
 
-    name = "covisitation"
-
-    def __init__(self, store: OnlineStore, max_seeds: int = 10) -> None:
+    def __init__(
+        self, store: OnlineStore, *, session_only: bool = False, max_seeds: int = 10
+    ) -> None:
         self.store = store
         self.max_seeds = max_seeds
+        self.name = "session" if session_only else "covisitation"
+        self._source = (SESSION, "session_items") if session_only else (PROFILE, "last_items")
 
     def retrieve(self, ctx: RetrievalContext, k: int) -> Candidates:
-        seeds: list[str] = []
-        for family, column in ((SESSION, "session_items"), (PROFILE, "last_items")):
-            cell = ctx.user.get(family, {}).get(column)
-            if cell is not None:
-                seeds.extend(i for i in cell.value if i not in seeds)
-        seeds = seeds[: self.max_seeds]
+        family, column = self._source
+        cell = ctx.user.get(family, {}).get(column)
+        seeds: list[str] = [] if cell is None else list(cell.value)[: self.max_seeds]
         if not seeds:
             return Candidates.empty()
         rows = self.store.get([item_row(i) for i in seeds], [COVIS])

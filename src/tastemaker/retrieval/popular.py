@@ -25,9 +25,12 @@ def popular_candidates(ctx: RetrievalContext, column: str, k: int) -> Candidates
 
 
 class PopularRetriever:
-    """The most popular items overall."""
+    """The most popular items overall (long half-life, `popular`), or the items gaining
+    attention right now (short half-life, `trending`)."""
 
-    name = "popular"
+    def __init__(self, *, trending: bool = False) -> None:
+        self.name = "trending" if trending else "popular"
+        self._column = "trending" if trending else "all"
 
     def retrieve(self, ctx: RetrievalContext, k: int) -> Candidates:
-        return popular_candidates(ctx, "all", k)
+        return popular_candidates(ctx, self._column, k)

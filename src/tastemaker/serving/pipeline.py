@@ -21,7 +21,9 @@ from tastemaker.features import Histogram
 from tastemaker.features.layout import GLOBAL_ROW, POPULAR, PROFILE, SESSION, user_row
 from tastemaker.metrics import METRICS
 from tastemaker.ranking import FEATURE_NAMES, LinearScorer, Scorer, assemble
+from tastemaker.ranking.lightgbm import LightGBMScorer
 from tastemaker.retrieval import (
+    AnnRetriever,
     CategoryRetriever,
     CovisitationRetriever,
     PopularRetriever,
@@ -56,12 +58,18 @@ class RecommendPipeline:
         self.config = config
         self.store = store
         self.catalog = catalog
+        if scorer is None and config.ranking.model_path is not None:
+            scorer = LightGBMScorer(config.ranking.model_path, FEATURE_NAMES)
         self.scorer = scorer or LinearScorer(config.ranking.weights)
         s = config.serving
+        # The first retriever is the fallback when the store fails: it needs no user data.
         self.retrievers: list[tuple[Retriever, int]] = [
             (PopularRetriever(), s.popular_candidates),
+            (PopularRetriever(trending=True), s.trending_candidates),
             (CovisitationRetriever(store), s.covis_candidates),
+            (CovisitationRetriever(store, session_only=True), s.session_candidates),
             (CategoryRetriever(), s.category_candidates),
+            (AnnRetriever(catalog, exact_below=s.ann_exact_below), s.ann_candidates),
         ]
         hist = next((f for f in config.features if isinstance(f, Histogram)), None)
         self.price_edges = list(hist.edges) if hist else []

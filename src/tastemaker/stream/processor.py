@@ -81,6 +81,7 @@ class StreamProcessor:
         self.on_users_changed = on_users_changed
         s = config.stream
         self.popularity = Popularity(len(catalog), s.popularity_half_life_s)
+        self.trending = Popularity(len(catalog), s.trending_half_life_s)
         self._clock = 0.0
         self._category_rows = [
             np.flatnonzero(catalog.category == c).astype(np.int64)
@@ -104,10 +105,12 @@ class StreamProcessor:
         rows = [item_row(i) for i in self.catalog.ids]
         stored = self.store.get(rows, [STATS])
         for r, data in stored.items():
-            cell = data[STATS].get("pop_log")
-            if cell is not None:
-                self.popularity.log_score[self.catalog.index[r[2:]]] = float(cell.value)
-                self._clock = max(self._clock, cell.ts)
+            row = self.catalog.index[r[2:]]
+            for column, tracker in (("pop_log", self.popularity), ("trend_log", self.trending)):
+                cell = data[STATS].get(column)
+                if cell is not None:
+                    tracker.log_score[row] = float(cell.value)
+                    self._clock = max(self._clock, cell.ts)
         lists = self.store.get([GLOBAL_ROW], [POPULAR]).get(GLOBAL_ROW, {}).get(POPULAR, {})
         self._clock = max([self._clock, *(c.ts for c in lists.values())])
 
@@ -283,13 +286,18 @@ class StreamProcessor:
             (DEFAULT_WEIGHTS.get(e.type, 0.0) for e in events), np.float64, len(events)
         )
         self.popularity.add(rows, ts, weights)
+        self.trending.add(rows, ts, weights)
         touched = np.unique(rows[(rows >= 0) & (weights > 0)])
         now_ts = self._tick(float(ts.max()))
+        pop, trend = self.popularity.log_score, self.trending.log_score
         out = [
             Mutation(
                 item_row(str(cat.ids[r])),
                 STATS,
-                {"pop_log": Cell(now_ts, float(self.popularity.log_score[r]))},
+                {
+                    "pop_log": Cell(now_ts, float(pop[r])),
+                    "trend_log": Cell(now_ts, float(trend[r])),
+                },
             )
             for r in touched
         ]
@@ -311,10 +319,13 @@ class StreamProcessor:
         cat = self.catalog
         pop = self.popularity
 
-        def listing(rows: np.ndarray[Any, Any]) -> list[Any]:
-            return [cat.ids[rows].tolist(), np.round(pop.log_score[rows], 6).tolist()]
+        def listing(rows: np.ndarray[Any, Any], tracker: Popularity = pop) -> list[Any]:
+            return [cat.ids[rows].tolist(), np.round(tracker.log_score[rows], 6).tolist()]
 
-        cells = {"all": Cell(ts, listing(pop.top(s.top_popular)))}
+        cells = {
+            "all": Cell(ts, listing(pop.top(s.top_popular))),
+            "trending": Cell(ts, listing(self.trending.top(s.top_popular), self.trending)),
+        }
         for c in np.unique(cat.category[touched]):
             rows = pop.top(s.top_per_category, among=self._category_rows[int(c)])
             cells["c:" + str(cat.category_names[c])] = Cell(ts, listing(rows))
