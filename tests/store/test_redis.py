@@ -52,3 +52,18 @@ def test_a_slow_server_raises_a_typed_timeout(redis_url: str) -> None:
 def test_an_unreachable_server_is_a_store_error() -> None:
     with pytest.raises(StoreError):
         RedisStore.from_url("redis://127.0.0.1:1/0", FAMILIES, timeout_s=0.2)
+
+
+def test_batch_writes_have_their_own_longer_timeout(redis_url: str) -> None:
+    """The stream's microbatch writes may take longer than a request's read budget."""
+    store = RedisStore.from_url(
+        redis_url, FAMILIES, prefix="wt:", timeout_s=0.1, write_timeout_s=3.0
+    )
+    admin = redis.Redis.from_url(redis_url)
+    admin.client_pause(400, all=False)  # writes wait 0.4 s on the server; reads go on
+    started = time.monotonic()
+    store.write([Mutation(f"u:{i}", "profile", {"a": Cell(1.0, i)}) for i in range(100)])
+    assert time.monotonic() - started >= 0.3
+    assert store.get(["u:99"], ["profile"])["u:99"]["profile"]["a"] == Cell(1.0, 99)
+    admin.close()
+    store.close()

@@ -27,10 +27,10 @@ def open_store(
     - `redis://host:port/db`: a Redis >= 6.2 or Valkey server;
     - `redis+cluster://host:port`: a Redis Cluster, through any of its nodes.
 
-    Redis URLs take `timeout_ms` (per call, default 250), `max_connections` (default 64) and
-    `prefix` (prepended to every key). The registry is this function: one explicit branch per
-    backend, nothing resolved by name. `seen_ttl_s` is how long idempotency keys (event ids)
-    are remembered.
+    Redis URLs take `timeout_ms` (per read, default 250), `write_timeout_ms` (per batch write,
+    default 10000), `max_connections` (default 64) and `prefix` (prepended to every key).
+    The registry is this function: one explicit branch per backend, nothing resolved by name.
+    `seen_ttl_s` is how long idempotency keys (event ids) are remembered.
     """
     parsed = parse_url(url)
     if parsed.scheme == "embedded":
@@ -42,6 +42,7 @@ def open_store(
         params = dict(parsed.params)
         try:
             timeout_s = float(params.pop("timeout_ms", "250")) / 1000
+            write_timeout_s = float(params.pop("write_timeout_ms", "10000")) / 1000
             max_connections = int(params.pop("max_connections", "64"))
         except ValueError as exc:
             raise ValueError(f"online store URL {url!r}: {exc}") from exc
@@ -52,6 +53,7 @@ def open_store(
             base + (f"?{rest}" if rest else ""),
             families,
             timeout_s=timeout_s,
+            write_timeout_s=write_timeout_s,
             max_connections=max_connections,
             prefix=prefix,
             seen_ttl_s=seen_ttl_s,

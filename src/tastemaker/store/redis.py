@@ -126,10 +126,10 @@ def _decode_family(blob: bytes) -> list[tuple[int, float, Any]]:
 class _Schema:
     """Name <-> id of families and columns, shared by all clients through one hash."""
 
-    def __init__(self, client: Any, key: str) -> None:
+    def __init__(self, client: Any, writer: Any, key: str) -> None:
         self._client = client
         self._key = key
-        self._assign = client.register_script(_lua("assign_id.lua"))
+        self._assign = writer.register_script(_lua("assign_id.lua"))  # a write: the write pool
         self._ids: dict[str, int] = {}
         self._names: dict[int, str] = {}
         self._tuples: dict[tuple[str, ...], list[int]] = {}
@@ -186,15 +186,19 @@ class RedisStore:
         *,
         prefix: str = "",
         seen_ttl_s: float = 7 * 86400.0,
+        writer: redis.Redis | RedisCluster | None = None,
     ) -> None:
+        """`client` serves reads; `writer` (default: the same) the stream's batch writes, which
+        may need a longer timeout than a request's read."""
         self._client: Any = client
+        self._writer: Any = writer if writer is not None else client
         self._cluster = isinstance(client, RedisCluster)
         self._families = {f.name: f for f in families}
         self._prefix = prefix
         self._seen_ttl_ms = max(1, int(seen_ttl_s * 1000))
         try:
-            self._schema = _Schema(client, f"{prefix}tm:schema")
-            self._merge = client.register_script(_lua("merge.lua"))
+            self._schema = _Schema(client, self._writer, f"{prefix}tm:schema")
+            self._merge = self._writer.register_script(_lua("merge.lua"))
             self._family_tag = {name: str(self._schema.id("f", name)) for name in self._families}
             self._ttl_ms = {
                 f.name: 0 if f.ttl_s is None else max(1, int(f.ttl_s * 1000)) for f in families
@@ -209,26 +213,31 @@ class RedisStore:
         families: Sequence[FamilySpec],
         *,
         timeout_s: float = 0.25,
+        write_timeout_s: float = 10.0,
         max_connections: int = 64,
         prefix: str = "",
         seen_ttl_s: float = 7 * 86400.0,
     ) -> RedisStore:
-        """`redis://host:port/db` or `redis+cluster://host:port` (any node of the cluster)."""
-        opts: dict[str, Any] = {
-            "socket_timeout": timeout_s,
-            "socket_connect_timeout": timeout_s,
-            "max_connections": max_connections,
-        }
-        try:
+        """`redis://host:port/db` or `redis+cluster://host:port` (any node of the cluster).
+
+        Reads time out after `timeout_s` (a request's budget); writes, which carry a whole
+        microbatch, after `write_timeout_s`. Each has its own connection pool."""
+
+        def connect(timeout: float) -> Any:
+            opts: dict[str, Any] = {
+                "socket_timeout": timeout,
+                "socket_connect_timeout": min(timeout, 1.0),
+                "max_connections": max_connections,
+            }
             if url.startswith("redis+cluster://"):
-                client: Any = RedisCluster.from_url(
-                    "redis://" + url[len("redis+cluster://") :], **opts
-                )
-            else:
-                client = redis.Redis.from_url(url, **opts)
+                return RedisCluster.from_url("redis://" + url[len("redis+cluster://") :], **opts)
+            return redis.Redis.from_url(url, **opts)
+
+        try:
+            client, writer = connect(timeout_s), connect(write_timeout_s)
         except redis.RedisError as exc:
             raise _wrap(exc) from exc
-        return cls(client, families, prefix=prefix, seen_ttl_s=seen_ttl_s)
+        return cls(client, families, prefix=prefix, seen_ttl_s=seen_ttl_s, writer=writer)
 
     @property
     def families(self) -> Mapping[str, FamilySpec]:
@@ -325,16 +334,20 @@ class RedisStore:
     # moved (MOVED/ASK during resharding) refreshes the slot map and the call runs again;
     # the merge is idempotent, so running it twice is harmless.
 
-    def _by_node(self, keys: Iterable[str]) -> dict[int, tuple[Any, dict[int, list[str]]]]:
-        """{id(node client): (client, {slot: keys})}; one group for a standalone server."""
+    def _by_node(
+        self, keys: Iterable[str], *, write: bool = False
+    ) -> dict[int, tuple[Any, dict[int, list[str]]]]:
+        """{id(node client): (client, {slot: keys})}; one group for a standalone server.
+        Clients come from the write pool when `write`."""
+        base = self._writer if write else self._client
         out: dict[int, tuple[Any, dict[int, list[str]]]] = {}
         for key in keys:
             if self._cluster:
-                node = self._client.get_node_from_key(key)
-                client = self._client.get_redis_connection(node)
+                node = base.get_node_from_key(key)
+                client = base.get_redis_connection(node)
                 slot = key_slot(key.encode())
             else:
-                client, slot = self._client, 0
+                client, slot = base, 0
             out.setdefault(id(client), (client, defaultdict(list)))[1][slot].append(key)
         return out
 
@@ -355,7 +368,7 @@ class RedisStore:
     def _run_merge(self, blobs: Mapping[str, tuple[int, bytes]], seen_keys: list[str]) -> None:
         # Standalone: cells and idempotency keys in one MULTI/EXEC, all or nothing. A cluster
         # cannot make keys of several nodes atomic; there each node's share is one pipeline.
-        targets = self._by_node([*blobs, *seen_keys])
+        targets = self._by_node([*blobs, *seen_keys], write=True)
         seen_set = set(seen_keys)
         for client, slots in targets.values():
             pipe = client.pipeline(transaction=not self._cluster)
@@ -379,13 +392,14 @@ class RedisStore:
             if not self._cluster:
                 raise
             self._client.nodes_manager.initialize()
+            self._writer.nodes_manager.initialize()
             return call()
 
     def delete_rows(self, rows: Sequence[str]) -> None:
         keys = {self._key(row, next(iter(self._families))): row for row in rows}
 
         def delete() -> None:
-            for client, slots in self._by_node(keys).values():
+            for client, slots in self._by_node(keys, write=True).values():
                 pipe = client.pipeline(transaction=False)
                 for first_keys in slots.values():
                     for k in first_keys:  # all families of a row share its slot: one DEL
@@ -399,6 +413,8 @@ class RedisStore:
 
     def close(self) -> None:
         self._client.close()
+        if self._writer is not self._client:
+            self._writer.close()
 
 
 def _wrap(exc: redis.RedisError) -> StoreError:

@@ -1,0 +1,207 @@
+"""Serving benchmark: ranking, retrieval and the whole /v1/recommend over HTTP.
+
+A synthetic shop with 100K items (1M users in the full run, 100K with --quick), its events
+run through the stream into a Redis online store (a Valkey server started here). Prints
+progress, then one JSON object as the last line:
+
+    rank_1000_p50_ms, rank_1000_p99_ms   feature assembly + model for 1,000 candidates, one
+                                         thread: the linear scorer and a LightGBM LambdaMART
+                                         model (100 trees of 31 leaves) (`*_lgbm_*`)
+    retrieve_p99_ms                      all retrievers for one user (~1,000 candidates)
+    http_recommend_p50_ms, http_recommend_p99_ms, http_rps, http_errors
+                                         `tastemaker serve --workers 2` on loopback, a load
+                                         generator holding a steady rate (--rate, default
+                                         1,000/s) for 60 s (30 s with --quick)
+
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_serving [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightgbm
+import msgspec
+import numpy as np
+
+from benchmarks.common import free_port, server
+from benchmarks.loadgen import run_load
+from tastemaker.catalog import save_catalog
+from tastemaker.config import CatalogConfig, Config, LogConfig, StoreConfig
+from tastemaker.data.synthetic import ShopSpec, generate_shop
+from tastemaker.ranking import FEATURE_NAMES, LightGBMScorer, LinearScorer, assemble
+from tastemaker.retrieval import Candidates, RetrievalContext, merge
+from tastemaker.serving.pipeline import RecommendPipeline
+from tastemaker.serving.runtime import Runtime
+from tastemaker.testing.servers import redis_server
+
+
+def pct(values: list[float], q: float) -> float:
+    return round(float(np.percentile(np.asarray(values) * 1000, q)), 3)
+
+
+def prepare(root: Path, users: int, redis_url: str) -> tuple[Config, Path, list[str]]:
+    # Fewer events per user than the demo shop: loading 1M users must stay within minutes.
+    spec = ShopSpec(
+        n_users=users,
+        n_items=100_000,
+        n_categories=40,
+        n_brands=400,
+        sessions_per_user=1.5,
+        views_per_session=3.0,
+    )
+    shop = generate_shop(spec)
+    save_catalog(shop.catalog(), root / "catalog.parquet")
+    config = Config(
+        log=LogConfig(url=f"embedded://{root}/log?fsync=never"),
+        store=StoreConfig(url=redis_url),
+        catalog=CatalogConfig(path=str(root / "catalog.parquet")),
+    )
+    rt = Runtime.from_config(config)
+    started = time.perf_counter()
+    n = 0
+    for chunk in shop.events(chunk_users=20_000):
+        rt.log.append(chunk)
+        n += len(chunk)
+        rt.processor.drain()
+    print(
+        f"loaded {users} users, {n} events through the stream in "
+        f"{time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
+    rt.close()
+    toml = root / "config.toml"
+    toml.write_text(
+        f'[log]\nurl = "{config.log.url}"\n[store]\nurl = "{redis_url}"\n'
+        f'[catalog]\npath = "{config.catalog.path}"\n'
+        "[stream]\nrun_in_server = false\n"
+    )
+    return config, toml, [str(u) for u in shop.user_ids]
+
+
+def ranking(pipe: RecommendPipeline, users: list[str], root: Path) -> dict[str, float]:
+    """Assembly + model over exactly 1,000 candidates per user."""
+    rng = np.random.default_rng(0)
+    cat = pipe.catalog
+    sets = []
+    for user in users[:300]:
+        ctx = RetrievalContext(pipe.user_features(user), pipe._global_lists(), cat)
+        got = [r.retrieve(ctx, k) for r, k in pipe.retrievers]
+        rows = np.unique(np.concatenate([g.rows for g in got]))
+        extra = rng.choice(len(cat), 1000, replace=False)
+        rows = np.unique(np.concatenate([rows, extra]))[:1000]
+        filler = Candidates(rows, np.ones(rows.size, np.float32))
+        sets.append(
+            (
+                ctx.user,
+                merge(
+                    [pipe.retrievers[0][0].name, *[r.name for r, _ in pipe.retrievers[1:]]],
+                    [filler, *got[1:]],
+                ),
+            )
+        )
+    x_all = np.vstack([assemble(c, u, cat, pipe.price_edges) for u, c in sets])
+    labels = rng.integers(0, 2, x_all.shape[0])
+    data = lightgbm.Dataset(
+        x_all, labels, group=[c.rows.size for _, c in sets], feature_name=FEATURE_NAMES
+    )
+    booster = lightgbm.train(
+        {
+            "objective": "lambdarank",
+            "num_leaves": 31,
+            "verbose": -1,
+            "num_threads": 1,
+            "min_data_in_leaf": 20,
+        },
+        data,
+        num_boost_round=100,
+    )
+    booster.save_model(str(root / "ranker.txt"))
+    out: dict[str, float] = {}
+    scorers: list[tuple[str, Any]] = [
+        ("", LinearScorer(pipe.config.ranking.weights)),
+        ("_lgbm", LightGBMScorer(root / "ranker.txt", FEATURE_NAMES)),
+    ]
+    for label, scorer in scorers:
+        times = []
+        for _ in range(5):
+            for features, cands in sets:
+                started = time.perf_counter()
+                scorer.score(assemble(cands, features, cat, pipe.price_edges), FEATURE_NAMES)
+                times.append(time.perf_counter() - started)
+        out[f"rank_1000{label}_p50_ms"] = pct(times, 50)
+        out[f"rank_1000{label}_p99_ms"] = pct(times, 99)
+    print(f"rank 1000: {out}", flush=True)
+    return out
+
+
+def retrieval(pipe: RecommendPipeline, users: list[str]) -> dict[str, float]:
+    times, sizes = [], []
+    for user in users[1000:3000]:
+        started = time.perf_counter()
+        ctx = RetrievalContext(pipe.user_features(user), pipe._global_lists(), pipe.catalog)
+        cands = merge(
+            [r.name for r, _ in pipe.retrievers], [r.retrieve(ctx, k) for r, k in pipe.retrievers]
+        )
+        times.append(time.perf_counter() - started)
+        sizes.append(cands.rows.size)
+    out = {
+        "retrieve_p50_ms": pct(times, 50),
+        "retrieve_p99_ms": pct(times, 99),
+        "retrieve_candidates_mean": round(float(np.mean(sizes))),
+    }
+    print(f"retrieve: {out}", flush=True)
+    return out
+
+
+def http(toml: Path, users: list[str], seconds: float, rate: float) -> dict[str, Any]:
+    port = free_port()
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    bodies = [msgspec.json.encode({"user_id": u, "n": 10}) for u in users[:20_000:7]]
+    with server(
+        ["tastemaker", "serve", "--config", str(toml), "--port", str(port), "--workers", "2"],
+        port,
+        env,
+    ):
+        run_load("127.0.0.1", port, "/v1/recommend", bodies, seconds=3, connections=16)
+        got = run_load(
+            "127.0.0.1", port, "/v1/recommend", bodies, seconds=seconds, connections=16, rate=rate
+        )
+    print(f"http: {got}", flush=True)
+    return {
+        "http_recommend_p50_ms": got.p50_ms,
+        "http_recommend_p99_ms": got.p99_ms,
+        "http_rps": got.rps,
+        "http_errors": got.errors,
+        "http_target_rps": rate,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rate", type=float, default=1000.0)
+    args = parser.parse_args()
+    users = 100_000 if args.quick else 1_000_000
+    result: dict[str, Any] = {"users": users, "items": 100_000}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        with redis_server(root / "redis") as url:
+            config, toml, user_ids = prepare(root, users, url)
+            rt = Runtime.from_config(config)
+            result.update(ranking(rt.pipeline, user_ids, root))
+            result.update(retrieval(rt.pipeline, user_ids))
+            rt.close()
+            result.update(http(toml, user_ids, 30.0 if args.quick else 60.0, args.rate))
+    print(msgspec.json.encode(result).decode())
+
+
+if __name__ == "__main__":
+    main()
