@@ -32,7 +32,7 @@ import numpy as np
 from benchmarks.common import free_port, server
 from benchmarks.loadgen import run_load
 from tastemaker.catalog import save_catalog
-from tastemaker.config import CatalogConfig, Config, LogConfig, StoreConfig
+from tastemaker.config import Config, StoreConfig, dump_config, local_config
 from tastemaker.data.synthetic import ShopSpec, generate_shop
 from tastemaker.ranking import FEATURE_NAMES, LightGBMScorer, LinearScorer, assemble
 from tastemaker.retrieval import Candidates, RetrievalContext, merge
@@ -57,11 +57,7 @@ def prepare(root: Path, users: int, redis_url: str) -> tuple[Config, Path, list[
     )
     shop = generate_shop(spec)
     save_catalog(shop.catalog(), root / "catalog.parquet")
-    config = Config(
-        log=LogConfig(url=f"embedded://{root}/log?fsync=never"),
-        store=StoreConfig(url=redis_url),
-        catalog=CatalogConfig(path=str(root / "catalog.parquet")),
-    )
+    config = local_config(root, fsync="never", store=StoreConfig(url=redis_url))
     rt = Runtime.from_config(config)
     started = time.perf_counter()
     n = 0
@@ -75,12 +71,8 @@ def prepare(root: Path, users: int, redis_url: str) -> tuple[Config, Path, list[
         flush=True,
     )
     rt.close()
-    toml = root / "config.toml"
-    toml.write_text(
-        f'[log]\nurl = "{config.log.url}"\n[store]\nurl = "{redis_url}"\n'
-        f'[catalog]\npath = "{config.catalog.path}"\n'
-        "[stream]\nrun_in_server = false\n"
-    )
+    stream = msgspec.structs.replace(config.stream, run_in_server=False)
+    toml = dump_config(msgspec.structs.replace(config, stream=stream), root / "config.toml")
     return config, toml, [str(u) for u in shop.user_ids]
 
 

@@ -37,7 +37,7 @@ import numpy as np
 from benchmarks.common import free_port, server
 from benchmarks.loadgen import run_load
 from tastemaker.catalog import save_catalog
-from tastemaker.config import CatalogConfig, Config, LogConfig, StoreConfig
+from tastemaker.config import Config, StoreConfig, dump_config, local_config
 from tastemaker.data.synthetic import Shop, ShopSpec, generate_shop
 from tastemaker.events import Event
 from tastemaker.features.layout import PROFILE, user_row
@@ -46,11 +46,10 @@ from tastemaker.testing.servers import redis_server
 
 
 def _config(root: Path, store_url: str | None = None) -> Config:
-    return Config(
-        log=LogConfig(url=f"embedded://{root}/log?fsync=never"),
-        store=StoreConfig(url=store_url or f"embedded://{root}/store"),
-        catalog=CatalogConfig(path=str(root / "catalog.parquet")),
-    )
+    config = local_config(root, fsync="never")
+    if store_url is None:
+        return config
+    return msgspec.structs.replace(config, store=StoreConfig(url=store_url))
 
 
 def throughput(root: Path, shop: Shop, events: list[Event], store_url: str | None) -> float:
@@ -85,13 +84,9 @@ def freshness(
 ) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     save_catalog(shop.catalog(), root / "catalog.parquet")
-    config = root / "config.toml"
-    config.write_text(
-        f'[log]\nurl = "embedded://{root}/log?fsync=never"\n'
-        f'[store]\nurl = "embedded://{root}/store"\n'
-        f'[catalog]\npath = "{root}/catalog.parquet"\n'
-        "[stream]\npoll_interval_s = 0.05\nrun_in_server = false\n"
-    )
+    base = _config(root)
+    settings = msgspec.structs.replace(base.stream, poll_interval_s=0.05, run_in_server=False)
+    config = dump_config(msgspec.structs.replace(base, stream=settings), root / "config.toml")
     per_request = 500
     encode = msgspec.json.Encoder().encode
     bodies = [

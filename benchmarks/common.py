@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx2 as httpx
 
 from tastemaker.catalog import save_catalog
+from tastemaker.config import dump_config, local_config
 from tastemaker.data.synthetic import ShopSpec, generate_shop
 from tastemaker.serving.runtime import Runtime
 
@@ -28,22 +29,11 @@ def free_port() -> int:
 def prepare_shop(directory: Path, spec: ShopSpec) -> tuple[Path, list[str]]:
     """Generate a shop, ingest and process all its events; return the config path and the ids
     of users that have features."""
-    from tastemaker.config import CatalogConfig, Config, LogConfig, StoreConfig
-
     directory.mkdir(parents=True, exist_ok=True)
     shop = generate_shop(spec)
     save_catalog(shop.catalog(), directory / "catalog.parquet")
-    config_path = directory / "config.toml"
-    config_path.write_text(
-        f'[log]\nurl = "embedded://{directory}/log?fsync=never"\n'
-        f'[store]\nurl = "embedded://{directory}/store"\n'
-        f'[catalog]\npath = "{directory}/catalog.parquet"\n'
-    )
-    config = Config(
-        log=LogConfig(url=f"embedded://{directory}/log?fsync=never"),
-        store=StoreConfig(url=f"embedded://{directory}/store"),
-        catalog=CatalogConfig(path=str(directory / "catalog.parquet")),
-    )
+    config = local_config(directory, fsync="never")
+    config_path = dump_config(config, directory / "config.toml")
     runtime = Runtime.from_config(config)
     for events in shop.events():
         runtime.ingestor.ingest(events)

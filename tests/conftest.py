@@ -6,12 +6,13 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
 from tastemaker.catalog import Catalog, save_catalog
-from tastemaker.config import CatalogConfig, Config, LogConfig, StoreConfig
+from tastemaker.config import CatalogConfig, Config, local_config
 from tastemaker.data.synthetic import Shop, ShopSpec, generate_shop
 from tastemaker.events import Event, EventType
 from tastemaker.serving.runtime import Runtime
@@ -75,19 +76,14 @@ def catalog(shop: Shop) -> Catalog:
     return shop.catalog()
 
 
-def make_config(root: Path, catalog: Catalog | None = None, **sections: object) -> Config:
-    """A config whose log, store and catalog live under `root`."""
-    catalog_path = None
-    if catalog is not None:
-        root.mkdir(parents=True, exist_ok=True)
-        catalog_path = str(root / "catalog.parquet")
-        save_catalog(catalog, catalog_path)
-    base = Config(
-        log=LogConfig(url=f"embedded://{root / 'log'}"),
-        store=StoreConfig(url=f"embedded://{root / 'store'}"),
-        catalog=CatalogConfig(path=catalog_path),
-    )
-    return msgspec.structs.replace(base, **sections)
+def make_config(root: Path, catalog: Catalog | None = None, **sections: Any) -> Config:
+    """A config whose log, store and catalog live under `root` (the catalog saved there)."""
+    config = local_config(root, **sections)
+    if catalog is None:
+        return msgspec.structs.replace(config, catalog=CatalogConfig())
+    root.mkdir(parents=True, exist_ok=True)
+    save_catalog(catalog, root / "catalog.parquet")
+    return config
 
 
 @pytest.fixture

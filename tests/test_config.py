@@ -65,3 +65,11 @@ def test_tastemaker_config_names_the_file(tmp_path: Path) -> None:
     path.write_text("[serving]\nport = 1234\n")
     assert load_config(env={"TASTEMAKER_CONFIG": str(path)}).serving.port == 1234
     assert load_config(env={"TASTEMAKER_CONFIG": ""}) == Config()
+
+
+def test_dump_config_round_trips(tmp_path: Path) -> None:
+    from tastemaker.config import StoreConfig, dump_config
+
+    config = Config(store=StoreConfig(url="redis://127.0.0.1:6379/0?prefix=x:"))
+    assert load_config(dump_config(config, tmp_path / "c.toml"), env={}) == config
+    assert load_config(dump_config(Config(), tmp_path / "d.toml"), env={}) == Config()

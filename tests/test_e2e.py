@@ -9,9 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx
+import msgspec
 import pytest
 
 from tastemaker.catalog import Catalog
+from tastemaker.config import dump_config
 from tastemaker.data.synthetic import Shop
 from tests.conftest import free_port, make_config, wait_until
 
@@ -20,11 +22,13 @@ from tests.conftest import free_port, make_config, wait_until
 def server(tmp_path: Path, catalog: Catalog) -> Iterator[httpx.Client]:
     port = free_port()
     config = make_config(tmp_path, catalog)
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f'[log]\nurl = "{config.log.url}"\n[store]\nurl = "{config.store.url}"\n'
-        f'[catalog]\npath = "{config.catalog.path}"\n'
-        "[stream]\npoll_interval_s = 0.05\n[serving]\nglobal_cache_s = 0.05\n"
+    path = dump_config(
+        msgspec.structs.replace(
+            config,
+            stream=msgspec.structs.replace(config.stream, poll_interval_s=0.05),
+            serving=msgspec.structs.replace(config.serving, global_cache_s=0.05),
+        ),
+        tmp_path / "config.toml",
     )
     stderr = tmp_path / "server.log"
     with stderr.open("wb") as err:

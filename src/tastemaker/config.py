@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -25,7 +25,7 @@ from tastemaker.features import (
     LastValue,
 )
 
-__all__ = ["Config", "ConfigError", "load_config"]
+__all__ = ["Config", "ConfigError", "dump_config", "load_config", "local_config"]
 
 DAY = 86400.0
 Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -194,3 +194,34 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         return msgspec.convert(tree, Config, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid config: {exc}") from exc
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def dump_config(config: Config, path: str | Path) -> Path:
+    """Write `config` as a TOML file that `load_config` reads back equal (unset optional
+    settings are left out: TOML has no null)."""
+    p = Path(path)
+    p.write_bytes(msgspec.toml.encode(_drop_none(msgspec.to_builtins(config))))
+    return p
+
+
+def local_config(
+    root: str | Path, *, fsync: Literal["always", "never"] = "always", **sections: Any
+) -> Config:
+    """The embedded layout under one directory: `root/log`, `root/store` and the catalog at
+    `root/catalog.parquet`; `sections` replace whole sections (`serving=ServingConfig(...)`)."""
+    r = Path(root).resolve()
+    query = "" if fsync == "always" else f"?fsync={fsync}"
+    base = Config(
+        log=LogConfig(url=f"embedded://{r}/log{query}"),
+        store=StoreConfig(url=f"embedded://{r}/store"),
+        catalog=CatalogConfig(path=str(r / "catalog.parquet")),
+    )
+    return msgspec.structs.replace(base, **sections)

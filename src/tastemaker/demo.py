@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tastemaker.catalog import save_catalog
-from tastemaker.config import CatalogConfig, Config, LogConfig, StoreConfig
+from tastemaker.config import Config, dump_config, local_config
 from tastemaker.data.synthetic import Shop, ShopSpec, generate_shop
 from tastemaker.serving.ingest import BackpressureError
 from tastemaker.serving.runtime import Runtime
@@ -33,27 +33,9 @@ def _progress(console: Console) -> Progress:
 
 
 def _write_config(data_dir: Path, port: int) -> Config:
-    text = f"""# Written by `tastemaker demo`.
-# Serve it with `tastemaker serve --config {data_dir}/config.toml`.
-[log]
-url = "embedded://{(data_dir / "log").resolve()}"
-
-[store]
-url = "embedded://{(data_dir / "store").resolve()}"
-
-[catalog]
-path = "{(data_dir / "catalog.parquet").resolve()}"
-
-[serving]
-port = {port}
-"""
-    (data_dir / "config.toml").write_text(text)
-    return Config(
-        log=LogConfig(url=f"embedded://{(data_dir / 'log').resolve()}"),
-        store=StoreConfig(url=f"embedded://{(data_dir / 'store').resolve()}"),
-        catalog=CatalogConfig(path=str((data_dir / "catalog.parquet").resolve())),
-        serving=msgspec.structs.replace(Config().serving, port=port),
-    )
+    config = local_config(data_dir, serving=msgspec.structs.replace(Config().serving, port=port))
+    dump_config(config, data_dir / "config.toml")
+    return config
 
 
 def taste_match(shop: Shop, runtime: Runtime, users: list[int], n: int) -> float:

@@ -14,18 +14,15 @@ import msgspec
 import pytest
 
 from tastemaker.catalog import Catalog
+from tastemaker.config import dump_config
 from tastemaker.log import open_log
 from tests.conftest import free_port, make_config, wait_until
 
 
 def _write_config(tmp_path: Path, catalog: Catalog, port: int) -> Path:
     config = make_config(tmp_path, catalog)
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f'[log]\nurl = "{config.log.url}"\n[store]\nurl = "{config.store.url}"\n'
-        f'[catalog]\npath = "{config.catalog.path}"\n[serving]\nport = {port}\n'
-    )
-    return path
+    serving = msgspec.structs.replace(config.serving, port=port)
+    return dump_config(msgspec.structs.replace(config, serving=serving), tmp_path / "c.toml")
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from tastemaker.catalog import Catalog, load_catalog
-from tastemaker.config import Config
+from tastemaker.config import Config, dump_config
 from tastemaker.data.synthetic import ShopSpec, generate_shop
 from tastemaker.features.layout import COVIS, GLOBAL_ROW, POPULAR, PROFILE, SESSION, STATS
 from tastemaker.log import open_log
@@ -36,11 +36,8 @@ def _snapshot(config: Config, catalog: Catalog, users: list[str]) -> dict[str, A
 
 
 def _write_toml(config: Config, path: Path) -> None:
-    path.write_text(
-        f'[log]\nurl = "{config.log.url}"\n[store]\nurl = "{config.store.url}"\n'
-        f'[catalog]\npath = "{config.catalog.path}"\n[stream]\nbatch_size = 2000\n'
-        "poll_interval_s = 0.05\n"
-    )
+    stream = msgspec.structs.replace(config.stream, batch_size=2000, poll_interval_s=0.05)
+    dump_config(msgspec.structs.replace(config, stream=stream), path)
 
 
 @pytest.mark.slow
