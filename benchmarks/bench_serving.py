@@ -5,8 +5,10 @@ run through the stream into a Redis online store (a Valkey server started here).
 progress, then one JSON object as the last line:
 
     rank_1000_p50_ms, rank_1000_p99_ms   feature assembly + model for 1,000 candidates, one
-                                         thread: the linear scorer and a LightGBM LambdaMART
-                                         model (100 trees of 31 leaves) (`*_lgbm_*`)
+                                         thread: the linear scorer, a LightGBM LambdaMART
+                                         model (100 trees of 31 leaves) compiled with tl2cgen
+                                         (`*_lgbm_*`) and the same uncompiled
+                                         (`*_lgbm_uncompiled_*`)
     retrieve_p99_ms                      all retrievers for one user (~1,000 candidates)
     http_recommend_p50_ms, http_recommend_p99_ms, http_rps, http_errors
                                          `tastemaker serve --workers 2` on loopback, a load
@@ -118,6 +120,10 @@ def ranking(pipe: RecommendPipeline, users: list[str], root: Path) -> dict[str, 
     scorers: list[tuple[str, Any]] = [
         ("", LinearScorer(pipe.config.ranking.weights)),
         ("_lgbm", LightGBMScorer(root / "ranker.txt", FEATURE_NAMES)),
+        (
+            "_lgbm_uncompiled",
+            LightGBMScorer(root / "ranker.txt", FEATURE_NAMES, compile_model=False),
+        ),
     ]
     for label, scorer in scorers:
         times = []

@@ -73,10 +73,12 @@ class StreamConfig(_Section, frozen=True):
 
 
 class RankingConfig(_Section, frozen=True):
-    """The scorer: a LightGBM model file if `model_path` is set, else the linear scorer with
-    `weights` over the candidate feature matrix."""
+    """The scorer: a LightGBM model file if `model_path` is set (compiled to C with tl2cgen
+    unless `compile_model` is false), else the linear scorer with `weights` over the candidate
+    feature matrix."""
 
     model_path: str | None = None
+    compile_model: bool = True
     weights: dict[str, float] = msgspec.field(
         default_factory=lambda: {
             "popularity": 0.15,

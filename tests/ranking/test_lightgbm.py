@@ -59,13 +59,23 @@ def model_path(tmp_path_factory: pytest.TempPathFactory, shop: Shop, catalog: Ca
     return path
 
 
-def test_scores_are_the_boosters_predictions(model_path: Path) -> None:
-    scorer = LightGBMScorer(model_path, FEATURE_NAMES)
+@pytest.mark.parametrize("compiled", [True, False])
+def test_scores_are_the_boosters_predictions(
+    model_path: Path, compiled: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TASTEMAKER_CACHE_DIR", str(tmp_path))
+    scorer = LightGBMScorer(model_path, FEATURE_NAMES, compile_model=compiled)
+    assert scorer.compiled is compiled
     x = np.random.default_rng(0).random((1000, len(FEATURE_NAMES))).astype(np.float32)
     got = scorer.score(x, FEATURE_NAMES)
     assert got.shape == (1000,)
     want = lightgbm.Booster(model_file=str(model_path)).predict(x)
-    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    if compiled:  # built once per model content, then reused by every process
+        assert len(list((tmp_path / "models").glob("*.so"))) == 1
+        again = LightGBMScorer(model_path, FEATURE_NAMES)
+        np.testing.assert_allclose(again.score(x, FEATURE_NAMES), got)
+        assert len(list((tmp_path / "models").glob("*.so"))) == 1
 
 
 def test_a_model_of_other_features_or_no_model_is_refused(model_path: Path, tmp_path: Path) -> None:

@@ -59,7 +59,9 @@ class RecommendPipeline:
         self.store = store
         self.catalog = catalog
         if scorer is None and config.ranking.model_path is not None:
-            scorer = LightGBMScorer(config.ranking.model_path, FEATURE_NAMES)
+            scorer = LightGBMScorer(
+                config.ranking.model_path, FEATURE_NAMES, compile_model=config.ranking.compile_model
+            )
         self.scorer = scorer or LinearScorer(config.ranking.weights)
         s = config.serving
         # The first retriever is the fallback when the store fails: it needs no user data.
