@@ -37,7 +37,7 @@ from tastemaker.catalog import save_catalog
 from tastemaker.config import Config, StoreConfig, dump_config, local_config
 from tastemaker.data.synthetic import ShopSpec, generate_shop
 from tastemaker.ranking import FEATURE_NAMES, LightGBMScorer, LinearScorer, assemble
-from tastemaker.retrieval import Candidates, RetrievalContext, merge
+from tastemaker.retrieval import Candidates, merge
 from tastemaker.serving.pipeline import RecommendPipeline
 from tastemaker.serving.runtime import Runtime
 from tastemaker.testing.servers import redis_server
@@ -84,7 +84,7 @@ def ranking(pipe: RecommendPipeline, users: list[str], root: Path) -> dict[str, 
     cat = pipe.catalog
     sets = []
     for user in users[:300]:
-        ctx = RetrievalContext(pipe.user_features(user), pipe._global_lists(), cat)
+        ctx = pipe.context(user)
         got = [r.retrieve(ctx, k) for r, k in pipe.retrievers]
         rows = np.unique(np.concatenate([g.rows for g in got]))
         extra = rng.choice(len(cat), 1000, replace=False)
@@ -93,10 +93,8 @@ def ranking(pipe: RecommendPipeline, users: list[str], root: Path) -> dict[str, 
         sets.append(
             (
                 ctx.user,
-                merge(
-                    [pipe.retrievers[0][0].name, *[r.name for r, _ in pipe.retrievers[1:]]],
-                    [filler, *got[1:]],
-                ),
+                # the first retriever's share replaced by 1,000 rows: exactly 1,000 candidates
+                merge([r.name for r, _ in pipe.retrievers], [filler, *got[1:]]),
             )
         )
     x_all = np.vstack([assemble(c, u, cat, pipe.price_edges) for u, c in sets])
@@ -142,10 +140,7 @@ def retrieval(pipe: RecommendPipeline, users: list[str]) -> dict[str, float]:
     times, sizes = [], []
     for user in users[1000:3000]:
         started = time.perf_counter()
-        ctx = RetrievalContext(pipe.user_features(user), pipe._global_lists(), pipe.catalog)
-        cands = merge(
-            [r.name for r, _ in pipe.retrievers], [r.retrieve(ctx, k) for r, k in pipe.retrievers]
-        )
+        cands = pipe.candidates(pipe.context(user))
         times.append(time.perf_counter() - started)
         sizes.append(cands.rows.size)
     out = {

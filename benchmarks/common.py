@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-
-import httpx2 as httpx
 
 from tastemaker.catalog import save_catalog
 from tastemaker.config import dump_config, local_config
 from tastemaker.data.synthetic import ShopSpec, generate_shop
 from tastemaker.serving.runtime import Runtime
+from tastemaker.testing.servers import free_port, wait_for_http
 
 __all__ = ["free_port", "prepare_shop", "server"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def prepare_shop(directory: Path, spec: ShopSpec) -> tuple[Path, list[str]]:
@@ -49,16 +40,7 @@ def server(argv: list[str], port: int, env: dict[str, str]) -> Iterator[None]:
         [sys.executable, "-m", *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server {argv} did not start")
-            time.sleep(0.1)
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=60)
         yield
     finally:
         proc.terminate()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +18,6 @@ from tastemaker.serving.runtime import Runtime
 from tastemaker.testing.servers import redis_cluster, redis_server
 
 T0 = 1_760_000_000.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.05) -> None:

@@ -15,7 +15,8 @@ import pytest
 from tastemaker.catalog import Catalog
 from tastemaker.config import dump_config
 from tastemaker.data.synthetic import Shop
-from tests.conftest import free_port, make_config, wait_until
+from tastemaker.testing.servers import free_port, wait_for_http
+from tests.conftest import make_config, wait_until
 
 
 @pytest.fixture
@@ -47,16 +48,11 @@ def server(tmp_path: Path, catalog: Catalog) -> Iterator[httpx.Client]:
             stderr=err,
         )
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
-
-    def up() -> bool:
-        try:
-            return client.get("/healthz").status_code == 200
-        except httpx.TransportError:
-            assert proc.poll() is None, stderr.read_text()
-            return False
-
     try:
-        wait_until(up, timeout=30)
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
+        except RuntimeError as exc:
+            raise AssertionError(stderr.read_text()) from exc
         yield client
     finally:
         client.close()

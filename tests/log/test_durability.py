@@ -16,7 +16,8 @@ import pytest
 from tastemaker.catalog import Catalog
 from tastemaker.config import dump_config
 from tastemaker.log import open_log
-from tests.conftest import free_port, make_config, wait_until
+from tastemaker.testing.servers import free_port, wait_for_http
+from tests.conftest import make_config, wait_until
 
 
 def _write_config(tmp_path: Path, catalog: Catalog, port: int) -> Path:
@@ -62,7 +63,7 @@ def test_acknowledged_events_survive_sigkill(tmp_path: Path, catalog: Catalog) -
                 batch += 1
 
     try:
-        wait_until(lambda: _healthy(base), timeout=30)
+        wait_for_http(base + "/healthz", server, timeout=30)
         threads = [threading.Thread(target=client) for _ in range(3)]
         for t in threads:
             t.start()
@@ -82,10 +83,3 @@ def test_acknowledged_events_survive_sigkill(tmp_path: Path, catalog: Catalog) -
     missing = set(acked) - stored
     assert len(acked) >= 2000
     assert not missing, f"{len(missing)} acknowledged events lost, e.g. {sorted(missing)[:5]}"
-
-
-def _healthy(base: str) -> bool:
-    try:
-        return httpx.get(base + "/healthz", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False

@@ -13,7 +13,6 @@ import pytest
 from tastemaker.catalog import Catalog
 from tastemaker.data.synthetic import Shop
 from tastemaker.ranking import FEATURE_NAMES, LightGBMScorer, ModelError, assemble
-from tastemaker.retrieval import RetrievalContext, merge
 from tastemaker.serving.runtime import Runtime
 from tests.conftest import make_config
 
@@ -32,10 +31,8 @@ def model_path(tmp_path_factory: pytest.TempPathFactory, shop: Shop, catalog: Ca
     pipe = rt.pipeline
     xs, ys, groups = [], [], []
     for user, items in sorted(later.items()):
-        ctx = RetrievalContext(pipe.user_features(user), pipe._global_lists(), catalog)
-        cands = merge(
-            [r.name for r, _ in pipe.retrievers], [r.retrieve(ctx, k) for r, k in pipe.retrievers]
-        )
+        ctx = pipe.context(user)
+        cands = pipe.candidates(ctx)
         if cands.rows.size == 0:
             continue
         xs.append(assemble(cands, ctx.user, catalog, pipe.price_edges))

@@ -8,7 +8,6 @@ F. Maxwell Harper and Joseph A. Konstan, "The MovieLens Datasets: History and Co
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from tastemaker.cache import cache_dir as default_cache_dir
 from tastemaker.catalog import Catalog
 from tastemaker.events import Event, EventType
 
@@ -35,14 +35,6 @@ _MEMBERS = {
 
 class MovieLensError(RuntimeError):
     """The dataset could not be fetched or read; the message says which step failed."""
-
-
-def default_cache_dir() -> Path:
-    """`$TASTEMAKER_CACHE_DIR`, else `$XDG_CACHE_HOME/tastemaker`, else `~/.cache/tastemaker`."""
-    if env := os.environ.get("TASTEMAKER_CACHE_DIR"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "tastemaker"
 
 
 @dataclass(frozen=True)

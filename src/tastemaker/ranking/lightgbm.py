@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tastemaker.cache import cache_dir
+
 __all__ = ["LightGBMScorer", "ModelError"]
 
 log = logging.getLogger(__name__)
@@ -33,19 +35,13 @@ class ModelError(ValueError):
     """The model file is missing, unreadable, or trained on other features."""
 
 
-def _cache_dir() -> Path:
-    from tastemaker.data.movielens import default_cache_dir
-
-    return default_cache_dir() / "models"
-
-
 def _compile(model_file: Path) -> Any:
     """A tl2cgen predictor for the model, built at most once per model content."""
     import tl2cgen
     import treelite
 
     digest = hashlib.sha256(model_file.read_bytes()).hexdigest()[:32]
-    library = _cache_dir() / f"{digest}.so"
+    library = cache_dir() / "models" / f"{digest}.so"
     if not library.exists():
         library.parent.mkdir(parents=True, exist_ok=True)
         model = treelite.frontend.load_lightgbm_model(str(model_file))

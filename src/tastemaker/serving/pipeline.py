@@ -24,6 +24,7 @@ from tastemaker.ranking import FEATURE_NAMES, LinearScorer, Scorer, assemble
 from tastemaker.ranking.lightgbm import LightGBMScorer
 from tastemaker.retrieval import (
     AnnRetriever,
+    CandidateSet,
     CategoryRetriever,
     CovisitationRetriever,
     PopularRetriever,
@@ -94,13 +95,23 @@ class RecommendPipeline:
         """The user's profile and session families as stored."""
         return self.store.get([user_row(user_id)], [PROFILE, SESSION]).get(user_row(user_id), {})
 
+    def context(self, user_id: str) -> RetrievalContext:
+        """What every retriever reads: the user's features and the global top lists."""
+        return RetrievalContext(self.user_features(user_id), self._global_lists(), self.catalog)
+
+    def candidates(
+        self, ctx: RetrievalContext, retrievers: Sequence[tuple[Retriever, int]] | None = None
+    ) -> CandidateSet:
+        """The retrievers' candidates for one request (all of them by default), merged."""
+        chosen = self.retrievers if retrievers is None else retrievers
+        return merge([r.name for r, _ in chosen], [r.retrieve(ctx, k) for r, k in chosen])
+
     def recommend(self, user_id: str, n: int) -> Recommendation:
         """Top `n` items for the user; popular items for unknown users."""
         try:
-            user = self.user_features(user_id)
-            ctx = RetrievalContext(user, self._global_lists(), self.catalog)
+            ctx = self.context(user_id)
             items = self._rank(ctx, n, self.retrievers)
-            METRICS.recommendations.labels("personalized" if user else "cold_start").inc()
+            METRICS.recommendations.labels("personalized" if ctx.user else "cold_start").inc()
             return Recommendation(items)
         except StoreError:
             log.exception("store failed; answering with popular items")
@@ -111,8 +122,8 @@ class RecommendPipeline:
     def _rank(
         self, ctx: RetrievalContext, n: int, retrievers: Sequence[tuple[Retriever, int]]
     ) -> list[RecommendedItem]:
-        names = [r.name for r, _ in retrievers]
-        cands = merge(names, [r.retrieve(ctx, k) for r, k in retrievers])
+        cands = self.candidates(ctx, retrievers)
+        names = cands.names
         if cands.rows.size == 0:
             return self._catalog_order(n)
         x = assemble(cands, ctx.user, self.catalog, self.price_edges)

@@ -355,10 +355,10 @@ class RedisStore:
         if not self._cluster:
             return list(self._client.mget(keys))
         found: dict[str, bytes | None] = {}
-        rows = [keys[i : i + per_row] for i in range(0, len(keys), per_row)]
-        for client, slots in self._by_node(r[0] for r in rows).values():
+        rows = {keys[i]: keys[i : i + per_row] for i in range(0, len(keys), per_row)}
+        for client, slots in self._by_node(rows).values():
             pipe = client.pipeline(transaction=False)
-            wanted = [r for r in rows if r[0] in {k for ks in slots.values() for k in ks}]
+            wanted = [rows[first] for firsts in slots.values() for first in firsts]
             for row_keys in wanted:  # a row's keys share its slot: one MGET each
                 pipe.mget(row_keys)
             for row_keys, values in zip(wanted, pipe.execute(), strict=True):

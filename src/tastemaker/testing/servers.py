@@ -14,27 +14,49 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import redis
 
-__all__ = ["redis_binary", "redis_cluster", "redis_server"]
+__all__ = ["free_port", "redis_binary", "redis_cluster", "redis_server", "wait_for_http"]
 
 CLUSTER_SLOTS = 16384
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
+def wait_for_http(
+    url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30.0
+) -> None:
+    """Return once GET `url` answers 200; raise `RuntimeError` if `proc` (the server) exits
+    first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:  # refused, reset, timed out: not up yet
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before {url} answered")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer within {timeout} s")
+        time.sleep(0.05)
+
+
 def _free_cluster_port() -> int:
     """A free port whose cluster bus port (port + 10000) is valid and free too."""
     for _ in range(200):
-        port = _free_port()
+        port = free_port()
         if port + 10000 > 65535:
             continue
         with socket.socket() as s:
@@ -115,7 +137,7 @@ def redis_server(directory: Path) -> Iterator[str]:
     if url := os.environ.get("TASTEMAKER_TEST_REDIS_URL"):
         yield url
         return
-    port = _free_port()
+    port = free_port()
     proc = _start(redis_binary(), port, directory)
     try:
         yield f"redis://127.0.0.1:{port}/0"
