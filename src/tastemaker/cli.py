@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import msgspec
@@ -16,6 +17,9 @@ import msgspec
 from tastemaker.catalog import CatalogError
 from tastemaker.config import Config, ConfigError, load_config
 from tastemaker.data.movielens import MovieLensError
+from tastemaker.offline.artifacts import ArtifactError
+from tastemaker.offline.evaluate import EvalError
+from tastemaker.offline.jobs import JobError
 
 __all__ = ["main"]
 
@@ -29,8 +33,10 @@ def _serve(runtime_config: Config, config_path: str | None, workers: int) -> Non
     s = runtime_config.serving
     if workers == 1:
         runtime = Runtime.from_config(runtime_config)
+        runtime.watch_artifacts()
         if runtime_config.stream.run_in_server:
             runtime.start_stream()
+            runtime.start_scheduler()
         try:
             uvicorn.run(
                 build_app(runtime), host=s.host, port=s.port, log_level="warning", access_log=False
@@ -84,6 +90,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     from tastemaker.serving.runtime import Runtime
 
     runtime = Runtime.from_config(load_config(args.config))
+    runtime.start_scheduler()  # archiver + batch jobs, if offline.schedule_interval_s > 0
     processor = runtime.processor
     signal.signal(signal.SIGTERM, lambda *_: processor.stop())
     signal.signal(signal.SIGINT, lambda *_: processor.stop())
@@ -127,6 +134,105 @@ def _cmd_movielens(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_archive(args: argparse.Namespace) -> int:
+    from tastemaker.log import open_log
+    from tastemaker.offline.lake import Archiver, Lake
+
+    config = load_config(args.config)
+    o = config.offline
+    log_ = open_log(config.log.url)
+    try:
+        lake = Lake(o.lake_url)
+        result = Archiver(log_, lake).run_once(o.archive_batch_size)
+        compacted = lake.compact(o.compact_min_files)
+        expired = lake.expire(o.retention_days, time.time())
+    finally:
+        log_.close()
+    print(
+        f"archived {result.events} events into {result.files} files (lake holds offsets up to "
+        f"{result.watermark}); compaction removed {compacted} files; expired days: "
+        f"{', '.join(expired) or 'none'}"
+    )
+    return 0
+
+
+def _cmd_jobs_run(args: argparse.Namespace) -> int:
+    from tastemaker.catalog import load_catalog
+    from tastemaker.log import open_log
+    from tastemaker.offline.scheduler import run_offline
+
+    config = load_config(args.config)
+    catalog = load_catalog(config.catalog.path) if config.catalog.path else None
+    if catalog is None and "ranker" in (args.names or ["ranker"]):
+        print(
+            "tastemaker: no catalog.path in the config: the ranker job is skipped", file=sys.stderr
+        )
+    log_ = None if args.no_archive else open_log(config.log.url)
+    try:
+        while True:
+            run = run_offline(config, log_, catalog, args.names, archive=not args.no_archive)
+            if run.archived is not None:
+                print(
+                    f"archive: {run.archived.events} new events, watermark {run.archived.watermark}"
+                )
+            for name, v in run.versions.items():
+                if v is None:
+                    print(f"{name}: nothing new")
+                else:
+                    m = v.manifest
+                    print(
+                        f"{name}: version {m.version} ({m.events_read} events read, "
+                        f"offsets {m.data_from_offset}..{m.watermark}) {dict(m.rows)}"
+                    )
+            if not args.every:
+                return 0
+            time.sleep(args.every)
+    finally:
+        if log_ is not None:
+            log_.close()
+
+
+def _cmd_artifacts(args: argparse.Namespace) -> int:
+    from tastemaker.offline.artifacts import ArtifactStore
+
+    config = load_config(args.config)
+    store = ArtifactStore(config.offline.artifacts_path, keep=config.offline.keep_versions)
+    if args.action == "rollback":
+        v = store.rollback(args.name, args.version)
+        print(f"{args.name}: version {v.manifest.version} is current again")
+        return 0
+    names = [args.name] if args.name else store.names()
+    if not names:
+        print(f"no artifacts under {store.root}")
+    for name in names:
+        current = store.current_version(name)
+        for v in store.versions(name):
+            m = v.manifest
+            mark = "*" if m.version == current else " "
+            metrics = " ".join(f"{k}={x:.4g}" for k, x in m.metrics.items())
+            print(
+                f"{mark} {name:13s} v{m.version:<4d} "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(m.created_at))}  "
+                f"offsets {m.data_from_offset}..{m.watermark}  events {m.events_read}  "
+                f"{dict(m.rows)} {metrics} [{m.code_version}]"
+            )
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from tastemaker.offline.evaluate import chart, evaluate, print_table
+
+    result = evaluate(args.dataset, seed=args.seed, users=args.users)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(msgspec.json.format(msgspec.json.encode(result)))
+    png = Path(args.chart) if args.chart else out.with_suffix(".png")
+    chart(result, png)
+    print_table(result)
+    print(f"wrote {out} and {png}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tastemaker", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -153,6 +259,37 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("movielens", help="download MovieLens-100K into the user cache")
     m.add_argument("--cache", default=None, help="cache directory (default: user cache dir)")
     m.set_defaults(func=_cmd_movielens)
+    a = sub.add_parser("archive", help="copy the event log into the Parquet lake")
+    a.add_argument("--config", default=None)
+    a.set_defaults(func=_cmd_archive)
+    j = sub.add_parser("jobs", help="batch jobs")
+    jsub = j.add_subparsers(dest="jobs_command", required=True)
+    jr = jsub.add_parser("run", help="archive, then run the named jobs (default: all)")
+    jr.add_argument(
+        "names", nargs="*", help="ranker, popularity, covisitation, embeddings, segments"
+    )
+    jr.add_argument("--config", default=None)
+    jr.add_argument("--no-archive", action="store_true", help="only read what the lake has")
+    jr.add_argument("--every", type=float, default=0.0, help="repeat every N seconds")
+    jr.set_defaults(func=_cmd_jobs_run)
+    ar = sub.add_parser("artifacts", help="list artifact versions, or roll one back")
+    asub = ar.add_subparsers(dest="action", required=True)
+    al = asub.add_parser("list", help="every kept version; * marks the current one")
+    al.add_argument("name", nargs="?", default=None)
+    al.add_argument("--config", default=None)
+    al.set_defaults(func=_cmd_artifacts)
+    rb = asub.add_parser("rollback", help="make an older version current again")
+    rb.add_argument("name")
+    rb.add_argument("version", type=int)
+    rb.add_argument("--config", default=None)
+    rb.set_defaults(func=_cmd_artifacts)
+    ev = sub.add_parser("evaluate", help="tastemaker against baselines on a time split")
+    ev.add_argument("--dataset", default="movielens-100k", help="movielens-100k or synthetic")
+    ev.add_argument("--json", required=True, help="where the JSON result goes")
+    ev.add_argument("--chart", default=None, help="PNG chart (default: beside --json)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--users", type=int, default=3000, help="synthetic dataset: users")
+    ev.set_defaults(func=_cmd_evaluate)
     return p
 
 
@@ -164,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except (ConfigError, CatalogError, MovieLensError) as exc:
+    except (ConfigError, CatalogError, MovieLensError, ArtifactError, JobError, EvalError) as exc:
         print(f"tastemaker: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

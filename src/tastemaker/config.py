@@ -92,6 +92,9 @@ class RankingConfig(_Section, frozen=True):
             "brand_affinity": 0.5,
             "price_fit": 0.4,
             "session_category": 0.6,
+            "item_knn": 0.8,
+            "als": 0.4,
+            "segment": 0.2,
         }
     )
 
@@ -108,7 +111,43 @@ class ServingConfig(_Section, frozen=True):
     category_candidates: PositiveInt = 200
     ann_candidates: PositiveInt = 200
     ann_exact_below: PositiveInt = 20_000
+    item_knn_candidates: PositiveInt = 200
+    als_candidates: PositiveInt = 200
+    segment_candidates: PositiveInt = 100
+    exclude_seen: bool = False
     global_cache_s: Positive = 1.0
+
+
+class OfflineConfig(_Section, frozen=True):
+    """The lake, the batch jobs and their artifacts (docs/offline.md)."""
+
+    lake_url: str = "tastemaker-data/lake"
+    artifacts_path: str = "tastemaker-data/artifacts"
+    retention_days: PositiveInt = 365
+    archive_batch_size: PositiveInt = 50_000
+    compact_min_files: PositiveInt = 8
+    keep_versions: PositiveInt = 10
+    schedule_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    reload_interval_s: Positive = 2.0
+    feature_log_sample: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    seed: int = 0
+    popularity_half_life_s: Positive = 30 * DAY
+    covis_window: PositiveInt = 20
+    covis_neighbours: PositiveInt = 100
+    als_factors: PositiveInt = 64
+    als_iterations: PositiveInt = 15
+    als_regularization: Positive = 0.05
+    als_alpha: Positive = 2.0
+    segments: PositiveInt = 16
+    segment_top: PositiveInt = 200
+    ranker_trees: PositiveInt = 200
+    ranker_leaves: PositiveInt = 15
+    ranker_min_leaf: PositiveInt = 50
+    ranker_learning_rate: Positive = 0.05
+    ranker_negatives: PositiveInt = 300
+    ranker_max_rows: PositiveInt = 2_000_000
+    ranker_min_queries: PositiveInt = 20
+    label_horizon_s: Positive = 7 * DAY
 
 
 def default_features() -> list[FeatureKind]:
@@ -130,6 +169,7 @@ def default_features() -> list[FeatureKind]:
         Histogram("price_hist"),
         Centroid("click_centroid"),
         LastN("purchased", n=500, types=[EventType.PURCHASE]),
+        LastN("engaged_items", n=200, types=engaged),
         CountByType("session_counts", family="session"),
         LastN("session_items", family="session", n=20, types=engaged),
         DecayedIntensity(
@@ -145,6 +185,7 @@ class Config(_Section, frozen=True):
     stream: StreamConfig = StreamConfig()
     ranking: RankingConfig = RankingConfig()
     serving: ServingConfig = ServingConfig()
+    offline: OfflineConfig = OfflineConfig()
     features: list[FeatureKind] = msgspec.field(default_factory=default_features)
 
     def __post_init__(self) -> None:
@@ -155,6 +196,10 @@ class Config(_Section, frozen=True):
         bad = sorted({f.family for f in self.features} - {"profile", "session"})
         if bad:
             raise ConfigError(f"features: family must be 'profile' or 'session', got {bad}")
+        if self.serving.exclude_seen and "engaged_items" not in names:
+            raise ConfigError(
+                "serving.exclude_seen needs a declared last_n feature named 'engaged_items'"
+            )
 
 
 # Variables with the prefix that are not settings.
@@ -217,13 +262,15 @@ def dump_config(config: Config, path: str | Path) -> Path:
 def local_config(
     root: str | Path, *, fsync: Literal["always", "never"] = "always", **sections: Any
 ) -> Config:
-    """The embedded layout under one directory: `root/log`, `root/store` and the catalog at
-    `root/catalog.parquet`; `sections` replace whole sections (`serving=ServingConfig(...)`)."""
+    """The embedded layout under one directory: `root/log`, `root/store`, `root/lake`,
+    `root/artifacts` and the catalog at `root/catalog.parquet`; `sections` replace whole
+    sections (`serving=ServingConfig(...)`)."""
     r = Path(root).resolve()
     query = "" if fsync == "always" else f"?fsync={fsync}"
     base = Config(
         log=LogConfig(url=f"embedded://{r}/log{query}"),
         store=StoreConfig(url=f"embedded://{r}/store"),
         catalog=CatalogConfig(path=str(r / "catalog.parquet")),
+        offline=OfflineConfig(lake_url=str(r / "lake"), artifacts_path=str(r / "artifacts")),
     )
     return msgspec.structs.replace(base, **sections)

@@ -68,6 +68,26 @@ class Metrics:
             registry=r,
             buckets=_LATENCY_BUCKETS,
         )
+        self.artifact_version = Gauge(
+            "tastemaker_artifact_version",
+            "Artifact version this process serves (-1: none yet).",
+            ["artifact"],
+            registry=r,
+        )
+        self.artifact_reloads = Counter(
+            "tastemaker_artifact_reloads", "New artifact versions swapped in.", registry=r
+        )
+        self.artifact_reload_errors = Counter(
+            "tastemaker_artifact_reload_errors",
+            "Artifact versions that failed to load (the previous ones kept serving).",
+            registry=r,
+        )
+        self.jobs_runs = Counter(
+            "tastemaker_job_runs",
+            "Batch job runs by job and outcome.",
+            ["job", "outcome"],
+            registry=r,
+        )
         self.recommendations = Counter(
             "tastemaker_recommendations", "Recommend calls by path taken.", ["path"], registry=r
         )

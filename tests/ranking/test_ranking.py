@@ -41,7 +41,17 @@ def test_unknown_user_gets_only_retriever_features(catalog: Catalog) -> None:
     cands = merge(["popular"], [Candidates(np.arange(5), np.full(5, 0.5, np.float32))])
     x = assemble(cands, {}, catalog, [10.0])
     assert (x[:, 0] == 1.0).all()
-    assert (x[:, 1:] == 0).all()
+    age = FEATURE_NAMES.index("item_age_days")
+    assert (x[:, age] == -1.0).all()  # no batch popularity: the age is unknown
+    assert (np.delete(x, [0, age], axis=1) == 0).all()
+
+
+def test_item_age_is_days_since_first_engagement(catalog: Catalog) -> None:
+    cands = merge(["popular"], [Candidates(np.arange(3), np.ones(3, np.float32))])
+    first = np.full(len(catalog), np.inf)
+    first[0], first[1] = 1_000_000.0, 1_000_000.0 + 86400.0
+    x = assemble(cands, {}, catalog, [10.0], item_first_ts=first, now=1_000_000.0 + 3 * 86400)
+    assert x[:, FEATURE_NAMES.index("item_age_days")].tolist() == [3.0, 2.0, -1.0]
 
 
 def test_linear_scorer_is_a_weighted_sum() -> None:

@@ -84,7 +84,13 @@ def test_recommend_features_health_metrics_openapi(
     assert "_session" not in f["features"]["session"]
     assert client.get("/v1/users/nobody/features").json() == {"user_id": "nobody", "features": {}}
     h = client.get("/healthz").json()
-    assert h == {"status": "ok", "log_end_offset": 2, "stream_lag": 0, "items": len(catalog)}
+    assert h == {
+        "status": "ok",
+        "log_end_offset": 2,
+        "stream_lag": 0,
+        "items": len(catalog),
+        "artifacts": {},
+    }
     metrics = client.get("/metrics").text
     assert "tastemaker_events_accepted_total" in metrics
     assert 'tastemaker_request_seconds_count{endpoint="recommend"}' in metrics

@@ -27,6 +27,7 @@ from tastemaker.events import Event, EventType
 __all__ = ["MovieLens", "MovieLensError", "default_cache_dir", "load_movielens_100k"]
 
 WHEEL = "recbole==1.2.1"
+SHIFT_S = 1000 * 7 * 86400.0
 _MEMBERS = {
     "recbole/dataset_example/ml-100k/ml-100k.inter": "ml-100k.inter",
     "recbole/dataset_example/ml-100k/ml-100k.item": "ml-100k.item",
@@ -62,15 +63,17 @@ class MovieLens:
     def n_items(self) -> int:
         return len(self.item_ids)
 
-    def events(self) -> list[Event]:
-        """Each rating as a `rate` event with the rating as value."""
+    def events(self, shift_s: float = SHIFT_S) -> list[Event]:
+        """Each rating as a `rate` event with the rating as value. The ratings are from
+        1997-98, before the oldest time tastemaker accepts (2001); they are moved forward by
+        `shift_s` (1,000 weeks by default, so weekdays and hours of day are unchanged)."""
         return [
             Event(
                 event_id=f"ml-{u}-{i}",
                 user_id=u,
                 item_id=i,
                 type=EventType.RATE,
-                ts=float(t),
+                ts=float(t) + shift_s,
                 value=float(r),
             )
             for u, i, r, t in zip(

@@ -23,6 +23,10 @@ _RETRIEVER_COLUMNS = {
     "session": "session_neighbours",
     "category": "category_retrieval",
     "ann": "ann",
+    "item_knn": "item_knn",  # batch item-item model
+    "als": "als",  # batch item embeddings (implicit ALS)
+    "segment": "segment",  # the user's cohort's popular items
+    "popular_long": "popularity_long",  # batch popularity, long half-life
 }
 FEATURE_NAMES = [
     *_RETRIEVER_COLUMNS.values(),  # each retriever's score, scaled to (0, 1] per request
@@ -31,6 +35,8 @@ FEATURE_NAMES = [
     "brand_affinity",  # ... in its brand
     "session_category",  # ... in its category during this session
     "price_fit",  # share of the user's engagements in the candidate's price band
+    "item_age_days",  # days since the item's first engagement (batch popularity); -1 unknown
+    "user_events",  # log1p of the user's event count: lets the model tell new users apart
 ]
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
@@ -57,17 +63,33 @@ def _value(user: RowData, family: str, column: str) -> Any:
 
 
 def assemble(
-    cands: CandidateSet, user: RowData, catalog: Catalog, price_edges: list[float]
+    cands: CandidateSet,
+    user: RowData,
+    catalog: Catalog,
+    price_edges: list[float],
+    *,
+    item_first_ts: npt.NDArray[np.float64] | None = None,
+    now: float = 0.0,
 ) -> npt.NDArray[np.float32]:
-    """The (len(cands.rows), len(FEATURE_NAMES)) matrix for one user."""
+    """The (len(cands.rows), len(FEATURE_NAMES)) matrix for one user, as of time `now`
+    (which only the item age depends on; it is -1 without `item_first_ts`)."""
     rows = cands.rows
     x = np.zeros((rows.size, len(FEATURE_NAMES)), np.float32)
     if rows.size == 0:
         return x
+    age = x[:, _COL["item_age_days"]]
+    age[:] = -1.0
+    if item_first_ts is not None and item_first_ts.shape[0] == len(catalog):
+        first = item_first_ts[rows]
+        known = np.isfinite(first)
+        age[known] = np.maximum(0.0, (now - first[known]) / 86400.0)
     for i, name in enumerate(cands.names):
         col = cands.scores[:, i]
         top = col.max()
         x[:, _COL[_RETRIEVER_COLUMNS[name]]] = col / top if top > 0 else col
+    counts = _value(user, PROFILE, "counts")
+    if counts:
+        x[:, _COL["user_events"]] = np.log1p(sum(counts.values()))
     centroid = _value(user, PROFILE, "click_centroid")
     if centroid is not None:
         c = np.asarray(centroid, np.float32)

@@ -8,19 +8,33 @@ from tastemaker.retrieval.base import (
     Retriever,
     merge,
 )
+from tastemaker.retrieval.batch import (
+    BatchModels,
+    EmbeddingRetriever,
+    ItemKnnRetriever,
+    LongPopularRetriever,
+    ModelHolder,
+    SegmentRetriever,
+)
 from tastemaker.retrieval.category import CategoryRetriever
 from tastemaker.retrieval.covisitation import CovisitationRetriever
 from tastemaker.retrieval.popular import PopularRetriever, popular_candidates
 
 __all__ = [
     "AnnRetriever",
+    "BatchModels",
     "CandidateSet",
     "Candidates",
     "CategoryRetriever",
     "CovisitationRetriever",
+    "EmbeddingRetriever",
+    "ItemKnnRetriever",
+    "LongPopularRetriever",
+    "ModelHolder",
     "PopularRetriever",
     "RetrievalContext",
     "Retriever",
+    "SegmentRetriever",
     "merge",
     "popular_candidates",
 ]

@@ -25,6 +25,7 @@ class RetrievalContext(msgspec.Struct, frozen=True):
     user: RowData
     popular: dict[str, Cell]
     catalog: Catalog
+    user_id: str = ""
 
 
 class Candidates(msgspec.Struct, frozen=True):

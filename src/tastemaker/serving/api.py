@@ -97,7 +97,7 @@ def build_app(runtime: Runtime) -> Starlette:
         except msgspec.DecodeError as exc:
             return _error(400, "invalid_request", f"malformed JSON: {exc}")
         rec = runtime.pipeline.recommend(req.user_id, min(req.n, runtime.config.serving.max_n))
-        return _json(RecommendResponse(rec.items, rec.degraded))
+        return _json(RecommendResponse(rec.items, rec.degraded, rec.request_id))
 
     async def get_features(request: Request) -> Response:
         user_id = request.path_params["user_id"]
@@ -115,7 +115,8 @@ def build_app(runtime: Runtime) -> Starlette:
     async def healthz(_: Request) -> Response:
         end = runtime.log.end_offset()
         lag = max(0, end - runtime.log.committed(runtime.config.stream.group))
-        return _json(Health("ok", end, lag, len(runtime.catalog)))
+        served = {k: v for k, v in runtime.artifact_versions().items() if v is not None}
+        return _json(Health("ok", end, lag, len(runtime.catalog), served))
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(METRICS.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,6 +1,7 @@
 """ASGI entry point for multi-worker serving: each worker builds its app from the config file
-named by `TASTEMAKER_CONFIG`. Workers never run the stream; `tastemaker serve` starts
-one `tastemaker stream` process beside them."""
+named by `TASTEMAKER_CONFIG`. Workers never run the stream or the batch jobs; `tastemaker
+serve` starts one `tastemaker stream` process beside them, which runs the in-process job
+scheduler when `offline.schedule_interval_s` > 0."""
 
 from __future__ import annotations
 
@@ -19,4 +20,6 @@ def create_app() -> Starlette:
     config = msgspec.structs.replace(
         config, stream=msgspec.structs.replace(config.stream, run_in_server=False)
     )
-    return build_app(Runtime.from_config(config))
+    runtime = Runtime.from_config(config)
+    runtime.watch_artifacts()  # each worker picks up new artifact versions itself
+    return build_app(runtime)

@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Collection, Sequence
+from typing import Protocol
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config
@@ -27,9 +30,14 @@ from tastemaker.retrieval import (
     CandidateSet,
     CategoryRetriever,
     CovisitationRetriever,
+    EmbeddingRetriever,
+    ItemKnnRetriever,
+    LongPopularRetriever,
+    ModelHolder,
     PopularRetriever,
     RetrievalContext,
     Retriever,
+    SegmentRetriever,
     merge,
 )
 from tastemaker.store import Cell, OnlineStore, RowData, StoreError
@@ -37,6 +45,23 @@ from tastemaker.store import Cell, OnlineStore, RowData, StoreError
 __all__ = ["RecommendPipeline", "Recommendation", "RecommendedItem"]
 
 log = logging.getLogger(__name__)
+
+
+class FeatureSink(Protocol):
+    """Where sampled requests' scored feature rows go (`offline.feature_log.FeatureLogger`)."""
+
+    def wants(self, request_id: str) -> bool: ...
+
+    def log(
+        self,
+        request_id: str,
+        user_id: str,
+        ts: float,
+        *,
+        item_ids: list[str],
+        scores: npt.NDArray[np.float32],
+        x: npt.NDArray[np.float32],
+    ) -> None: ...
 
 
 class RecommendedItem(msgspec.Struct, frozen=True):
@@ -48,17 +73,28 @@ class RecommendedItem(msgspec.Struct, frozen=True):
 class Recommendation(msgspec.Struct, frozen=True):
     items: list[RecommendedItem]
     degraded: bool = False
+    # Send it back as `context.extra.request_id` on impression and click events.
+    request_id: str | None = None
 
 
 class RecommendPipeline:
     """Recommendations for one user at a time, from the online store and the catalog."""
 
     def __init__(
-        self, config: Config, store: OnlineStore, catalog: Catalog, scorer: Scorer | None = None
+        self,
+        config: Config,
+        store: OnlineStore,
+        catalog: Catalog,
+        scorer: Scorer | None = None,
+        models: ModelHolder | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.catalog = catalog
+        # The batch artifacts in RAM; the artifact watcher replaces `models.models`.
+        self.models = models or ModelHolder()
+        # Set by the runtime when `offline.feature_log_sample` > 0.
+        self.feature_logger: FeatureSink | None = None
         if scorer is None and config.ranking.model_path is not None:
             scorer = LightGBMScorer(
                 config.ranking.model_path, FEATURE_NAMES, compile_model=config.ranking.compile_model
@@ -73,9 +109,15 @@ class RecommendPipeline:
             (CovisitationRetriever(store, session_only=True), s.session_candidates),
             (CategoryRetriever(), s.category_candidates),
             (AnnRetriever(catalog, exact_below=s.ann_exact_below), s.ann_candidates),
+            (ItemKnnRetriever(self.models), s.item_knn_candidates),
+            (EmbeddingRetriever(self.models), s.als_candidates),
+            (SegmentRetriever(self.models), s.segment_candidates),
+            (LongPopularRetriever(self.models), s.popular_candidates),
         ]
         hist = next((f for f in config.features if isinstance(f, Histogram)), None)
         self.price_edges = list(hist.edges) if hist else []
+        # Item lists of the profile whose items are never recommended to the user.
+        self.excluded_columns = ["purchased"] + (["engaged_items"] if s.exclude_seen else [])
         self._popular: tuple[float, dict[str, Cell]] = (0.0, {})
         self._lock = threading.Lock()
 
@@ -97,7 +139,9 @@ class RecommendPipeline:
 
     def context(self, user_id: str) -> RetrievalContext:
         """What every retriever reads: the user's features and the global top lists."""
-        return RetrievalContext(self.user_features(user_id), self._global_lists(), self.catalog)
+        return RetrievalContext(
+            self.user_features(user_id), self._global_lists(), self.catalog, user_id
+        )
 
     def candidates(
         self, ctx: RetrievalContext, retrievers: Sequence[tuple[Retriever, int]] | None = None
@@ -106,37 +150,99 @@ class RecommendPipeline:
         chosen = self.retrievers if retrievers is None else retrievers
         return merge([r.name for r, _ in chosen], [r.retrieve(ctx, k) for r, k in chosen])
 
-    def recommend(self, user_id: str, n: int) -> Recommendation:
-        """Top `n` items for the user; popular items for unknown users."""
+    def recommend(
+        self, user_id: str, n: int, exclude: Collection[str] = (), now: float | None = None
+    ) -> Recommendation:
+        """Top `n` items for the user, leaving out `exclude` and what the user bought;
+        popular items for unknown users. `now` (default: the clock) is the time the
+        time-dependent features are computed at; a replay or an evaluation passes its own."""
+        request_id = uuid.uuid4().hex
         try:
             ctx = self.context(user_id)
-            items = self._rank(ctx, n, self.retrievers)
+            items = self._rank(
+                ctx, n, self.retrievers, exclude=exclude, now=now, request_id=request_id
+            )
             METRICS.recommendations.labels("personalized" if ctx.user else "cold_start").inc()
-            return Recommendation(items)
+            return Recommendation(items, request_id=request_id)
         except StoreError:
             log.exception("store failed; answering with popular items")
             METRICS.recommendations.labels("degraded").inc()
-            ctx = RetrievalContext({}, self._popular[1], self.catalog)
-            return Recommendation(self._rank(ctx, n, self.retrievers[:1]), degraded=True)
+            ctx = RetrievalContext({}, self._popular[1], self.catalog, user_id)
+            items = self._fallback(ctx, n, exclude)
+            return Recommendation(items, degraded=True, request_id=request_id)
+
+    def _fallback(
+        self, ctx: RetrievalContext, n: int, exclude: Collection[str]
+    ) -> list[RecommendedItem]:
+        """Popular items without the store: the last top list read, else the batch
+        popularity artifact."""
+        if ctx.popular:
+            return self._rank(ctx, n, self.retrievers[:1], exclude=exclude)
+        popular = self.models.models.popular
+        if popular is None:
+            return self._catalog_order(n)
+        rows, scores = popular
+        drop = self.catalog.rows(list(exclude)) if exclude else np.empty(0, np.int64)
+        keep = ~np.isin(rows, drop)
+        ids = self.catalog.ids[rows[keep][:n]]
+        return [
+            RecommendedItem(str(i), round(float(v), 6), ["popular_batch"])
+            for i, v in zip(ids, scores[keep][:n], strict=True)
+        ]
+
+    def features(
+        self, ctx: RetrievalContext, cands: CandidateSet, now: float
+    ) -> npt.NDArray[np.float32]:
+        """The candidates' feature matrix as of `now`: what the scorer sees, and what the
+        offline replay computes for training (the same call)."""
+        return assemble(
+            cands,
+            ctx.user,
+            self.catalog,
+            self.price_edges,
+            item_first_ts=self.models.models.item_first_ts,
+            now=now,
+        )
 
     def _rank(
-        self, ctx: RetrievalContext, n: int, retrievers: Sequence[tuple[Retriever, int]]
+        self,
+        ctx: RetrievalContext,
+        n: int,
+        retrievers: Sequence[tuple[Retriever, int]],
+        *,
+        exclude: Collection[str] = (),
+        now: float | None = None,
+        request_id: str | None = None,
     ) -> list[RecommendedItem]:
         cands = self.candidates(ctx, retrievers)
         names = cands.names
         if cands.rows.size == 0:
             return self._catalog_order(n)
-        x = assemble(cands, ctx.user, self.catalog, self.price_edges)
+        at = time.time() if now is None else now
+        x = self.features(ctx, cands, at)
         scores = self.scorer.score(x, FEATURE_NAMES).astype(np.float32)
-        bought = ctx.user.get(PROFILE, {}).get("purchased")
-        if bought is not None:
-            scores[np.isin(cands.rows, self.catalog.rows(bought.value))] = -np.inf
+        for column in self.excluded_columns:
+            cell = ctx.user.get(PROFILE, {}).get(column)
+            if cell is not None:
+                scores[np.isin(cands.rows, self.catalog.rows(cell.value))] = -np.inf
+        if exclude:
+            scores[np.isin(cands.rows, self.catalog.rows(list(exclude)))] = -np.inf
         k = min(n, int(np.isfinite(scores).sum()))
         if k == 0:
             return []
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
         ids = self.catalog.ids[cands.rows[top]]
+        logger = self.feature_logger
+        if logger is not None and request_id is not None and logger.wants(request_id):
+            logger.log(
+                request_id,
+                ctx.user_id,
+                at,
+                item_ids=[str(i) for i in ids],
+                scores=scores[top],
+                x=x[top],
+            )
         return [
             RecommendedItem(
                 str(ids[j]),

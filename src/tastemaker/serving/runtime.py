@@ -9,6 +9,10 @@ from tastemaker.catalog import Catalog, CatalogError, load_catalog
 from tastemaker.config import Config
 from tastemaker.features.layout import default_families
 from tastemaker.log import EventLog, open_log
+from tastemaker.offline.feature_log import FeatureLogger
+from tastemaker.offline.lake import Lake
+from tastemaker.offline.scheduler import Scheduler
+from tastemaker.serving.artifacts import ArtifactWatcher
 from tastemaker.serving.ingest import Ingestor
 from tastemaker.serving.pipeline import RecommendPipeline
 from tastemaker.store import OnlineStore, open_store
@@ -48,6 +52,30 @@ class Runtime:
         self.pipeline = RecommendPipeline(config, self.store, catalog)
         self._processor: StreamProcessor | None = None
         self._thread: threading.Thread | None = None
+        self.feature_logger: FeatureLogger | None = None
+        if config.offline.feature_log_sample > 0:
+            self.feature_logger = FeatureLogger(
+                Lake(config.offline.lake_url), config.offline.feature_log_sample
+            )
+            self.pipeline.feature_logger = self.feature_logger
+        self.watcher: ArtifactWatcher | None = None
+        self.scheduler: Scheduler | None = None
+
+    def watch_artifacts(self) -> None:
+        """Load the current artifacts now and pick up new versions as they are published."""
+        if self.watcher is None:
+            self.watcher = ArtifactWatcher(self.config, self.pipeline, self.catalog)
+            self.watcher.start()
+
+    def artifact_versions(self) -> dict[str, int | None]:
+        return {} if self.watcher is None else dict(self.watcher.loaded)
+
+    def start_scheduler(self) -> None:
+        """Run the archiver and every batch job every `offline.schedule_interval_s` in a
+        background thread (the embedded, one-machine mode)."""
+        if self.scheduler is None and self.config.offline.schedule_interval_s > 0:
+            self.scheduler = Scheduler(self.config, self.log, self.catalog)
+            self.scheduler.start()
 
     @classmethod
     def from_config(cls, config: Config) -> Runtime:
@@ -70,6 +98,12 @@ class Runtime:
             self._thread.start()
 
     def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.feature_logger is not None:
+            self.feature_logger.close()
         if self._thread is not None:
             self.processor.stop()
             self._thread.join(timeout=10)

@@ -40,6 +40,9 @@ class RecommendRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class RecommendResponse(msgspec.Struct, frozen=True):
     items: list[RecommendedItem]
     degraded: bool = False
+    # Identifies this answer: send it back as `context.extra.request_id` on the impression
+    # and click events it leads to (feature logging joins on it).
+    request_id: str | None = None
 
 
 class FeatureCell(msgspec.Struct, frozen=True):
@@ -57,3 +60,4 @@ class Health(msgspec.Struct, frozen=True):
     log_end_offset: int
     stream_lag: int
     items: int
+    artifacts: dict[str, int] = {}  # artifact name -> version served

@@ -132,23 +132,16 @@ class StreamProcessor:
         if not records:
             return None
         last_offset = records[-1].offset
-        events = self._drop_duplicates([r.event for r in records])
-        n_dup = len(records) - len(events)
-        mutations: list[Mutation] = []
-        users: set[str] = set()
-        self._newest_ts = {}
-        if events:
-            users = {e.user_id for e in events}
-            mutations = self._apply(events)
         # The position travels in the same store write as the state it produced: after a
         # crash the state and the position agree, whatever the log's own commit says.
-        mutations.append(
-            Mutation(offsets_row(s.group), OFFSETS, {"log": Cell(float(last_offset), last_offset)})
+        position = Mutation(
+            offsets_row(s.group), OFFSETS, {"log": Cell(float(last_offset), last_offset)}
         )
-        self.store.write(mutations, seen=[e.event_id for e in events])
+        n_events, users = self.apply_events([r.event for r in records], [position])
+        n_dup = len(records) - n_events
         self.log.commit(s.group, last_offset)  # for lag monitoring and other readers
         self.position = last_offset
-        METRICS.events_processed.inc(len(events))
+        METRICS.events_processed.inc(n_events)
         METRICS.duplicates_dropped.inc(n_dup)
         METRICS.batch_seconds.observe(time.perf_counter() - started)
         METRICS.batch_events.observe(len(records))
@@ -158,7 +151,22 @@ class StreamProcessor:
         METRICS.lag_events.set(max(0, self.log.end_offset() - last_offset))
         if users and self.on_users_changed is not None:
             self.on_users_changed(users)
-        return BatchResult(len(events), n_dup, users, last_offset)
+        return BatchResult(n_events, n_dup, users, last_offset)
+
+    def apply_events(
+        self, events: Sequence[Event], extra: Sequence[Mutation] = ()
+    ) -> tuple[int, set[str]]:
+        """Apply events (duplicates by id dropped) and write the state they produce, with
+        `extra` mutations, in one store write. Returns the number applied and their users.
+        The log-driven loop and the offline replay (point-in-time training sets) both come
+        through here, so both compute features with the same code."""
+        fresh = self._drop_duplicates(list(events))
+        self._newest_ts = {}
+        mutations: list[Mutation] = self._apply(fresh) if fresh else []
+        mutations.extend(extra)
+        if mutations:
+            self.store.write(mutations, seen=[e.event_id for e in fresh])
+        return len(fresh), {e.user_id for e in fresh}
 
     def _drop_duplicates(self, events: list[Event]) -> list[Event]:
         seen = self.store.seen([e.event_id for e in events])

@@ -1,0 +1,85 @@
+"""Running the offline work: archive the log, keep the lake tidy, run the batch jobs.
+
+`run_offline` is what `tastemaker jobs run` does once (for cron or an orchestrator);
+`Scheduler` does the same every `offline.schedule_interval_s` in a background thread of
+`tastemaker serve` (the embedded, one-machine mode). A failing run is logged and counted and
+the next interval tries again; the serving path never waits for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tastemaker.catalog import Catalog
+from tastemaker.config import Config
+from tastemaker.log import EventLog
+from tastemaker.metrics import METRICS
+from tastemaker.offline.artifacts import ArtifactStore, Version
+from tastemaker.offline.jobs import JOBS, JobContext, run_jobs
+from tastemaker.offline.lake import Archiver, ArchiveResult, Lake
+
+__all__ = ["OfflineRun", "Scheduler", "run_offline"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OfflineRun:
+    archived: ArchiveResult | None
+    compacted_files: int
+    expired_days: list[str]
+    versions: dict[str, Version | None]
+
+
+def run_offline(
+    config: Config,
+    log_: EventLog | None,
+    catalog: Catalog | None,
+    names: Sequence[str] = (),
+    *,
+    archive: bool = True,
+) -> OfflineRun:
+    """Archive (if `archive` and a log is given), compact, expire, then run the jobs."""
+    o = config.offline
+    lake = Lake(o.lake_url)
+    archived = None
+    if archive and log_ is not None:
+        archived = Archiver(log_, lake).run_once(o.archive_batch_size)
+    compacted = lake.compact(o.compact_min_files)
+    expired = lake.expire(o.retention_days, time.time())
+    ctx = JobContext(config, lake, ArtifactStore(o.artifacts_path, keep=o.keep_versions), catalog)
+    names = [n for n in (names or JOBS) if n != "ranker" or catalog is not None]
+    versions = run_jobs(ctx, names)
+    for name, v in versions.items():
+        METRICS.jobs_runs.labels(name, "published" if v else "nothing_new").inc()
+    return OfflineRun(archived, compacted, expired, versions)
+
+
+class Scheduler:
+    def __init__(self, config: Config, log_: EventLog, catalog: Catalog) -> None:
+        self.config = config
+        self.log = log_
+        self.catalog = catalog
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="tastemaker-jobs", daemon=True)
+        self.last: OfflineRun | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.config.offline.schedule_interval_s):
+            try:
+                self.last = run_offline(self.config, self.log, self.catalog)
+            except Exception:
+                log.exception("offline run failed; trying again next interval")
+                METRICS.jobs_runs.labels("all", "failed").inc()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)

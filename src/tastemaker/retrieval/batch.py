@@ -1,0 +1,166 @@
+"""Retrievers over what the batch jobs computed, held in RAM on the serving node.
+
+`BatchModels` is the in-memory form of the current artifacts (item neighbours, item
+embeddings, user segments, long-term popularity), mapped onto catalog rows when loaded. The
+pipeline holds one `ModelHolder`; the artifact watcher swaps its `models` in one assignment,
+so a request sees one consistent set, old or new.
+
+The seeds of the neighbour and embedding retrievers are the user's latest items from the
+online store (`last_items`), so they follow what the user did seconds ago even though the
+item-side models were computed in batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+
+from tastemaker.features.layout import PROFILE
+from tastemaker.retrieval.base import Candidates, RetrievalContext
+
+__all__ = [
+    "BatchModels",
+    "EmbeddingRetriever",
+    "ItemKnnRetriever",
+    "LongPopularRetriever",
+    "ModelHolder",
+    "SegmentRetriever",
+    "seed_rows",
+    "top_k",
+]
+
+
+@dataclass(frozen=True)
+class BatchModels:
+    """Artifacts mapped onto catalog rows. Every part is optional."""
+
+    neighbours: sp.csr_matrix | None = None  # (items, items) item-item weights
+    item_factors: npt.NDArray[np.float32] | None = None  # (items, d), zero rows: unknown
+    user_segment: dict[str, int] = field(default_factory=dict)
+    segment_top: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]] = field(
+        default_factory=list
+    )
+    popular: tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]] | None = None
+    item_first_ts: npt.NDArray[np.float64] | None = None  # (items,), inf: never engaged
+    versions: dict[str, int] = field(default_factory=dict)
+
+
+class ModelHolder:
+    """The current `BatchModels`; replaced whole by the artifact watcher."""
+
+    def __init__(self, models: BatchModels | None = None) -> None:
+        self.models = models or BatchModels()
+
+
+def top_k(
+    scores: npt.NDArray[np.float32], k: int, exclude: npt.NDArray[np.int64] | None = None
+) -> Candidates:
+    """The `k` best positive scores of a dense per-item vector, as candidates."""
+    if exclude is not None and exclude.size:
+        scores = scores.copy()
+        scores[exclude] = 0.0
+    pos = np.flatnonzero(scores > 0)
+    if pos.size > k:
+        pos = pos[np.argpartition(-scores[pos], k - 1)[:k]]
+    return Candidates(pos.astype(np.int64), scores[pos].astype(np.float32))
+
+
+def seed_rows(
+    ctx: RetrievalContext, max_seeds: int, recency: float
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """The user's latest items (newest first) as catalog rows, with weights
+    `1 / (1 + recency * rank)`: from `engaged_items` where declared (a longer history),
+    else `last_items`."""
+    profile = ctx.user.get(PROFILE, {})
+    cell = profile.get("engaged_items") or profile.get("last_items")
+    if cell is None:
+        return np.empty(0, np.int64), np.empty(0, np.float32)
+    ids = list(cell.value)[:max_seeds]
+    rows = ctx.catalog.rows(ids)
+    weights = (1.0 / (1.0 + recency * np.arange(len(ids)))).astype(np.float32)
+    keep = rows >= 0
+    return rows[keep], weights[keep]
+
+
+class ItemKnnRetriever:
+    """Items most similar to the user's latest items by the batch item-item model."""
+
+    name = "item_knn"
+
+    def __init__(self, holder: ModelHolder, *, max_seeds: int = 50, recency: float = 0.05):
+        self.holder = holder
+        self.max_seeds = max_seeds
+        self.recency = recency
+
+    def retrieve(self, ctx: RetrievalContext, k: int) -> Candidates:
+        s = self.holder.models.neighbours
+        if s is None or s.shape[0] != len(ctx.catalog):
+            return Candidates.empty()
+        rows, w = seed_rows(ctx, self.max_seeds, self.recency)
+        if rows.size == 0:
+            return Candidates.empty()
+        scores = np.asarray(s[rows].T @ w, np.float32).reshape(-1)
+        return top_k(scores, k, rows)
+
+
+class EmbeddingRetriever:
+    """Items nearest to the weighted mean of the user's latest items' batch embeddings
+    (implicit ALS item factors): exact, one matrix-vector product over the catalog."""
+
+    name = "als"
+
+    def __init__(self, holder: ModelHolder, *, max_seeds: int = 50, recency: float = 0.05):
+        self.holder = holder
+        self.max_seeds = max_seeds
+        self.recency = recency
+
+    def retrieve(self, ctx: RetrievalContext, k: int) -> Candidates:
+        f = self.holder.models.item_factors
+        if f is None or f.shape[0] != len(ctx.catalog):
+            return Candidates.empty()
+        rows, w = seed_rows(ctx, self.max_seeds, self.recency)
+        if rows.size == 0:
+            return Candidates.empty()
+        user = w @ f[rows]
+        scores = f @ user
+        # Shift so the worst candidate kept still scores above 0 (0 means "not proposed").
+        return top_k(scores - scores.min() + 1e-6, k, rows)
+
+
+class LongPopularRetriever:
+    """The batch popularity artifact's top list: popularity over a long half-life
+    (`offline.popularity_half_life_s`, 30 days by default), beside the stream's short ones."""
+
+    name = "popular_long"
+
+    def __init__(self, holder: ModelHolder) -> None:
+        self.holder = holder
+
+    def retrieve(self, ctx: RetrievalContext, k: int) -> Candidates:
+        del ctx  # the same list for everyone
+        popular = self.holder.models.popular
+        if popular is None:
+            return Candidates.empty()
+        rows, scores = popular
+        return Candidates(rows[:k], scores[:k])
+
+
+class SegmentRetriever:
+    """The most popular items among the user's cohort (k-means segment of the batch user
+    embeddings): cohort-level personalization for users the per-user models know little of."""
+
+    name = "segment"
+
+    def __init__(self, holder: ModelHolder) -> None:
+        self.holder = holder
+
+    def retrieve(self, ctx: RetrievalContext, k: int) -> Candidates:
+        m = self.holder.models
+        seg = m.user_segment.get(ctx.user_id)
+        if seg is None or seg >= len(m.segment_top):
+            return Candidates.empty()
+        rows, scores = m.segment_top[seg]
+        return Candidates(rows[:k], scores[:k])
