@@ -115,6 +115,18 @@ class ServingConfig(_Section, frozen=True):
     als_candidates: PositiveInt = 200
     segment_candidates: PositiveInt = 100
     exclude_seen: bool = False
+    exclude_shown: bool = True
+    deadline_ms: Positive = 50.0
+    budget_features_ms: Positive = 10.0
+    budget_retrieve_ms: Positive = 20.0
+    budget_rank_ms: Positive = 10.0
+    cache_ttl_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
+    cache_size: PositiveInt = 100_000
+    max_per_category: Annotated[int, msgspec.Meta(ge=0)] = 0
+    mmr_lambda: Annotated[float, msgspec.Meta(gt=0, le=1)] = 1.0
+    rate_limit_rps: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    rate_limit_burst: PositiveInt = 100
+    api_key_rps: dict[str, float] = msgspec.field(default_factory=dict)
     global_cache_s: Positive = 1.0
 
 
@@ -170,6 +182,7 @@ def default_features() -> list[FeatureKind]:
         Centroid("click_centroid"),
         LastN("purchased", n=500, types=[EventType.PURCHASE]),
         LastN("engaged_items", n=200, types=engaged),
+        LastN("shown_items", n=50, types=[EventType.IMPRESSION]),
         CountByType("session_counts", family="session"),
         LastN("session_items", family="session", n=20, types=engaged),
         DecayedIntensity(
@@ -199,6 +212,10 @@ class Config(_Section, frozen=True):
         if self.serving.exclude_seen and "engaged_items" not in names:
             raise ConfigError(
                 "serving.exclude_seen needs a declared last_n feature named 'engaged_items'"
+            )
+        if self.serving.exclude_shown and "shown_items" not in names:
+            raise ConfigError(
+                "serving.exclude_shown needs a declared last_n feature named 'shown_items'"
             )
 
 

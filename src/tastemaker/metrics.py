@@ -88,6 +88,23 @@ class Metrics:
             ["job", "outcome"],
             registry=r,
         )
+        self.stage_fallbacks = Counter(
+            "tastemaker_stage_fallbacks",
+            "Recommend stages replaced by their fallback (failed or out of budget).",
+            ["stage"],
+            registry=r,
+        )
+        self.stage_overruns = Counter(
+            "tastemaker_stage_overruns",
+            "Recommend stages (or whole requests) that took longer than their budget.",
+            ["stage"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "tastemaker_rate_limited",
+            "Requests answered 429 by the per-key rate limit.",
+            registry=r,
+        )
         self.recommendations = Counter(
             "tastemaker_recommendations", "Recommend calls by path taken.", ["path"], registry=r
         )

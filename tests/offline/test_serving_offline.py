@@ -158,3 +158,27 @@ def test_archive_jobs_and_artifacts_commands(
     assert main(["artifacts", "rollback", "popularity", "9", "--config", str(path)]) == 2
     assert "no version 9" in capsys.readouterr().err
     assert main(["jobs", "run", "nope", "--config", str(path)]) == 2
+
+
+@pytest.mark.slow
+def test_the_in_process_scheduler_archives_and_runs_the_jobs(
+    tmp_path: Path, catalog: Catalog, shop: Shop
+) -> None:
+    config = offline(
+        make_config(tmp_path, catalog),
+        schedule_interval_s=0.2,
+        reload_interval_s=0.1,
+        retention_days=36500,
+    )
+    rt = Runtime.from_config(config)
+    try:
+        rt.watch_artifacts()
+        rt.start_scheduler()
+        rt.ingestor.ingest(next(iter(shop.events(chunk_users=100))))
+        scheduler = rt.scheduler
+        assert scheduler is not None
+        wait_until(lambda: scheduler.last is not None, timeout=60)
+        assert Lake(config.offline.lake_url).watermark() == rt.log.end_offset()
+        wait_until(lambda: rt.artifact_versions().get("covisitation") is not None, timeout=10)
+    finally:
+        rt.close()

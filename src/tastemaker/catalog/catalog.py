@@ -32,6 +32,7 @@ class Catalog:
         brands: Sequence[str],
         prices: npt.ArrayLike,
         embeddings: npt.ArrayLike,
+        in_stock: npt.ArrayLike | None = None,
     ) -> None:
         n = len(ids)
         for name, col in (("title", titles), ("category", categories), ("brand", brands)):
@@ -72,6 +73,10 @@ class Catalog:
         # never changes it (dividing by a norm of 0.99999994 would move the last bits).
         scale = np.where(np.abs(norms - 1.0) > 1e-6, np.maximum(norms, 1e-12), 1.0)
         self.embedding: npt.NDArray[np.float32] = (emb / scale).astype(np.float32)
+        stock = np.ones(n, bool) if in_stock is None else np.asarray(in_stock, dtype=bool)
+        if stock.shape != (n,):
+            raise CatalogError(f"column 'in_stock' has {stock.shape[0]} rows, item_id has {n}")
+        self.in_stock: npt.NDArray[np.bool_] = stock
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -1,7 +1,8 @@
 """Load and save catalogs as Parquet or CSV.
 
-Columns: `item_id`, `title`, `category`, `brand`, `price`, `embedding`. In Parquet the
-embedding is a list<float> column; in CSV it is one field of space-separated numbers.
+Columns: `item_id`, `title`, `category`, `brand`, `price`, `embedding`, and optionally
+`in_stock` (boolean; every item is in stock without it). In Parquet the embedding is a
+list<float> column; in CSV it is one field of space-separated numbers.
 """
 
 from __future__ import annotations
@@ -46,7 +47,16 @@ def _from_table(table: pa.Table, source: str) -> Catalog:
         price = table.column("price").cast(pa.float32()).to_numpy(zero_copy_only=False)
     except pa.ArrowInvalid as exc:
         raise CatalogError(f"{source}: column 'price' must be numeric: {exc}") from exc
+    in_stock = None
+    if "in_stock" in table.column_names:
+        col = table.column("in_stock")
+        if not pa.types.is_boolean(col.type):
+            raise CatalogError(f"{source}: column 'in_stock' must be boolean, got {col.type}")
+        if col.null_count:
+            raise CatalogError(f"{source}: column 'in_stock' has {col.null_count} empty value(s)")
+        in_stock = col.to_numpy(zero_copy_only=False)
     return Catalog(
+        in_stock=in_stock,
         ids=[str(x) for x in table.column("item_id").to_pylist()],
         titles=[str(x) for x in table.column("title").to_pylist()],
         categories=[str(x) for x in table.column("category").to_pylist()],
@@ -88,6 +98,7 @@ def save_catalog(catalog: Catalog, path: str | Path) -> None:
             "brand": pa.array(catalog.brand_names[catalog.brand].tolist(), pa.string()),
             "price": pa.array(catalog.price, pa.float32()),
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1]),
+            "in_stock": pa.array(catalog.in_stock, pa.bool_()),
         }
     )
     pq.write_table(table, Path(path))

@@ -19,3 +19,9 @@ class Scorer(Protocol):
     ) -> npt.NDArray[np.float32]:
         """`features` is (candidates, len(names)); returns one score per candidate."""
         ...
+
+    def contributions(
+        self, features: npt.NDArray[np.float32], names: Sequence[str]
+    ) -> npt.NDArray[np.float32]:
+        """(rows, len(names)): how much each feature added to each row's score."""
+        ...

@@ -106,3 +106,13 @@ class LightGBMScorer:
             out = self._compiled.predict(tl2cgen.DMatrix(features))
             return np.asarray(out, np.float32).reshape(-1)
         return np.asarray(self.booster.predict(features, num_threads=1), np.float32)
+
+    def contributions(
+        self, features: npt.NDArray[np.float32], names: Sequence[str]
+    ) -> npt.NDArray[np.float32]:
+        """Per-feature contributions to each score (TreeSHAP, LightGBM's `pred_contrib`);
+        meant for the few items shown, not for all candidates."""
+        if list(names) != self.feature_names:
+            raise ModelError(f"scoring columns {list(names)} differ from the model's")
+        out = self.booster.predict(features, pred_contrib=True, num_threads=1)
+        return np.asarray(out, np.float32)[:, :-1]  # the last column is the expected value

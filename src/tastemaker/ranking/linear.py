@@ -28,3 +28,9 @@ class LinearScorer:
         self, features: npt.NDArray[np.float32], names: Sequence[str]
     ) -> npt.NDArray[np.float32]:
         return features @ self._vector(names)
+
+    def contributions(
+        self, features: npt.NDArray[np.float32], names: Sequence[str]
+    ) -> npt.NDArray[np.float32]:
+        """Each feature's share of each score: value times weight."""
+        return features * self._vector(names)

@@ -24,14 +24,18 @@ from tastemaker.log import LogError
 from tastemaker.metrics import METRICS
 from tastemaker.serving.ingest import BackpressureError
 from tastemaker.serving.openapi import openapi_document
+from tastemaker.serving.pipeline import Request as PipelineRequest
+from tastemaker.serving.ratelimit import RateLimiter, retry_after
 from tastemaker.serving.runtime import Runtime
 from tastemaker.serving.schemas import (
     Accepted,
     ErrorBody,
     FeatureCell,
     Health,
+    RankRequest,
     RecommendRequest,
     RecommendResponse,
+    SimilarResponse,
     UserFeatures,
 )
 
@@ -39,6 +43,7 @@ __all__ = ["build_app"]
 
 _encode = msgspec.json.Encoder().encode
 _recommend_decoder = msgspec.json.Decoder(RecommendRequest)
+_rank_decoder = msgspec.json.Decoder(RankRequest)
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -89,15 +94,78 @@ def build_app(runtime: Runtime) -> Starlette:
             return response
         return _json(Accepted(accepted), 202)
 
+    s = runtime.config.serving
+    limiter = RateLimiter(s.rate_limit_rps, s.rate_limit_burst, s.api_key_rps)
+
+    def limited(request: Request) -> Response | None:
+        """429 when the request's API key (`X-API-Key`, else "anonymous") is over its rate."""
+        if not limiter.enabled():
+            return None
+        key = request.headers.get("x-api-key", "anonymous")
+        wait = limiter.acquire(key)
+        if wait <= 0:
+            return None
+        METRICS.rate_limited.inc()
+        response = _error(429, "rate_limited", f"API key {key!r} is over its request rate")
+        response.headers["Retry-After"] = retry_after(wait)
+        return response
+
     async def post_recommend(request: Request) -> Response:
+        if (refused := limited(request)) is not None:
+            return refused
         try:
             req = _recommend_decoder.decode(await request.body())
         except msgspec.ValidationError as exc:
             return _error(400, "invalid_request", str(exc))
         except msgspec.DecodeError as exc:
             return _error(400, "invalid_request", f"malformed JSON: {exc}")
-        rec = runtime.pipeline.recommend(req.user_id, min(req.n, runtime.config.serving.max_n))
-        return _json(RecommendResponse(rec.items, rec.degraded, rec.request_id))
+        options = PipelineRequest(
+            n=min(req.n, s.max_n),
+            filters=req.filters,
+            explain=req.explain,
+            deadline_ms=req.deadline_ms,
+        )
+        rec = runtime.pipeline.recommend(req.user_id, request=options)
+        return _json(
+            RecommendResponse(rec.items, rec.degraded, rec.request_id, rec.fallbacks, rec.cached)
+        )
+
+    async def post_rank(request: Request) -> Response:
+        if (refused := limited(request)) is not None:
+            return refused
+        try:
+            req = _rank_decoder.decode(await request.body())
+        except msgspec.ValidationError as exc:
+            return _error(400, "invalid_request", str(exc))
+        except msgspec.DecodeError as exc:
+            return _error(400, "invalid_request", f"malformed JSON: {exc}")
+        unknown = [i for i in req.item_ids if i not in runtime.catalog.index]
+        if unknown:
+            return _error(
+                400,
+                "unknown_items",
+                f"{len(unknown)} item id(s) not in the catalog: {unknown[:20]}",
+            )
+        options = PipelineRequest(
+            n=req.n or len(req.item_ids),
+            filters=req.filters,
+            explain=req.explain,
+            deadline_ms=req.deadline_ms,
+        )
+        rec = runtime.pipeline.rank(req.user_id, req.item_ids, options)
+        return _json(RecommendResponse(rec.items, rec.degraded, rec.request_id, rec.fallbacks))
+
+    async def get_similar(request: Request) -> Response:
+        if (refused := limited(request)) is not None:
+            return refused
+        item_id = request.path_params["item_id"]
+        if item_id not in runtime.catalog.index:
+            return _error(404, "unknown_item", f"item {item_id!r} is not in the catalog")
+        raw_n = request.query_params.get("n", "10")
+        if not raw_n.isdigit() or not 1 <= int(raw_n) <= s.max_n:
+            return _error(400, "invalid_request", f"n must be an integer in 1..{s.max_n}")
+        items = runtime.pipeline.similar(item_id, int(raw_n))
+        return _json(SimilarResponse(item_id, items))
 
     async def get_features(request: Request) -> Response:
         user_id = request.path_params["user_id"]
@@ -128,6 +196,12 @@ def build_app(runtime: Runtime) -> Starlette:
         routes=[
             Route("/v1/events", _timed("events", post_events), methods=["POST"]),
             Route("/v1/recommend", _timed("recommend", post_recommend), methods=["POST"]),
+            Route("/v1/rank", _timed("rank", post_rank), methods=["POST"]),
+            Route(
+                "/v1/items/{item_id:str}/similar",
+                _timed("similar", get_similar),
+                methods=["GET"],
+            ),
             Route(
                 "/v1/users/{user_id:str}/features",
                 _timed("features", get_features),

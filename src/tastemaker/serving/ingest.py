@@ -6,7 +6,7 @@ exactly what production traffic does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tastemaker.events import Event, InvalidBatchError, decode_batch
 from tastemaker.log import EventLog
@@ -30,12 +30,19 @@ class Ingestor:
     refusing is how no accepted event is ever dropped or left waiting for minutes."""
 
     def __init__(
-        self, log: EventLog, *, group: str, max_lag_events: int, retry_after_s: int = 1
+        self,
+        log: EventLog,
+        *,
+        group: str,
+        max_lag_events: int,
+        retry_after_s: int = 1,
+        on_accepted: Callable[[set[str]], None] | None = None,
     ) -> None:
         self.log = log
         self.group = group
         self.max_lag_events = max_lag_events
         self.retry_after_s = retry_after_s
+        self.on_accepted = on_accepted  # told the users of every accepted batch
 
     def lag(self) -> int:
         """Events in the log that the stream processor has not committed."""
@@ -59,4 +66,6 @@ class Ingestor:
             raise BackpressureError(lag, self.retry_after_s)
         self.log.append(events)
         METRICS.events_accepted.inc(len(events))
+        if self.on_accepted is not None:
+            self.on_accepted({e.user_id for e in events})
         return len(events)

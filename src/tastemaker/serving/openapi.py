@@ -11,8 +11,10 @@ from tastemaker.serving.schemas import (
     Accepted,
     ErrorBody,
     Health,
+    RankRequest,
     RecommendRequest,
     RecommendResponse,
+    SimilarResponse,
     UserFeatures,
 )
 
@@ -33,6 +35,8 @@ def openapi_document(version: str) -> dict[str, Any]:
         ErrorBody,
         RecommendRequest,
         RecommendResponse,
+        RankRequest,
+        SimilarResponse,
         UserFeatures,
         Health,
     )
@@ -42,6 +46,11 @@ def openapi_document(version: str) -> dict[str, Any]:
     components["EventBatch"]["properties"]["events"]["items"] = r["Event"]
     error = {
         "description": "Invalid request; the body names what is wrong.",
+        **_json(r["ErrorBody"]),
+    }
+    limited = {
+        "description": "Over the API key's request rate (X-API-Key header); retry after the "
+        "seconds in the Retry-After header.",
         **_json(r["ErrorBody"]),
     }
     return {
@@ -78,6 +87,46 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "Ranked items", **_json(r["RecommendResponse"])},
                         "400": error,
+                        "429": limited,
+                    },
+                }
+            },
+            "/v1/rank": {
+                "post": {
+                    "summary": "Rank the client's candidate items for a user",
+                    "requestBody": {"required": True, **_json(r["RankRequest"])},
+                    "responses": {
+                        "200": {
+                            "description": "The candidates, best first",
+                            **_json(r["RecommendResponse"]),
+                        },
+                        "400": error,
+                        "429": limited,
+                    },
+                }
+            },
+            "/v1/items/{item_id}/similar": {
+                "get": {
+                    "summary": "Items similar to one item",
+                    "parameters": [
+                        {
+                            "name": "item_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "n",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "default": 10},
+                        },
+                    ],
+                    "responses": {
+                        "200": {"description": "Similar items", **_json(r["SimilarResponse"])},
+                        "400": error,
+                        "404": {"description": "Unknown item", **_json(r["ErrorBody"])},
+                        "429": limited,
                     },
                 }
             },

@@ -1,8 +1,23 @@
-"""The recommend pipeline: fetch features -> retrieve -> rank -> filter -> respond.
+"""The recommend pipeline: features -> retrieve -> rank -> rerank -> respond, under a deadline.
 
 One multi-get fetches the user's profile and session families with the global top lists;
 the co-visitation retriever does one more for its seeds' neighbours. Scoring is one matrix
-product over all candidates. A store failure degrades to popular items, never to an error.
+product (or one compiled-model call) over all candidates.
+
+Each request has a deadline (`serving.deadline_ms`, or the request's own) and each stage a
+budget. A stage that fails, or would start after its budget is spent, is replaced by its
+fallback, counted in `tastemaker_stage_fallbacks{stage}`, and named in the answer's
+`fallbacks` (with `degraded: true`):
+
+- features (the store read fails): popular items, from the last top list read, else the
+  batch popularity artifact;
+- a retriever (raises, or the retrieve budget is spent): skipped, the others' candidates
+  are ranked;
+- rank (the model raises, or the deadline is near): the linear scorer.
+
+Answers are cached per (user, request) for `serving.cache_ttl_s`; an entry is only used
+while the user's stored features are unchanged, so a user's new event invalidates it in every
+process as soon as the stream has applied it (and at once in the process that took it).
 """
 
 from __future__ import annotations
@@ -25,8 +40,16 @@ from tastemaker.features.layout import GLOBAL_ROW, POPULAR, PROFILE, SESSION, us
 from tastemaker.metrics import METRICS
 from tastemaker.ranking import FEATURE_NAMES, LinearScorer, Scorer, assemble
 from tastemaker.ranking.lightgbm import LightGBMScorer
+from tastemaker.ranking.rerank import (
+    Contribution,
+    Filters,
+    diversify,
+    filter_mask,
+    top_contributions,
+)
 from tastemaker.retrieval import (
     AnnRetriever,
+    Candidates,
     CandidateSet,
     CategoryRetriever,
     CovisitationRetriever,
@@ -42,7 +65,7 @@ from tastemaker.retrieval import (
 )
 from tastemaker.store import Cell, OnlineStore, RowData, StoreError
 
-__all__ = ["RecommendPipeline", "Recommendation", "RecommendedItem"]
+__all__ = ["RecommendPipeline", "Recommendation", "RecommendedItem", "Request"]
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +87,12 @@ class FeatureSink(Protocol):
     ) -> None: ...
 
 
-class RecommendedItem(msgspec.Struct, frozen=True):
+class RecommendedItem(msgspec.Struct, frozen=True, omit_defaults=True):
     item_id: str
     score: float
     sources: list[str]
+    # With `explain`: the features that added most to the score.
+    because: list[Contribution] | None = None
 
 
 class Recommendation(msgspec.Struct, frozen=True):
@@ -75,6 +100,30 @@ class Recommendation(msgspec.Struct, frozen=True):
     degraded: bool = False
     # Send it back as `context.extra.request_id` on impression and click events.
     request_id: str | None = None
+    fallbacks: list[str] = []  # the stages that fell back
+    cached: bool = False
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True):
+    """One recommend call's options (the HTTP body maps onto it)."""
+
+    n: int = 10
+    filters: Filters | None = None
+    explain: bool = False
+    deadline_ms: float | None = None  # default: serving.deadline_ms
+    exclude: frozenset[str] = frozenset()  # item ids never to return
+    now: float | None = None  # the time features are computed at (default: the clock)
+
+
+class _Clock:
+    """Elapsed time of one request against its deadline and the stage budgets."""
+
+    def __init__(self, deadline_ms: float) -> None:
+        self.start = time.perf_counter()
+        self.deadline_ms = deadline_ms
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.start) * 1000.0
 
 
 class RecommendPipeline:
@@ -100,6 +149,7 @@ class RecommendPipeline:
                 config.ranking.model_path, FEATURE_NAMES, compile_model=config.ranking.compile_model
             )
         self.scorer = scorer or LinearScorer(config.ranking.weights)
+        self.linear = LinearScorer(config.ranking.weights)  # the rank stage's fallback
         s = config.serving
         # The first retriever is the fallback when the store fails: it needs no user data.
         self.retrievers: list[tuple[Retriever, int]] = [
@@ -117,9 +167,16 @@ class RecommendPipeline:
         hist = next((f for f in config.features if isinstance(f, Histogram)), None)
         self.price_edges = list(hist.edges) if hist else []
         # Item lists of the profile whose items are never recommended to the user.
-        self.excluded_columns = ["purchased"] + (["engaged_items"] if s.exclude_seen else [])
+        self.excluded_columns = (
+            ["purchased"]
+            + (["engaged_items"] if s.exclude_seen else [])
+            + (["shown_items"] if s.exclude_shown else [])
+        )
         self._popular: tuple[float, dict[str, Cell]] = (0.0, {})
         self._lock = threading.Lock()
+        self.cache = RecommendCache(s.cache_ttl_s, s.cache_size)
+
+    # -- reading ---------------------------------------------------------------------------
 
     def _global_lists(self) -> dict[str, Cell]:
         """The global top lists, re-read at most every `global_cache_s`."""
@@ -150,46 +207,6 @@ class RecommendPipeline:
         chosen = self.retrievers if retrievers is None else retrievers
         return merge([r.name for r, _ in chosen], [r.retrieve(ctx, k) for r, k in chosen])
 
-    def recommend(
-        self, user_id: str, n: int, exclude: Collection[str] = (), now: float | None = None
-    ) -> Recommendation:
-        """Top `n` items for the user, leaving out `exclude` and what the user bought;
-        popular items for unknown users. `now` (default: the clock) is the time the
-        time-dependent features are computed at; a replay or an evaluation passes its own."""
-        request_id = uuid.uuid4().hex
-        try:
-            ctx = self.context(user_id)
-            items = self._rank(
-                ctx, n, self.retrievers, exclude=exclude, now=now, request_id=request_id
-            )
-            METRICS.recommendations.labels("personalized" if ctx.user else "cold_start").inc()
-            return Recommendation(items, request_id=request_id)
-        except StoreError:
-            log.exception("store failed; answering with popular items")
-            METRICS.recommendations.labels("degraded").inc()
-            ctx = RetrievalContext({}, self._popular[1], self.catalog, user_id)
-            items = self._fallback(ctx, n, exclude)
-            return Recommendation(items, degraded=True, request_id=request_id)
-
-    def _fallback(
-        self, ctx: RetrievalContext, n: int, exclude: Collection[str]
-    ) -> list[RecommendedItem]:
-        """Popular items without the store: the last top list read, else the batch
-        popularity artifact."""
-        if ctx.popular:
-            return self._rank(ctx, n, self.retrievers[:1], exclude=exclude)
-        popular = self.models.models.popular
-        if popular is None:
-            return self._catalog_order(n)
-        rows, scores = popular
-        drop = self.catalog.rows(list(exclude)) if exclude else np.empty(0, np.int64)
-        keep = ~np.isin(rows, drop)
-        ids = self.catalog.ids[rows[keep][:n]]
-        return [
-            RecommendedItem(str(i), round(float(v), 6), ["popular_batch"])
-            for i, v in zip(ids, scores[keep][:n], strict=True)
-        ]
-
     def features(
         self, ctx: RetrievalContext, cands: CandidateSet, now: float
     ) -> npt.NDArray[np.float32]:
@@ -204,34 +221,161 @@ class RecommendPipeline:
             now=now,
         )
 
+    # -- recommending ----------------------------------------------------------------------
+
+    def recommend(
+        self,
+        user_id: str,
+        n: int = 10,
+        exclude: Collection[str] = (),
+        now: float | None = None,
+        request: Request | None = None,
+    ) -> Recommendation:
+        """Top items for the user under `request` (or `n`, `exclude`, `now`): never what is
+        excluded or what the user bought; popular items for unknown users."""
+        req = request or Request(n=n, exclude=frozenset(exclude), now=now)
+        request_id = uuid.uuid4().hex
+        s = self.config.serving
+        clock = _Clock(s.deadline_ms if req.deadline_ms is None else req.deadline_ms)
+        fallbacks: list[str] = []
+        try:
+            ctx = self.context(user_id)
+        except StoreError:
+            log.warning("store failed; answering with popular items", exc_info=True)
+            METRICS.recommendations.labels("degraded").inc()
+            METRICS.stage_fallbacks.labels("features").inc()
+            ctx = RetrievalContext({}, self._popular[1], self.catalog, user_id)
+            items = self._fallback(ctx, req)
+            return Recommendation(items, True, request_id, ["features"])
+        if clock.elapsed_ms() > s.budget_features_ms:
+            METRICS.stage_overruns.labels("features").inc()
+        key = self.cache.key(user_id, req)
+        version = _version(ctx.user)
+        if key is not None:
+            hit = self.cache.get(key, version)
+            if hit is not None:
+                METRICS.recommendations.labels("cached").inc()
+                return msgspec.structs.replace(hit, request_id=request_id, cached=True)
+        items = self._rank(ctx, req, clock, fallbacks, request_id)
+        METRICS.recommendations.labels("personalized" if ctx.user else "cold_start").inc()
+        if clock.elapsed_ms() > clock.deadline_ms:
+            METRICS.stage_overruns.labels("request").inc()
+        rec = Recommendation(items, bool(fallbacks), request_id, fallbacks)
+        if key is not None and not fallbacks:
+            self.cache.put(key, version, rec)
+        return rec
+
+    def _fallback(self, ctx: RetrievalContext, req: Request) -> list[RecommendedItem]:
+        """Popular items without the store: the last top list read, else the batch
+        popularity artifact."""
+        if ctx.popular:
+            clock = _Clock(float("inf"))
+            return self._rank(ctx, req, clock, [], None, retrievers=self.retrievers[:1])
+        popular = self.models.models.popular
+        if popular is None:
+            return self._catalog_order(req.n)
+        rows, scores = popular
+        keep = filter_mask(self.catalog, rows, req.filters)
+        if req.exclude:
+            keep &= ~np.isin(rows, self.catalog.rows(list(req.exclude)))
+        ids = self.catalog.ids[rows[keep][: req.n]]
+        return [
+            RecommendedItem(str(i), round(float(v), 6), ["popular_batch"])
+            for i, v in zip(ids, scores[keep][: req.n], strict=True)
+        ]
+
+    def _retrieve(
+        self,
+        ctx: RetrievalContext,
+        retrievers: Sequence[tuple[Retriever, int]],
+        clock: _Clock,
+        fallbacks: list[str],
+    ) -> CandidateSet:
+        """Each retriever in turn while the retrieve budget lasts; one that raises is
+        skipped. The first (popular) always runs: it is what the others fall back to."""
+        s = self.config.serving
+        # Stop retrieving at the retrieve budget, or earlier if ranking would then miss the
+        # request's deadline.
+        limit = min(
+            s.budget_features_ms + s.budget_retrieve_ms, clock.deadline_ms - s.budget_rank_ms
+        )
+        results: list[Candidates] = []
+        for i, (r, k) in enumerate(retrievers):
+            if i > 0 and clock.elapsed_ms() > limit:
+                METRICS.stage_fallbacks.labels("retrieve").inc()
+                fallbacks.append(f"retrieve:{r.name}")
+                results.append(Candidates.empty())
+                continue
+            try:
+                results.append(r.retrieve(ctx, k))
+            except Exception:
+                log.warning("retriever %s failed; skipped", r.name, exc_info=True)
+                METRICS.stage_fallbacks.labels("retrieve").inc()
+                fallbacks.append(f"retrieve:{r.name}")
+                results.append(Candidates.empty())
+        return merge([r.name for r, _ in retrievers], results)
+
+    def _score(
+        self, x: npt.NDArray[np.float32], clock: _Clock, fallbacks: list[str]
+    ) -> tuple[npt.NDArray[np.float32], Scorer]:
+        """The model's scores, or the linear scorer's when the model fails or the time left
+        before the deadline is under the rank budget."""
+        s = self.config.serving
+        scorer = self.scorer
+        if scorer is not self.linear and clock.deadline_ms - clock.elapsed_ms() < s.budget_rank_ms:
+            METRICS.stage_fallbacks.labels("rank").inc()
+            fallbacks.append("rank")
+            return self.linear.score(x, FEATURE_NAMES).astype(np.float32), self.linear
+        try:
+            return scorer.score(x, FEATURE_NAMES).astype(np.float32), scorer
+        except Exception:
+            log.warning("scorer failed; ranking with the linear scorer", exc_info=True)
+            METRICS.stage_fallbacks.labels("rank").inc()
+            fallbacks.append("rank")
+            return self.linear.score(x, FEATURE_NAMES).astype(np.float32), self.linear
+
     def _rank(
         self,
         ctx: RetrievalContext,
-        n: int,
-        retrievers: Sequence[tuple[Retriever, int]],
+        req: Request,
+        clock: _Clock,
+        fallbacks: list[str],
+        request_id: str | None,
         *,
-        exclude: Collection[str] = (),
-        now: float | None = None,
-        request_id: str | None = None,
+        retrievers: Sequence[tuple[Retriever, int]] | None = None,
+        given: npt.NDArray[np.int64] | None = None,
     ) -> list[RecommendedItem]:
-        cands = self.candidates(ctx, retrievers)
-        names = cands.names
+        """Retrieve (or take the `given` catalog rows), score, filter, diversify, explain."""
+        if given is None:
+            cands = self._retrieve(ctx, retrievers or self.retrievers, clock, fallbacks)
+        else:
+            names = [r.name for r, _ in self.retrievers]
+            cands = merge(names, [r.retrieve(ctx, k) for r, k in self.retrievers])
+            cands = _restrict(cands, given)
         if cands.rows.size == 0:
-            return self._catalog_order(n)
-        at = time.time() if now is None else now
+            return [] if given is not None else self._catalog_order(req.n)
+        at = time.time() if req.now is None else req.now
         x = self.features(ctx, cands, at)
-        scores = self.scorer.score(x, FEATURE_NAMES).astype(np.float32)
-        for column in self.excluded_columns:
-            cell = ctx.user.get(PROFILE, {}).get(column)
-            if cell is not None:
-                scores[np.isin(cands.rows, self.catalog.rows(cell.value))] = -np.inf
-        if exclude:
-            scores[np.isin(cands.rows, self.catalog.rows(list(exclude)))] = -np.inf
-        k = min(n, int(np.isfinite(scores).sum()))
-        if k == 0:
+        scores, scorer = self._score(x, clock, fallbacks)
+        scores[~filter_mask(self.catalog, cands.rows, req.filters)] = -np.inf
+        if given is None:
+            for column in self.excluded_columns:
+                cell = ctx.user.get(PROFILE, {}).get(column)
+                if cell is not None:
+                    scores[np.isin(cands.rows, self.catalog.rows(cell.value))] = -np.inf
+        if req.exclude:
+            scores[np.isin(cands.rows, self.catalog.rows(list(req.exclude)))] = -np.inf
+        s = self.config.serving
+        top = diversify(
+            cands.rows,
+            scores,
+            self.catalog,
+            req.n,
+            max_per_category=s.max_per_category if given is None else 0,
+            mmr_lambda=s.mmr_lambda if given is None else 1.0,
+        )
+        if top.size == 0:
             return []
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
         ids = self.catalog.ids[cands.rows[top]]
         logger = self.feature_logger
         if logger is not None and request_id is not None and logger.wants(request_id):
@@ -243,15 +387,151 @@ class RecommendPipeline:
                 scores=scores[top],
                 x=x[top],
             )
+        because: list[list[Contribution]] | list[None] = [None] * top.size
+        if req.explain:
+            because = top_contributions(scorer.contributions(x[top], FEATURE_NAMES), FEATURE_NAMES)
+        names = cands.names
         return [
             RecommendedItem(
                 str(ids[j]),
                 round(float(scores[i]), 6),
                 [names[b] for b in range(len(names)) if cands.sources[i] >> b & 1],
+                because[j],
             )
-            for j, i in enumerate(top)
+            for j, i in enumerate(top.tolist())
+        ]
+
+    def rank(self, user_id: str, item_ids: Sequence[str], request: Request) -> Recommendation:
+        """The client's candidates, ranked for the user by the same features and model;
+        ids not in the catalog are left out (the caller checks them first)."""
+        rows = self.catalog.rows(list(item_ids))
+        clock = _Clock(
+            self.config.serving.deadline_ms if request.deadline_ms is None else request.deadline_ms
+        )
+        fallbacks: list[str] = []
+        request_id = uuid.uuid4().hex
+        try:
+            ctx = self.context(user_id)
+        except StoreError:
+            log.warning("store failed; ranking without user features", exc_info=True)
+            METRICS.stage_fallbacks.labels("features").inc()
+            fallbacks.append("features")
+            ctx = RetrievalContext({}, self._popular[1], self.catalog, user_id)
+        req = msgspec.structs.replace(request, n=min(request.n, int((rows >= 0).sum())))
+        items = self._rank(ctx, req, clock, fallbacks, request_id, given=rows[rows >= 0])
+        return Recommendation(items, bool(fallbacks), request_id, fallbacks)
+
+    def similar(self, item_id: str, n: int) -> list[RecommendedItem]:
+        """Items like `item_id`: its nearest items by embedding, its co-visitation neighbours
+        from the stream and the batch item-kNN neighbours; each source's score scaled to
+        (0, 1] and summed."""
+        row = self.catalog.index[item_id]
+        emb = self.catalog.embedding
+        sims = emb @ emb[row]
+        sims[row] = -np.inf
+        k = min(max(n * 5, 50), len(self.catalog) - 1)
+        near = np.argpartition(-sims, k - 1)[:k] if k > 0 else np.empty(0, np.int64)
+        results = [
+            Candidates(near.astype(np.int64), np.maximum(sims[near], 1e-6).astype(np.float32))
+        ]
+        names = ["embedding"]
+        neighbours = self.models.models.neighbours
+        if neighbours is not None and neighbours.shape[0] == len(self.catalog):
+            r = neighbours.getrow(row)
+            results.append(Candidates(r.indices.astype(np.int64), r.data.astype(np.float32)))
+            names.append("item_knn")
+        try:
+            from tastemaker.features.layout import COVIS, item_row
+
+            data = self.store.get([item_row(item_id)], [COVIS]).get(item_row(item_id), {})
+            links = data.get(COVIS, {}).get("neighbours")
+            if links is not None and links.value:
+                ids = list(links.value)
+                rows = self.catalog.rows(ids)
+                w = np.fromiter(links.value.values(), np.float32, len(ids))
+                results.append(Candidates(rows[rows >= 0], w[rows >= 0]))
+                names.append("covisitation")
+        except StoreError:
+            log.warning("store failed; similar items without co-visitation", exc_info=True)
+        cands = merge(names, results)
+        top_scores = cands.scores.max(axis=0)
+        total = (cands.scores / np.where(top_scores > 0, top_scores, 1.0)).sum(axis=1)
+        total[cands.rows == row] = -np.inf
+        top = diversify(cands.rows, total.astype(np.float32), self.catalog, n)
+        return [
+            RecommendedItem(
+                str(self.catalog.ids[cands.rows[i]]),
+                round(float(total[i]), 6),
+                [names[b] for b in range(len(names)) if cands.sources[i] >> b & 1],
+            )
+            for i in top.tolist()
         ]
 
     def _catalog_order(self, n: int) -> list[RecommendedItem]:
         """Before any event was processed there is no popularity: the catalog's first items."""
         return [RecommendedItem(str(i), 0.0, ["catalog"]) for i in self.catalog.ids[:n]]
+
+
+def _restrict(cands: CandidateSet, rows: npt.NDArray[np.int64]) -> CandidateSet:
+    """The candidate set over exactly `rows`: retriever scores where a retriever proposed the
+    row, 0 elsewhere."""
+    rows = np.unique(rows)
+    pos = np.searchsorted(cands.rows, rows)
+    found = (pos < cands.rows.size) & (cands.rows[np.minimum(pos, cands.rows.size - 1)] == rows)
+    scores = np.zeros((rows.size, len(cands.names)), np.float32)
+    sources = np.zeros(rows.size, np.uint32)
+    if cands.rows.size:
+        scores[found] = cands.scores[pos[found]]
+        sources[found] = cands.sources[pos[found]]
+    return CandidateSet(rows, scores, sources, cands.names)
+
+
+def _version(user: RowData) -> tuple[float, int]:
+    """Changes whenever the stream applies an event of the user: the newest cell time, and
+    the user's event count (`counts`), which a late event moves when the time does not."""
+    newest = max((c.ts for cells in user.values() for c in cells.values()), default=0.0)
+    counts = user.get(PROFILE, {}).get("counts")
+    total = sum(counts.value.values()) if counts is not None and counts.value else 0
+    return newest, int(total)
+
+
+class RecommendCache:
+    """Answers per (user, request), for `ttl_s`, valid while the user's features are
+    unchanged. Requests with an `exclude` list or a fixed `now` are not cached."""
+
+    def __init__(self, ttl_s: float, size: int) -> None:
+        self.ttl_s = ttl_s
+        self.size = size
+        self._entries: dict[tuple[str, bytes], tuple[float, tuple[float, int], Recommendation]] = {}
+        self._lock = threading.Lock()
+
+    def key(self, user_id: str, req: Request) -> tuple[str, bytes] | None:
+        if self.ttl_s <= 0 or req.exclude or req.now is not None:
+            return None
+        return user_id, msgspec.msgpack.encode((req.n, req.filters, req.explain))
+
+    def get(self, key: tuple[str, bytes], version: tuple[float, int]) -> Recommendation | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, stored_version, rec = entry
+        if expires < time.monotonic() or stored_version != version:
+            self._entries.pop(key, None)
+            return None
+        return rec
+
+    def put(self, key: tuple[str, bytes], version: tuple[float, int], rec: Recommendation) -> None:
+        with self._lock:
+            if len(self._entries) >= self.size:
+                # Drop the oldest tenth (dicts keep insertion order): cheap, and hot users
+                # come straight back.
+                for k in list(self._entries)[: max(1, self.size // 10)]:
+                    self._entries.pop(k, None)
+            self._entries[key] = (time.monotonic() + self.ttl_s, version, rec)
+
+    def invalidate(self, user_ids: Collection[str]) -> None:
+        """Forget the users' answers (their new events were just accepted here)."""
+        users = set(user_ids)
+        with self._lock:
+            for k in [k for k in self._entries if k[0] in users]:
+                self._entries.pop(k, None)

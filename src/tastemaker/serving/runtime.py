@@ -50,6 +50,8 @@ class Runtime:
             retry_after_s=st.retry_after_s,
         )
         self.pipeline = RecommendPipeline(config, self.store, catalog)
+        # A user's new events make their cached answers stale at once in this process.
+        self.ingestor.on_accepted = self.pipeline.cache.invalidate
         self._processor: StreamProcessor | None = None
         self._thread: threading.Thread | None = None
         self.feature_logger: FeatureLogger | None = None

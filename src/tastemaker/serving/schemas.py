@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import msgspec
 
 from tastemaker.events import EventProblem
+from tastemaker.ranking.rerank import Filters
 from tastemaker.serving.pipeline import RecommendedItem
 
 __all__ = [
@@ -14,8 +15,10 @@ __all__ = [
     "ErrorBody",
     "FeatureCell",
     "Health",
+    "RankRequest",
     "RecommendRequest",
     "RecommendResponse",
+    "SimilarResponse",
     "UserFeatures",
 ]
 
@@ -32,9 +35,26 @@ class ErrorBody(msgspec.Struct, frozen=True):
     problems: list[EventProblem] = []
 
 
+UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
 class RecommendRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    user_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    user_id: UserId
     n: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
+    filters: Filters | None = None  # business rules: categories, brands, price range, stock
+    explain: bool = False  # add each item's top contributing features
+    deadline_ms: Annotated[float, msgspec.Meta(gt=0, le=10_000)] | None = None
+
+
+class RankRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Rerank the client's own candidates for a user."""
+
+    user_id: UserId
+    item_ids: Annotated[list[str], msgspec.Meta(min_length=1, max_length=5000)]
+    n: Annotated[int, msgspec.Meta(ge=1, le=5000)] | None = None  # default: all of them
+    filters: Filters | None = None
+    explain: bool = False
+    deadline_ms: Annotated[float, msgspec.Meta(gt=0, le=10_000)] | None = None
 
 
 class RecommendResponse(msgspec.Struct, frozen=True):
@@ -43,6 +63,13 @@ class RecommendResponse(msgspec.Struct, frozen=True):
     # Identifies this answer: send it back as `context.extra.request_id` on the impression
     # and click events it leads to (feature logging joins on it).
     request_id: str | None = None
+    fallbacks: list[str] = []  # the stages that fell back (failed or out of budget)
+    cached: bool = False
+
+
+class SimilarResponse(msgspec.Struct, frozen=True):
+    item_id: str
+    items: list[RecommendedItem]
 
 
 class FeatureCell(msgspec.Struct, frozen=True):

@@ -1,0 +1,47 @@
+"""Per-API-key rate limits: a token bucket per key, in each API process.
+
+Written here rather than taken from a library: it is a dozen lines over a dict, on the hot
+path, and the ASGI rate-limit packages either need a Redis round trip per request or do not
+let each key have its own rate. The limit is per process: with `--workers N` each worker
+allows `rate` per key, so set `rate_limit_rps` to the total divided by N.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+__all__ = ["RateLimiter"]
+
+
+class RateLimiter:
+    def __init__(self, rate: float, burst: int, per_key: dict[str, float] | None = None) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.per_key = dict(per_key or {})
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill)
+        self._lock = threading.Lock()
+
+    def enabled(self) -> bool:
+        return self.rate > 0 or bool(self.per_key)
+
+    def acquire(self, key: str) -> float:
+        """0 if the request may go ahead, else the seconds until a token is available."""
+        rate = self.per_key.get(key, self.rate)
+        if rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * rate)
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / rate
+
+
+def retry_after(seconds: float) -> str:
+    """A Retry-After header value: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))
