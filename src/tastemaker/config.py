@@ -53,6 +53,8 @@ class StoreConfig(_Section, frozen=True):
 
 class CatalogConfig(_Section, frozen=True):
     path: str | None = None
+    feed_url: str = "embedded://tastemaker-data/catalog"
+    poll_interval_s: Positive = 1.0
 
 
 class StreamConfig(_Section, frozen=True):
@@ -116,6 +118,9 @@ class ServingConfig(_Section, frozen=True):
     segment_candidates: PositiveInt = 100
     exclude_seen: bool = False
     exclude_shown: bool = True
+    new_item_candidates: PositiveInt = 50
+    new_item_slots: Annotated[int, msgspec.Meta(ge=0)] = 1
+    new_item_window_s: Positive = 3 * DAY
     deadline_ms: Positive = 50.0
     budget_features_ms: Positive = 10.0
     budget_retrieve_ms: Positive = 20.0
@@ -287,7 +292,7 @@ def local_config(
     base = Config(
         log=LogConfig(url=f"embedded://{r}/log{query}"),
         store=StoreConfig(url=f"embedded://{r}/store"),
-        catalog=CatalogConfig(path=str(r / "catalog.parquet")),
+        catalog=CatalogConfig(path=str(r / "catalog.parquet"), feed_url=f"embedded://{r}/catalog"),
         offline=OfflineConfig(lake_url=str(r / "lake"), artifacts_path=str(r / "artifacts")),
     )
     return msgspec.structs.replace(base, **sections)

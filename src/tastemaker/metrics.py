@@ -105,6 +105,14 @@ class Metrics:
             "Requests answered 429 by the per-key rate limit.",
             registry=r,
         )
+        self.catalog_changes = Counter(
+            "tastemaker_catalog_changes",
+            "Item upserts and deletes applied from the feed.",
+            registry=r,
+        )
+        self.catalog_items = Gauge(
+            "tastemaker_catalog_items", "Active items in this process's catalog.", registry=r
+        )
         self.recommendations = Counter(
             "tastemaker_recommendations", "Recommend calls by path taken.", ["path"], registry=r
         )

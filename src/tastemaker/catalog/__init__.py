@@ -1,6 +1,17 @@
 """Item catalog in RAM as columnar numpy arrays, loaded from Parquet or CSV."""
 
-from tastemaker.catalog.catalog import Catalog, CatalogError
+from tastemaker.catalog.catalog import Catalog, CatalogError, ItemChange
+from tastemaker.catalog.feed import CatalogFeed, ItemProblem, check_items, open_feed
 from tastemaker.catalog.files import load_catalog, save_catalog
 
-__all__ = ["Catalog", "CatalogError", "load_catalog", "save_catalog"]
+__all__ = [
+    "Catalog",
+    "CatalogError",
+    "CatalogFeed",
+    "ItemChange",
+    "ItemProblem",
+    "check_items",
+    "load_catalog",
+    "open_feed",
+    "save_catalog",
+]

@@ -4,15 +4,31 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Annotated
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Catalog", "CatalogError"]
+__all__ = ["Catalog", "CatalogError", "ItemChange"]
 
 
 class CatalogError(ValueError):
     """The catalog data is malformed; the message names the column and row."""
+
+
+class ItemChange(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """One entry of `POST /v1/items` and of the catalog change feed: an upsert (every field
+    but `title` and `in_stock` required) or, with `deleted`, a removal."""
+
+    item_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    deleted: bool = False
+    title: Annotated[str, msgspec.Meta(max_length=1000)] = ""
+    category: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    brand: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    price: Annotated[float, msgspec.Meta(ge=0, le=1e12)] = 0.0
+    embedding: list[float] = []
+    in_stock: bool = True
 
 
 class Catalog:
@@ -33,6 +49,9 @@ class Catalog:
         prices: npt.ArrayLike,
         embeddings: npt.ArrayLike,
         in_stock: npt.ArrayLike | None = None,
+        active: npt.ArrayLike | None = None,
+        added_ts: npt.ArrayLike | None = None,
+        version: int = 0,
     ) -> None:
         n = len(ids)
         for name, col in (("title", titles), ("category", categories), ("brand", brands)):
@@ -77,6 +96,70 @@ class Catalog:
         if stock.shape != (n,):
             raise CatalogError(f"column 'in_stock' has {stock.shape[0]} rows, item_id has {n}")
         self.in_stock: npt.NDArray[np.bool_] = stock
+        # Deleted items keep their row (row numbers never change under a running process)
+        # but are inactive: never recommended.
+        self.active: npt.NDArray[np.bool_] = (
+            np.ones(n, bool) if active is None else np.asarray(active, dtype=bool)
+        )
+        # When an item arrived through the change feed (-inf: it was in the base catalog).
+        self.added_ts: npt.NDArray[np.float64] = (
+            np.full(n, -np.inf) if added_ts is None else np.asarray(added_ts, np.float64)
+        )
+        self.version = version  # the last change-feed position applied
+
+    def apply(self, changes: Sequence[tuple[int, ItemChange, float]]) -> Catalog:
+        """A new catalog with the feed's `(position, change, ts)` applied, in order: an upsert
+        of a known id replaces its row, of a new id appends one; a delete deactivates the
+        row. Row numbers of existing items never change."""
+        if not changes:
+            return self
+        ids = list(self.ids.tolist())
+        titles = list(self.titles.tolist())
+        cats = list(self.category_names[self.category].tolist())
+        brands = list(self.brand_names[self.brand].tolist())
+        price = self.price.tolist()
+        emb = list(self.embedding)
+        stock = self.in_stock.tolist()
+        active = self.active.tolist()
+        added = self.added_ts.tolist()
+        index = dict(self.index)
+        for _, change, ts in changes:
+            row = index.get(change.item_id)
+            if change.deleted:
+                if row is not None:
+                    active[row] = False
+                continue
+            values = (
+                change.title or change.item_id,
+                change.category,
+                change.brand,
+                change.price,
+                np.asarray(change.embedding, np.float32),
+                change.in_stock,
+            )
+            if row is None:
+                index[change.item_id] = len(ids)
+                ids.append(change.item_id)
+                for col, v in zip((titles, cats, brands, price, emb, stock), values, strict=True):
+                    col.append(v)
+                active.append(True)
+                added.append(ts)
+            else:
+                for col, v in zip((titles, cats, brands, price, emb, stock), values, strict=True):
+                    col[row] = v
+                active[row] = True
+        return Catalog(
+            ids=ids,
+            titles=titles,
+            categories=cats,
+            brands=brands,
+            prices=np.asarray(price, np.float32),
+            embeddings=np.stack(emb) if emb else np.zeros((0, self.dim), np.float32),
+            in_stock=stock,
+            active=active,
+            added_ts=added,
+            version=changes[-1][0],
+        )
 
     def __len__(self) -> int:
         return len(self.ids)

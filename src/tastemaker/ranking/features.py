@@ -27,6 +27,7 @@ _RETRIEVER_COLUMNS = {
     "als": "als",  # batch item embeddings (implicit ALS)
     "segment": "segment",  # the user's cohort's popular items
     "popular_long": "popularity_long",  # batch popularity, long half-life
+    "new_items": "new_item",  # added through the catalog feed within the window
 }
 FEATURE_NAMES = [
     *_RETRIEVER_COLUMNS.values(),  # each retriever's score, scaled to (0, 1] per request
@@ -79,8 +80,10 @@ def assemble(
         return x
     age = x[:, _COL["item_age_days"]]
     age[:] = -1.0
-    if item_first_ts is not None and item_first_ts.shape[0] == len(catalog):
-        first = item_first_ts[rows]
+    if item_first_ts is not None and item_first_ts.shape[0] <= len(catalog):
+        inside = rows < item_first_ts.shape[0]  # items added since the artifact: unknown
+        first = np.full(rows.size, np.inf)
+        first[inside] = item_first_ts[rows[inside]]
         known = np.isfinite(first)
         age[known] = np.maximum(0.0, (now - first[known]) / 86400.0)
     for i, name in enumerate(cands.names):

@@ -14,6 +14,7 @@ from tastemaker.retrieval.batch import (
     ItemKnnRetriever,
     LongPopularRetriever,
     ModelHolder,
+    NewItemsRetriever,
     SegmentRetriever,
 )
 from tastemaker.retrieval.category import CategoryRetriever
@@ -31,6 +32,7 @@ __all__ = [
     "ItemKnnRetriever",
     "LongPopularRetriever",
     "ModelHolder",
+    "NewItemsRetriever",
     "PopularRetriever",
     "RetrievalContext",
     "Retriever",

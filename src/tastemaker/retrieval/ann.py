@@ -27,6 +27,7 @@ class AnnRetriever:
     def __init__(self, catalog: Catalog, *, exact_below: int = 20_000, hnsw_m: int = 32) -> None:
         self.catalog = catalog
         self._index: Any = None
+        self._indexed = len(catalog)
         if len(catalog) >= exact_below:
             import faiss  # only this module imports faiss, and only for large catalogs
 
@@ -36,13 +37,23 @@ class AnnRetriever:
             index.add(np.ascontiguousarray(catalog.embedding))
             self._index = index
 
+    def set_catalog(self, catalog: Catalog) -> None:
+        """Follow the living catalog: items appended since are added to the HNSW index (an
+        existing item's new embedding reaches the index at the next start; exact search and
+        every other use of the embedding see it at once)."""
+        if self._index is not None and len(catalog) > self._indexed:
+            self._index.add(np.ascontiguousarray(catalog.embedding[self._indexed :]))
+            self._indexed = len(catalog)
+        self.catalog = catalog
+
     def retrieve(self, ctx: RetrievalContext, k: int) -> Candidates:
         cell = ctx.user.get(PROFILE, {}).get("click_centroid")
         if cell is None:
             return Candidates.empty()
         query = np.asarray(cell.value, np.float32)
         norm = float(np.linalg.norm(query))
-        if norm == 0.0 or query.shape[0] != self.catalog.dim:
+        catalog = ctx.catalog
+        if norm == 0.0 or query.shape[0] != catalog.dim:
             return Candidates.empty()
         query /= norm
         if self._index is not None:
@@ -51,7 +62,7 @@ class AnnRetriever:
             keep = rows[0] >= 0
             found, sims = rows[0][keep].astype(np.int64), scores[0][keep]
         else:
-            sim = self.catalog.embedding @ query
+            sim = catalog.embedding @ query
             k = min(k, sim.size)
             found = np.argpartition(-sim, k - 1)[:k].astype(np.int64)
             sims = sim[found]

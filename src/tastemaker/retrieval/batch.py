@@ -12,6 +12,7 @@ item-side models were computed in batch.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,7 @@ __all__ = [
     "ItemKnnRetriever",
     "LongPopularRetriever",
     "ModelHolder",
+    "NewItemsRetriever",
     "SegmentRetriever",
     "seed_rows",
     "top_k",
@@ -97,9 +99,11 @@ class ItemKnnRetriever:
 
     def retrieve(self, ctx: RetrievalContext, k: int) -> Candidates:
         s = self.holder.models.neighbours
-        if s is None or s.shape[0] != len(ctx.catalog):
+        if s is None or s.shape[0] > len(ctx.catalog):
             return Candidates.empty()
         rows, w = seed_rows(ctx, self.max_seeds, self.recency)
+        known = rows < s.shape[0]  # items added since the artifact have no neighbours yet
+        rows, w = rows[known], w[known]
         if rows.size == 0:
             return Candidates.empty()
         scores = np.asarray(s[rows].T @ w, np.float32).reshape(-1)
@@ -119,9 +123,11 @@ class EmbeddingRetriever:
 
     def retrieve(self, ctx: RetrievalContext, k: int) -> Candidates:
         f = self.holder.models.item_factors
-        if f is None or f.shape[0] != len(ctx.catalog):
+        if f is None or f.shape[0] > len(ctx.catalog):
             return Candidates.empty()
         rows, w = seed_rows(ctx, self.max_seeds, self.recency)
+        known = rows < f.shape[0]
+        rows, w = rows[known], w[known]
         if rows.size == 0:
             return Candidates.empty()
         user = w @ f[rows]
@@ -146,6 +152,43 @@ class LongPopularRetriever:
             return Candidates.empty()
         rows, scores = popular
         return Candidates(rows[:k], scores[:k])
+
+
+class NewItemsRetriever:
+    """The new-item slot (item cold start): items added through `POST /v1/items` within
+    `window_s`, newest first, favouring the user's categories. They have no engagement yet,
+    so no other retriever can propose them."""
+
+    name = "new_items"
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+
+    def retrieve(self, ctx: RetrievalContext, k: int) -> Candidates:
+        cat = ctx.catalog
+        now = time.time()
+        fresh = np.flatnonzero((cat.added_ts >= now - self.window_s) & cat.active)
+        if fresh.size == 0:
+            return Candidates.empty()
+        recency = 1.0 - (now - cat.added_ts[fresh]) / self.window_s
+        affinity = np.zeros(len(cat.category_names), np.float32)
+        cell = ctx.user.get(PROFILE, {}).get("category_intensity")
+        if cell is not None:
+            for name, v in cell.value["v"].items():
+                code = cat.category_index.get(name)
+                if code is not None and v > 0:
+                    affinity[code] = v
+            if affinity.sum() > 0:
+                affinity /= affinity.sum()
+        scores = (0.5 * recency + affinity[cat.category[fresh]] + 1e-6).astype(np.float32)
+        return top_k_of(fresh.astype(np.int64), scores, k)
+
+
+def top_k_of(rows: npt.NDArray[np.int64], scores: npt.NDArray[np.float32], k: int) -> Candidates:
+    if rows.size > k:
+        best = np.argpartition(-scores, k - 1)[:k]
+        rows, scores = rows[best], scores[best]
+    return Candidates(rows, scores)
 
 
 class SegmentRetriever:

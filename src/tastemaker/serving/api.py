@@ -26,12 +26,14 @@ from tastemaker.serving.ingest import BackpressureError
 from tastemaker.serving.openapi import openapi_document
 from tastemaker.serving.pipeline import Request as PipelineRequest
 from tastemaker.serving.ratelimit import RateLimiter, retry_after
-from tastemaker.serving.runtime import Runtime
+from tastemaker.serving.runtime import ItemsError, Runtime
 from tastemaker.serving.schemas import (
     Accepted,
     ErrorBody,
     FeatureCell,
     Health,
+    ItemsAccepted,
+    ItemsBatch,
     RankRequest,
     RecommendRequest,
     RecommendResponse,
@@ -44,6 +46,7 @@ __all__ = ["build_app"]
 _encode = msgspec.json.Encoder().encode
 _recommend_decoder = msgspec.json.Decoder(RecommendRequest)
 _rank_decoder = msgspec.json.Decoder(RankRequest)
+_items_decoder = msgspec.json.Decoder(ItemsBatch)
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -155,6 +158,26 @@ def build_app(runtime: Runtime) -> Starlette:
         rec = runtime.pipeline.rank(req.user_id, req.item_ids, options)
         return _json(RecommendResponse(rec.items, rec.degraded, rec.request_id, rec.fallbacks))
 
+    async def post_items(request: Request) -> Response:
+        if (refused := limited(request)) is not None:
+            return refused
+        try:
+            batch = _items_decoder.decode(await request.body())
+        except msgspec.ValidationError as exc:
+            return _error(400, "invalid_items", f"{exc}; nothing was written")
+        except msgspec.DecodeError as exc:
+            return _error(400, "invalid_items", f"malformed JSON: {exc}")
+        try:
+            version = await run_in_threadpool(runtime.upsert_items, batch.items)
+        except ItemsError as exc:
+            return _error(
+                400,
+                "invalid_items",
+                f"{len(exc.problems)} problem(s); nothing was written",
+                exc.problems,
+            )
+        return _json(ItemsAccepted(len(batch.items), version), 202)
+
     async def get_similar(request: Request) -> Response:
         if (refused := limited(request)) is not None:
             return refused
@@ -197,6 +220,7 @@ def build_app(runtime: Runtime) -> Starlette:
             Route("/v1/events", _timed("events", post_events), methods=["POST"]),
             Route("/v1/recommend", _timed("recommend", post_recommend), methods=["POST"]),
             Route("/v1/rank", _timed("rank", post_rank), methods=["POST"]),
+            Route("/v1/items", _timed("items", post_items), methods=["POST"]),
             Route(
                 "/v1/items/{item_id:str}/similar",
                 _timed("similar", get_similar),

@@ -11,6 +11,8 @@ from tastemaker.serving.schemas import (
     Accepted,
     ErrorBody,
     Health,
+    ItemsAccepted,
+    ItemsBatch,
     RankRequest,
     RecommendRequest,
     RecommendResponse,
@@ -37,6 +39,8 @@ def openapi_document(version: str) -> dict[str, Any]:
         RecommendResponse,
         RankRequest,
         SimilarResponse,
+        ItemsBatch,
+        ItemsAccepted,
         UserFeatures,
         Health,
     )
@@ -100,6 +104,18 @@ def openapi_document(version: str) -> dict[str, Any]:
                             "description": "The candidates, best first",
                             **_json(r["RecommendResponse"]),
                         },
+                        "400": error,
+                        "429": limited,
+                    },
+                }
+            },
+            "/v1/items": {
+                "post": {
+                    "summary": "Upsert or delete items (all or none); every process serves "
+                    "the change within seconds",
+                    "requestBody": {"required": True, **_json(r["ItemsBatch"])},
+                    "responses": {
+                        "202": {"description": "Appended to the feed", **_json(r["ItemsAccepted"])},
                         "400": error,
                         "429": limited,
                     },

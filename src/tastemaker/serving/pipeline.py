@@ -57,6 +57,7 @@ from tastemaker.retrieval import (
     ItemKnnRetriever,
     LongPopularRetriever,
     ModelHolder,
+    NewItemsRetriever,
     PopularRetriever,
     RetrievalContext,
     Retriever,
@@ -163,6 +164,7 @@ class RecommendPipeline:
             (EmbeddingRetriever(self.models), s.als_candidates),
             (SegmentRetriever(self.models), s.segment_candidates),
             (LongPopularRetriever(self.models), s.popular_candidates),
+            (NewItemsRetriever(s.new_item_window_s), s.new_item_candidates),
         ]
         hist = next((f for f in config.features if isinstance(f, Histogram)), None)
         self.price_edges = list(hist.edges) if hist else []
@@ -175,6 +177,14 @@ class RecommendPipeline:
         self._popular: tuple[float, dict[str, Cell]] = (0.0, {})
         self._lock = threading.Lock()
         self.cache = RecommendCache(s.cache_ttl_s, s.cache_size)
+
+    def set_catalog(self, catalog: Catalog) -> None:
+        """Serve from a newer catalog (the change feed applied): one assignment, so a
+        request sees the old catalog or the new one."""
+        for r, _ in self.retrievers:
+            if isinstance(r, AnnRetriever):
+                r.set_catalog(catalog)
+        self.catalog = catalog
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -275,7 +285,7 @@ class RecommendPipeline:
         if popular is None:
             return self._catalog_order(req.n)
         rows, scores = popular
-        keep = filter_mask(self.catalog, rows, req.filters)
+        keep = filter_mask(self.catalog, rows, req.filters) & self.catalog.active[rows]
         if req.exclude:
             keep &= ~np.isin(rows, self.catalog.rows(list(req.exclude)))
         ids = self.catalog.ids[rows[keep][: req.n]]
@@ -357,7 +367,10 @@ class RecommendPipeline:
         at = time.time() if req.now is None else req.now
         x = self.features(ctx, cands, at)
         scores, scorer = self._score(x, clock, fallbacks)
-        scores[~filter_mask(self.catalog, cands.rows, req.filters)] = -np.inf
+        catalog = ctx.catalog
+        scores[
+            ~(filter_mask(catalog, cands.rows, req.filters) & catalog.active[cands.rows])
+        ] = -np.inf
         if given is None:
             for column in self.excluded_columns:
                 cell = ctx.user.get(PROFILE, {}).get(column)
@@ -376,7 +389,9 @@ class RecommendPipeline:
         )
         if top.size == 0:
             return []
-        ids = self.catalog.ids[cands.rows[top]]
+        if given is None:
+            top = self._new_item_slots(cands, scores, top)
+        ids = catalog.ids[cands.rows[top]]
         logger = self.feature_logger
         if logger is not None and request_id is not None and logger.wants(request_id):
             logger.log(
@@ -400,6 +415,25 @@ class RecommendPipeline:
             )
             for j, i in enumerate(top.tolist())
         ]
+
+    def _new_item_slots(
+        self, cands: CandidateSet, scores: npt.NDArray[np.float32], top: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.int64]:
+        """Item cold start: the last `serving.new_item_slots` places go to the best new items
+        (proposed by `new_items`, i.e. added within `new_item_window_s`) when none made it on
+        their own score; without engagement they could never earn one."""
+        slots = min(self.config.serving.new_item_slots, top.size)
+        if slots == 0 or "new_items" not in cands.names:
+            return top
+        bit = np.uint32(1) << np.uint32(cands.names.index("new_items"))
+        is_new = (cands.sources & bit) != 0
+        if is_new[top].any():
+            return top
+        pool = np.flatnonzero(is_new & np.isfinite(scores))
+        if pool.size == 0:
+            return top
+        best = pool[np.argsort(-scores[pool], kind="stable")][:slots]
+        return np.concatenate([top[: top.size - best.size], best])
 
     def rank(self, user_id: str, item_ids: Sequence[str], request: Request) -> Recommendation:
         """The client's candidates, ranked for the user by the same features and model;
@@ -456,7 +490,7 @@ class RecommendPipeline:
         cands = merge(names, results)
         top_scores = cands.scores.max(axis=0)
         total = (cands.scores / np.where(top_scores > 0, top_scores, 1.0)).sum(axis=1)
-        total[cands.rows == row] = -np.inf
+        total[(cands.rows == row) | ~self.catalog.active[cands.rows]] = -np.inf
         top = diversify(cands.rows, total.astype(np.float32), self.catalog, n)
         return [
             RecommendedItem(

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
-from tastemaker.catalog import Catalog, CatalogError, load_catalog
+from tastemaker.catalog import (
+    Catalog,
+    CatalogError,
+    ItemChange,
+    ItemProblem,
+    check_items,
+    load_catalog,
+    open_feed,
+)
 from tastemaker.config import Config
 from tastemaker.features.layout import default_families
 from tastemaker.log import EventLog, open_log
+from tastemaker.metrics import METRICS
 from tastemaker.offline.feature_log import FeatureLogger
 from tastemaker.offline.lake import Lake
 from tastemaker.offline.scheduler import Scheduler
@@ -18,7 +29,17 @@ from tastemaker.serving.pipeline import RecommendPipeline
 from tastemaker.store import OnlineStore, open_store
 from tastemaker.stream.processor import StreamProcessor
 
-__all__ = ["Runtime"]
+__all__ = ["ItemsError", "Runtime"]
+
+log = logging.getLogger(__name__)
+
+
+class ItemsError(ValueError):
+    """Item changes refused; `problems` names each bad field by index. Nothing was written."""
+
+    def __init__(self, problems: list[ItemProblem]) -> None:
+        self.problems = problems
+        super().__init__(f"{len(problems)} problem(s) in the items")
 
 
 class Runtime:
@@ -30,7 +51,14 @@ class Runtime:
 
     def __init__(self, config: Config, catalog: Catalog) -> None:
         self.config = config
+        # The base catalog plus every change of the feed so far; kept current by
+        # `watch_catalog` (or `apply_catalog_changes`).
+        self.feed = open_feed(config.catalog.feed_url)
+        catalog = catalog.apply(self.feed.read(catalog.version))
         self.catalog = catalog
+        self._catalog_lock = threading.Lock()
+        self._catalog_stop = threading.Event()
+        self._catalog_thread: threading.Thread | None = None
         self.log: EventLog = open_log(config.log.url)
         s = config.store
         self.store: OnlineStore = open_store(
@@ -62,6 +90,48 @@ class Runtime:
             self.pipeline.feature_logger = self.feature_logger
         self.watcher: ArtifactWatcher | None = None
         self.scheduler: Scheduler | None = None
+
+    def apply_catalog_changes(self) -> int:
+        """Apply the feed's changes this process has not seen; returns how many."""
+        with self._catalog_lock:
+            changes = self.feed.read(self.catalog.version)
+            if not changes:
+                return 0
+            catalog = self.catalog.apply(changes)
+            self.catalog = catalog
+            self.pipeline.set_catalog(catalog)
+            if self._processor is not None:
+                self._processor.follow_catalog(catalog)
+            if self.watcher is not None:
+                self.watcher.catalog = catalog
+            METRICS.catalog_changes.inc(len(changes))
+            METRICS.catalog_items.set(int(catalog.active.sum()))
+            return len(changes)
+
+    def upsert_items(self, changes: Sequence[ItemChange]) -> int:
+        """Validate and append item changes to the feed (all or none), then apply them here
+        at once; other processes apply them at their next poll. Raises `ItemsError`."""
+        problems = check_items(changes, self.catalog)
+        if problems:
+            raise ItemsError(problems)
+        position = self.feed.append(changes)
+        self.apply_catalog_changes()
+        return position
+
+    def watch_catalog(self) -> None:
+        """Apply catalog changes every `catalog.poll_interval_s` in a background thread."""
+        if self._catalog_thread is None:
+            self._catalog_thread = threading.Thread(
+                target=self._catalog_loop, name="tastemaker-catalog", daemon=True
+            )
+            self._catalog_thread.start()
+
+    def _catalog_loop(self) -> None:
+        while not self._catalog_stop.wait(self.config.catalog.poll_interval_s):
+            try:
+                self.apply_catalog_changes()
+            except Exception:
+                log.exception("could not apply catalog changes; retrying")
 
     def watch_artifacts(self) -> None:
         """Load the current artifacts now and pick up new versions as they are published."""
@@ -100,6 +170,9 @@ class Runtime:
             self._thread.start()
 
     def close(self) -> None:
+        self._catalog_stop.set()
+        if self._catalog_thread is not None:
+            self._catalog_thread.join(timeout=5)
         if self.scheduler is not None:
             self.scheduler.stop()
         if self.watcher is not None:
@@ -112,3 +185,4 @@ class Runtime:
             self._thread = None
         self.store.close()
         self.log.close()
+        self.feed.close()

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from tastemaker.catalog import ItemChange
 from tastemaker.events import EventProblem
 from tastemaker.ranking.rerank import Filters
 from tastemaker.serving.pipeline import RecommendedItem
@@ -15,6 +16,8 @@ __all__ = [
     "ErrorBody",
     "FeatureCell",
     "Health",
+    "ItemsAccepted",
+    "ItemsBatch",
     "RankRequest",
     "RecommendRequest",
     "RecommendResponse",
@@ -70,6 +73,17 @@ class RecommendResponse(msgspec.Struct, frozen=True):
 class SimilarResponse(msgspec.Struct, frozen=True):
     item_id: str
     items: list[RecommendedItem]
+
+
+class ItemsBatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The body of `POST /v1/items`: upserts and deletes, applied in order, all or none."""
+
+    items: Annotated[list[ItemChange], msgspec.Meta(min_length=1, max_length=10_000)]
+
+
+class ItemsAccepted(msgspec.Struct, frozen=True):
+    accepted: int
+    catalog_version: int  # the feed position; every process serves it within seconds
 
 
 class FeatureCell(msgspec.Struct, frozen=True):

@@ -91,6 +91,23 @@ class StreamProcessor:
         self.position = self._stored_position()
         self._stop = threading.Event()
         self._newest_ts: dict[str, float] = {}
+        self._next_catalog: Catalog | None = None
+
+    def follow_catalog(self, catalog: Catalog) -> None:
+        """Switch to `catalog` before the next microbatch (safe from another thread)."""
+        self._next_catalog = catalog
+
+    def set_catalog(self, catalog: Catalog) -> None:
+        """Follow the living catalog: rows never move, new items get empty popularity."""
+        grow = len(catalog) - self.popularity.log_score.size
+        if grow > 0:
+            for tracker in (self.popularity, self.trending):
+                tracker.log_score = np.concatenate([tracker.log_score, np.full(grow, -np.inf)])
+        self._category_rows = [
+            np.flatnonzero(catalog.category == c).astype(np.int64)
+            for c in range(len(catalog.category_names))
+        ]
+        self.catalog = catalog
 
     def _stored_position(self) -> int:
         """Where this group's stored state ends in the log. The log's committed offset can only
@@ -128,6 +145,9 @@ class StreamProcessor:
         """Read and apply one microbatch; None when the log has nothing new."""
         s = self.config.stream
         started = time.perf_counter()
+        if (pending := self._next_catalog) is not None:
+            self._next_catalog = None
+            self.set_catalog(pending)
         records = self.log.read(self.position, s.batch_size)
         if not records:
             return None

@@ -1,0 +1,115 @@
+"""The catalog change feed: item upserts and deletes, in order, shared by every process.
+
+`POST /v1/items` appends validated changes; each API worker and the stream process poll the
+feed (`catalog.poll_interval_s`) and apply what is new to their catalog in RAM, so a change is
+everywhere within a few seconds. On start a process loads the base catalog file and applies
+the whole feed. Embedded: one SQLite file in WAL mode (many processes, readers never blocked),
+durable before `append` returns, like the event log.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from tastemaker.catalog.catalog import Catalog, CatalogError, ItemChange
+from tastemaker.events import EventProblem
+from tastemaker.urls import parse_url
+
+__all__ = ["CatalogFeed", "ItemProblem", "check_items", "open_feed"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS changes (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    payload BLOB NOT NULL
+);
+"""
+
+
+# The same shape as a refused event's problem: {index, field, error}.
+ItemProblem = EventProblem
+
+
+def check_items(changes: Sequence[ItemChange], catalog: Catalog) -> list[ItemProblem]:
+    """What is wrong with each change, by index and field (nothing: an empty list)."""
+    problems = []
+    for i, c in enumerate(changes):
+        if c.deleted:
+            continue
+        for name in ("category", "brand"):
+            if not getattr(c, name):
+                problems.append(ItemProblem(i, name, "required for an upsert"))
+        if len(c.embedding) != catalog.dim:
+            problems.append(
+                ItemProblem(
+                    i,
+                    "embedding",
+                    f"expected {catalog.dim} numbers, got {len(c.embedding)}",
+                )
+            )
+        elif not np.all(np.isfinite(c.embedding)) or not np.any(c.embedding):
+            problems.append(ItemProblem(i, "embedding", "must be finite and not all zero"))
+    return problems
+
+
+class CatalogFeed:
+    """The feed on one SQLite file (`<directory>/catalog-changes.sqlite3`)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path / "catalog-changes.sqlite3"
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._enc = msgspec.msgpack.Encoder()
+        self._dec = msgspec.msgpack.Decoder(ItemChange)
+
+    def append(self, changes: Sequence[ItemChange]) -> int:
+        """Append all changes in one transaction; returns the position of the last."""
+        now = time.time()
+        rows = [(now, self._enc.encode(c)) for c in changes]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT INTO changes (ts, payload) VALUES (?, ?)", rows)
+                (last,) = self._db.execute("SELECT max(position) FROM changes").fetchone()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return int(last)
+
+    def read(self, after: int) -> list[tuple[int, ItemChange, float]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT position, payload, ts FROM changes WHERE position > ? ORDER BY position",
+                (after,),
+            ).fetchall()
+        return [(int(p), self._dec.decode(b), float(ts)) for p, b, ts in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def open_feed(url: str) -> CatalogFeed:
+    """`embedded://PATH` (the only backend so far)."""
+    try:
+        parsed = parse_url(url)
+    except ValueError as exc:
+        raise CatalogError(f"catalog.feed_url: {exc}") from exc
+    if parsed.scheme != "embedded":
+        raise CatalogError(f"catalog.feed_url {url!r}: expected embedded://PATH")
+    return CatalogFeed(parsed.path)
