@@ -69,6 +69,7 @@ class StreamConfig(_Section, frozen=True):
     covis_max_neighbours: PositiveInt = 100
     top_popular: PositiveInt = 500
     top_per_category: PositiveInt = 200
+    max_regions: PositiveInt = 32
     run_in_server: bool = True
     max_lag_events: PositiveInt = 1_000_000
     retry_after_s: PositiveInt = 1

@@ -43,7 +43,9 @@ def test_unknown_user_gets_only_retriever_features(catalog: Catalog) -> None:
     assert (x[:, 0] == 1.0).all()
     age = FEATURE_NAMES.index("item_age_days")
     assert (x[:, age] == -1.0).all()  # no batch popularity: the age is unknown
-    assert (np.delete(x, [0, age], axis=1) == 0).all()
+    hour = [FEATURE_NAMES.index("hour_sin"), FEATURE_NAMES.index("hour_cos")]
+    assert (x[:, hour[1]] == 1.0).all()  # now=0: midnight
+    assert (np.delete(x, [0, age, *hour], axis=1) == 0).all()
 
 
 def test_item_age_is_days_since_first_engagement(catalog: Catalog) -> None:

@@ -191,3 +191,45 @@ def test_pipeline_request_options_reach_the_answer(warm: Runtime, shop: Shop) ->
     rec = warm.pipeline.recommend(user_of(shop), request=Request(n=3, explain=True))
     assert len(rec.items) == 3
     assert all(i.because for i in rec.items)
+
+
+def test_popular_items_follow_the_requests_region(runtime: Runtime, catalog: Catalog) -> None:
+    eu_items = [str(i) for i in catalog.ids[:5]]
+    us_items = [str(i) for i in catalog.ids[5:10]]
+    events = [
+        event(
+            f"{region}{k}-{j}",
+            f"u{k}",
+            item,
+            EventType.PURCHASE,
+            1.76e9 + k,
+            context={"region": region},
+        )
+        for region, items in (("eu", eu_items), ("us", us_items))
+        for j, item in enumerate(items)
+        for k in range(3 if region == "eu" else 5)
+    ]
+    runtime.ingestor.ingest(events)
+    runtime.processor.drain()
+    p = runtime.pipeline
+    eu = {i.item_id for i in p.recommend("new", request=Request(n=5, region="eu")).items}
+    us = {i.item_id for i in p.recommend("new", request=Request(n=5, region="us")).items}
+    anywhere = {i.item_id for i in p.recommend("new", request=Request(n=5)).items}
+    assert eu == set(eu_items)
+    assert us == set(us_items)
+    assert anywhere == set(us_items)  # more US purchases overall
+    # A restarted stream processor keeps the regions' lists.
+    fresh = runtime.processor.__class__(runtime.config, runtime.log, runtime.store, runtime.catalog)
+    assert set(fresh.regions) == {"eu", "us"}
+
+
+def test_request_context_reaches_the_features(warm: Runtime, shop: Shop) -> None:
+    from tastemaker.ranking import FEATURE_NAMES
+
+    p = warm.pipeline
+    ctx = p.context(user_of(shop), device="mobile")
+    cands = p.candidates(ctx)
+    x = p.features(ctx, cands, now=6 * 3600.0)  # 06:00 UTC
+    assert (x[:, FEATURE_NAMES.index("device_mobile")] == 1.0).all()
+    assert x[0, FEATURE_NAMES.index("hour_sin")] == pytest.approx(1.0)
+    assert x[0, FEATURE_NAMES.index("hour_cos")] == pytest.approx(0.0, abs=1e-6)

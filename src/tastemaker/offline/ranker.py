@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -49,6 +50,8 @@ class Query:
     ts: float
     positives: frozenset[str]
     seen: frozenset[str]  # engaged before `ts` in the same window
+    region: str | None = None  # the context of the event that starts the session
+    device: str | None = None
 
 
 def label_queries(
@@ -63,14 +66,14 @@ def label_queries(
     out = []
     for user, evs in by_user.items():
         engaged = [(e.ts, e.item_id) for e in evs if DEFAULT_WEIGHTS.get(e.type, 0.0) > 0]
-        starts = [evs[0].ts] + [
-            b.ts for a, b in itertools.pairwise(evs) if b.ts - a.ts > session_gap_s
-        ]
-        for t0 in starts[:max_per_user]:
+        starts = [evs[0]] + [b for a, b in itertools.pairwise(evs) if b.ts - a.ts > session_gap_s]
+        for first in starts[:max_per_user]:
+            t0 = first.ts
             before = frozenset(i for t, i in engaged if t < t0)
             pos = {i for t, i in engaged if t0 <= t <= t0 + horizon_s} - before
             if pos:
-                out.append(Query(user, t0, frozenset(pos), before))
+                c = first.context
+                out.append(Query(user, t0, frozenset(pos), before, c.region, c.device))
     return out
 
 
@@ -91,6 +94,7 @@ def query_rows(
         ctx: RetrievalContext, t: float
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None:
         q = by_key[(ctx.user_id, t)]
+        ctx = msgspec.structs.replace(ctx, region=q.region, device=q.device)
         cands = pipeline.candidates(ctx)
         if cands.rows.size == 0:
             return None

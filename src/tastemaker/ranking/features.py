@@ -3,6 +3,7 @@ built with numpy over all candidates at once."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,9 @@ FEATURE_NAMES = [
     "price_fit",  # share of the user's engagements in the candidate's price band
     "item_age_days",  # days since the item's first engagement (batch popularity); -1 unknown
     "user_events",  # log1p of the user's event count: lets the model tell new users apart
+    "hour_sin",  # the request's hour of day (UTC), on the circle
+    "hour_cos",
+    "device_mobile",  # 1 when the request comes from a mobile device
 ]
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
@@ -71,6 +75,7 @@ def assemble(
     *,
     item_first_ts: npt.NDArray[np.float64] | None = None,
     now: float = 0.0,
+    device: str | None = None,
 ) -> npt.NDArray[np.float32]:
     """The (len(cands.rows), len(FEATURE_NAMES)) matrix for one user, as of time `now`
     (which only the item age depends on; it is -1 without `item_first_ts`)."""
@@ -90,6 +95,10 @@ def assemble(
         col = cands.scores[:, i]
         top = col.max()
         x[:, _COL[_RETRIEVER_COLUMNS[name]]] = col / top if top > 0 else col
+    hour = (now % 86400.0) / 3600.0
+    x[:, _COL["hour_sin"]] = math.sin(2 * math.pi * hour / 24.0)
+    x[:, _COL["hour_cos"]] = math.cos(2 * math.pi * hour / 24.0)
+    x[:, _COL["device_mobile"]] = 1.0 if device == "mobile" else 0.0
     counts = _value(user, PROFILE, "counts")
     if counts:
         x[:, _COL["user_events"]] = np.log1p(sum(counts.values()))

@@ -26,6 +26,8 @@ class RetrievalContext(msgspec.Struct, frozen=True):
     popular: dict[str, Cell]
     catalog: Catalog
     user_id: str = ""
+    region: str | None = None  # the request's context
+    device: str | None = None
 
 
 class Candidates(msgspec.Struct, frozen=True):

@@ -25,12 +25,15 @@ def popular_candidates(ctx: RetrievalContext, column: str, k: int) -> Candidates
 
 
 class PopularRetriever:
-    """The most popular items overall (long half-life, `popular`), or the items gaining
-    attention right now (short half-life, `trending`)."""
+    """The most popular items (long half-life, `popular`) in the request's region when the
+    stream keeps a list for it, else overall; or the items gaining attention right now
+    (short half-life, `trending`)."""
 
     def __init__(self, *, trending: bool = False) -> None:
         self.name = "trending" if trending else "popular"
         self._column = "trending" if trending else "all"
 
     def retrieve(self, ctx: RetrievalContext, k: int) -> Candidates:
+        if ctx.region and self.name != "trending" and "r:" + ctx.region in ctx.popular:
+            return popular_candidates(ctx, "r:" + ctx.region, k)
         return popular_candidates(ctx, self._column, k)

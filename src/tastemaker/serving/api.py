@@ -37,6 +37,7 @@ from tastemaker.serving.schemas import (
     RankRequest,
     RecommendRequest,
     RecommendResponse,
+    RequestContext,
     SimilarResponse,
     UserFeatures,
 )
@@ -122,11 +123,14 @@ def build_app(runtime: Runtime) -> Starlette:
             return _error(400, "invalid_request", str(exc))
         except msgspec.DecodeError as exc:
             return _error(400, "invalid_request", f"malformed JSON: {exc}")
+        context = req.context or RequestContext()
         options = PipelineRequest(
             n=min(req.n, s.max_n),
             filters=req.filters,
             explain=req.explain,
             deadline_ms=req.deadline_ms,
+            region=context.region,
+            device=context.device,
         )
         rec = runtime.pipeline.recommend(req.user_id, request=options)
         return _json(
@@ -149,11 +153,14 @@ def build_app(runtime: Runtime) -> Starlette:
                 "unknown_items",
                 f"{len(unknown)} item id(s) not in the catalog: {unknown[:20]}",
             )
+        context = req.context or RequestContext()
         options = PipelineRequest(
             n=req.n or len(req.item_ids),
             filters=req.filters,
             explain=req.explain,
             deadline_ms=req.deadline_ms,
+            region=context.region,
+            device=context.device,
         )
         rec = runtime.pipeline.rank(req.user_id, req.item_ids, options)
         return _json(RecommendResponse(rec.items, rec.degraded, rec.request_id, rec.fallbacks))

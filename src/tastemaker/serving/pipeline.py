@@ -114,6 +114,8 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     deadline_ms: float | None = None  # default: serving.deadline_ms
     exclude: frozenset[str] = frozenset()  # item ids never to return
     now: float | None = None  # the time features are computed at (default: the clock)
+    region: str | None = None  # popular items of this region; the fallback's too
+    device: str | None = None
 
 
 class _Clock:
@@ -204,10 +206,18 @@ class RecommendPipeline:
         """The user's profile and session families as stored."""
         return self.store.get([user_row(user_id)], [PROFILE, SESSION]).get(user_row(user_id), {})
 
-    def context(self, user_id: str) -> RetrievalContext:
-        """What every retriever reads: the user's features and the global top lists."""
+    def context(
+        self, user_id: str, region: str | None = None, device: str | None = None
+    ) -> RetrievalContext:
+        """What every retriever reads: the user's features, the global top lists and the
+        request's context."""
         return RetrievalContext(
-            self.user_features(user_id), self._global_lists(), self.catalog, user_id
+            self.user_features(user_id),
+            self._global_lists(),
+            self.catalog,
+            user_id,
+            region,
+            device,
         )
 
     def candidates(
@@ -229,6 +239,7 @@ class RecommendPipeline:
             self.price_edges,
             item_first_ts=self.models.models.item_first_ts,
             now=now,
+            device=ctx.device,
         )
 
     # -- recommending ----------------------------------------------------------------------
@@ -249,12 +260,14 @@ class RecommendPipeline:
         clock = _Clock(s.deadline_ms if req.deadline_ms is None else req.deadline_ms)
         fallbacks: list[str] = []
         try:
-            ctx = self.context(user_id)
+            ctx = self.context(user_id, req.region, req.device)
         except StoreError:
             log.warning("store failed; answering with popular items", exc_info=True)
             METRICS.recommendations.labels("degraded").inc()
             METRICS.stage_fallbacks.labels("features").inc()
-            ctx = RetrievalContext({}, self._popular[1], self.catalog, user_id)
+            ctx = RetrievalContext(
+                {}, self._popular[1], self.catalog, user_id, req.region, req.device
+            )
             items = self._fallback(ctx, req)
             return Recommendation(items, True, request_id, ["features"])
         if clock.elapsed_ms() > s.budget_features_ms:
@@ -445,12 +458,14 @@ class RecommendPipeline:
         fallbacks: list[str] = []
         request_id = uuid.uuid4().hex
         try:
-            ctx = self.context(user_id)
+            ctx = self.context(user_id, request.region, request.device)
         except StoreError:
             log.warning("store failed; ranking without user features", exc_info=True)
             METRICS.stage_fallbacks.labels("features").inc()
             fallbacks.append("features")
-            ctx = RetrievalContext({}, self._popular[1], self.catalog, user_id)
+            ctx = RetrievalContext(
+                {}, self._popular[1], self.catalog, user_id, request.region, request.device
+            )
         req = msgspec.structs.replace(request, n=min(request.n, int((rows >= 0).sum())))
         items = self._rank(ctx, req, clock, fallbacks, request_id, given=rows[rows >= 0])
         return Recommendation(items, bool(fallbacks), request_id, fallbacks)
@@ -542,7 +557,9 @@ class RecommendCache:
     def key(self, user_id: str, req: Request) -> tuple[str, bytes] | None:
         if self.ttl_s <= 0 or req.exclude or req.now is not None:
             return None
-        return user_id, msgspec.msgpack.encode((req.n, req.filters, req.explain))
+        return user_id, msgspec.msgpack.encode(
+            (req.n, req.filters, req.explain, req.region, req.device)
+        )
 
     def get(self, key: tuple[str, bytes], version: tuple[float, int]) -> Recommendation | None:
         entry = self._entries.get(key)

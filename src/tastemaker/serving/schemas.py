@@ -41,9 +41,17 @@ class ErrorBody(msgspec.Struct, frozen=True):
 UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
+class RequestContext(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where the request comes from: popular items of the region, device as a feature."""
+
+    region: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    device: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
 class RecommendRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     user_id: UserId
     n: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
+    context: RequestContext | None = None
     filters: Filters | None = None  # business rules: categories, brands, price range, stock
     explain: bool = False  # add each item's top contributing features
     deadline_ms: Annotated[float, msgspec.Meta(gt=0, le=10_000)] | None = None
@@ -54,6 +62,7 @@ class RankRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     user_id: UserId
     item_ids: Annotated[list[str], msgspec.Meta(min_length=1, max_length=5000)]
+    context: RequestContext | None = None
     n: Annotated[int, msgspec.Meta(ge=1, le=5000)] | None = None  # default: all of them
     filters: Filters | None = None
     explain: bool = False

@@ -82,6 +82,8 @@ class StreamProcessor:
         s = config.stream
         self.popularity = Popularity(len(catalog), s.popularity_half_life_s)
         self.trending = Popularity(len(catalog), s.trending_half_life_s)
+        # Popularity per region (events' context.region), for `stream.max_regions` regions.
+        self.regions: dict[str, Popularity] = {}
         self._clock = 0.0
         self._category_rows = [
             np.flatnonzero(catalog.category == c).astype(np.int64)
@@ -101,7 +103,7 @@ class StreamProcessor:
         """Follow the living catalog: rows never move, new items get empty popularity."""
         grow = len(catalog) - self.popularity.log_score.size
         if grow > 0:
-            for tracker in (self.popularity, self.trending):
+            for tracker in (self.popularity, self.trending, *self.regions.values()):
                 tracker.log_score = np.concatenate([tracker.log_score, np.full(grow, -np.inf)])
         self._category_rows = [
             np.flatnonzero(catalog.category == c).astype(np.int64)
@@ -123,13 +125,26 @@ class StreamProcessor:
         stored = self.store.get(rows, [STATS])
         for r, data in stored.items():
             row = self.catalog.index[r[2:]]
-            for column, tracker in (("pop_log", self.popularity), ("trend_log", self.trending)):
-                cell = data[STATS].get(column)
-                if cell is not None:
-                    tracker.log_score[row] = float(cell.value)
-                    self._clock = max(self._clock, cell.ts)
+            for column, cell in data[STATS].items():
+                if column == "pop_log":
+                    tracker = self.popularity
+                elif column == "trend_log":
+                    tracker = self.trending
+                elif column.startswith("pop_log@"):  # one region's popularity
+                    tracker = self._region(column.removeprefix("pop_log@"))
+                else:
+                    continue
+                tracker.log_score[row] = float(cell.value)
+                self._clock = max(self._clock, cell.ts)
         lists = self.store.get([GLOBAL_ROW], [POPULAR]).get(GLOBAL_ROW, {}).get(POPULAR, {})
         self._clock = max([self._clock, *(c.ts for c in lists.values())])
+
+    def _region(self, region: str) -> Popularity:
+        tracker = self.regions.get(region)
+        if tracker is None:
+            s = self.config.stream
+            tracker = self.regions[region] = Popularity(len(self.catalog), s.popularity_half_life_s)
+        return tracker
 
     def _tick(self, batch_max_ts: float) -> float:
         """The timestamp of item-level cells: the newest event time seen so far. Events of
@@ -318,17 +333,27 @@ class StreamProcessor:
         touched = np.unique(rows[(rows >= 0) & (weights > 0)])
         now_ts = self._tick(float(ts.max()))
         pop, trend = self.popularity.log_score, self.trending.log_score
-        out = [
-            Mutation(
-                item_row(str(cat.ids[r])),
-                STATS,
-                {
-                    "pop_log": Cell(now_ts, float(pop[r])),
-                    "trend_log": Cell(now_ts, float(trend[r])),
-                },
-            )
+        cells: dict[int, dict[str, Cell]] = {
+            int(r): {
+                "pop_log": Cell(now_ts, float(pop[r])),
+                "trend_log": Cell(now_ts, float(trend[r])),
+            }
             for r in touched
-        ]
+        }
+        # Per region (events' context.region, the first `max_regions` seen): its own
+        # popularity, kept per item beside the global one so a restart restores it exactly.
+        regions = np.array([e.context.region or "" for e in events], dtype=object)
+        touched_regions = []
+        for region in sorted(set(regions.tolist()) - {""}):
+            if region not in self.regions and len(self.regions) >= s.max_regions:
+                continue
+            tracker = self._region(region)
+            mask = (regions == region) & (rows >= 0) & (weights > 0)
+            tracker.add(rows[mask], ts[mask], weights[mask])
+            for r in np.unique(rows[mask]).tolist():
+                cells[r]["pop_log@" + region] = Cell(now_ts, float(tracker.log_score[r]))
+            touched_regions.append(region)
+        out = [Mutation(item_row(str(cat.ids[r])), STATS, c) for r, c in cells.items()]
         if covis_pairs:
             keys = [item_row(i) for i in covis_pairs]
             stored = self.store.get(keys, [COVIS])
@@ -339,10 +364,12 @@ class StreamProcessor:
                 )
                 out.append(Mutation(key, COVIS, {"neighbours": Cell(now_ts, merged)}))
         if touched.size:
-            out.append(self._popular_lists(now_ts, touched))
+            out.append(self._popular_lists(now_ts, touched, touched_regions))
         return out
 
-    def _popular_lists(self, ts: float, touched: np.ndarray[Any, Any]) -> Mutation:
+    def _popular_lists(
+        self, ts: float, touched: np.ndarray[Any, Any], regions: Sequence[str] = ()
+    ) -> Mutation:
         s = self.config.stream
         cat = self.catalog
         pop = self.popularity
@@ -357,6 +384,9 @@ class StreamProcessor:
         for c in np.unique(cat.category[touched]):
             rows = pop.top(s.top_per_category, among=self._category_rows[int(c)])
             cells["c:" + str(cat.category_names[c])] = Cell(ts, listing(rows))
+        for region in regions:
+            tracker = self.regions[region]
+            cells["r:" + region] = Cell(ts, listing(tracker.top(s.top_popular), tracker))
         return Mutation(GLOBAL_ROW, POPULAR, cells)
 
     # -- running --------------------------------------------------------------------------
