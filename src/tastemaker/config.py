@@ -141,7 +141,7 @@ class OfflineConfig(_Section, frozen=True):
 
     lake_url: str = "tastemaker-data/lake"
     artifacts_path: str = "tastemaker-data/artifacts"
-    retention_days: PositiveInt = 365
+    retention_days: Annotated[int, msgspec.Meta(ge=0)] = 0
     archive_batch_size: PositiveInt = 50_000
     compact_min_files: PositiveInt = 8
     keep_versions: PositiveInt = 10

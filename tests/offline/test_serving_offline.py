@@ -82,8 +82,7 @@ def test_logged_features_are_what_serving_scored_and_join_with_later_clicks(
 def test_a_running_server_picks_up_new_versions_and_rollbacks(
     tmp_path: Path, catalog: Catalog, shop: Shop
 ) -> None:
-    # The synthetic shop's events are from 2025: keep them however old they are.
-    config = offline(make_config(tmp_path, catalog), reload_interval_s=0.1, retention_days=36500)
+    config = offline(make_config(tmp_path, catalog), reload_interval_s=0.1)
     rt = Runtime.from_config(config)
     try:
         rt.watch_artifacts()
@@ -124,7 +123,7 @@ def test_archive_jobs_and_artifacts_commands(
     from tastemaker.cli import main
     from tastemaker.config import dump_config
 
-    config = offline(make_config(tmp_path, catalog), retention_days=36500)
+    config = offline(make_config(tmp_path, catalog))
     path = tmp_path / "config.toml"
     dump_config(config, path)
     rt = Runtime.from_config(config)
@@ -168,7 +167,6 @@ def test_the_in_process_scheduler_archives_and_runs_the_jobs(
         make_config(tmp_path, catalog),
         schedule_interval_s=0.2,
         reload_interval_s=0.1,
-        retention_days=36500,
     )
     rt = Runtime.from_config(config)
     try:

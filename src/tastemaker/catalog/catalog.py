@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Sequence
 from typing import Annotated
@@ -105,6 +106,7 @@ class Catalog:
         self.added_ts: npt.NDArray[np.float64] = (
             np.full(n, -np.inf) if added_ts is None else np.asarray(added_ts, np.float64)
         )
+        self.added_rows = np.flatnonzero(np.isfinite(self.added_ts)).astype(np.int64)
         self.version = version  # the last change-feed position applied
 
     def apply(self, changes: Sequence[tuple[int, ItemChange, float]]) -> Catalog:
@@ -171,5 +173,6 @@ class Catalog:
 
     def rows(self, item_ids: Sequence[str]) -> npt.NDArray[np.int64]:
         """Row index of each id, -1 for ids not in the catalog."""
-        get = self.index.get
-        return np.fromiter((get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        # map() with a repeated default calls dict.get(id, -1) without a Python-level loop.
+        found = map(self.index.get, item_ids, itertools.repeat(-1, len(item_ids)))
+        return np.fromiter(found, dtype=np.int64, count=len(item_ids))

@@ -205,7 +205,9 @@ class Lake:
         return removed
 
     def expire(self, retention_days: int, now: float) -> list[str]:
-        """Remove day partitions older than `retention_days` before `now`."""
+        """Remove day partitions older than `retention_days` before `now` (0: none)."""
+        if retention_days <= 0:
+            return []
         cutoff = _day(now - retention_days * 86400.0)
         gone = [d for d in self.days() if d < cutoff]
         for d in gone:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 import pyarrow.parquet as pq
@@ -81,8 +83,25 @@ def _popular(v: Version, catalog: Catalog) -> tuple[npt.NDArray[np.int64], npt.N
     return rows[keep], np.exp((log_score[keep] - top) / 4.0).astype(np.float32)
 
 
+def _hnsw(factors: npt.NDArray[np.float32], exact_below: int) -> Any:
+    """An HNSW index over the item factors when the catalog is large enough for exact
+    search to cost more (the same threshold as the ANN retriever; docs/serving.md)."""
+    if factors.shape[0] < exact_below:
+        return None
+    import faiss
+
+    index = faiss.IndexHNSWFlat(factors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = 80
+    index.add(np.ascontiguousarray(factors))
+    return index
+
+
 def load_models(
-    artifacts: ArtifactStore, catalog: Catalog, *, max_watermark: int | None = None
+    artifacts: ArtifactStore,
+    catalog: Catalog,
+    *,
+    max_watermark: int | None = None,
+    exact_below: int = 20_000,
 ) -> BatchModels:
     """Whatever model artifacts exist, loaded for `catalog`; missing ones stay None."""
     versions = {n: pick_version(artifacts, n, max_watermark) for n in MODEL_ARTIFACTS}
@@ -91,9 +110,11 @@ def load_models(
     if (seg := versions["segments"]) is not None:
         users, lists = _segments(seg, catalog)
     cov, emb, pop = versions["covisitation"], versions["embeddings"], versions["popularity"]
+    factors = None if emb is None else _factors(emb, catalog)
     return BatchModels(
         neighbours=None if cov is None else _neighbours(cov, catalog),
-        item_factors=None if emb is None else _factors(emb, catalog),
+        item_factors=factors,
+        factor_index=None if factors is None else _hnsw(factors, exact_below),
         user_segment=users,
         segment_top=lists,
         popular=None if pop is None else _popular(pop, catalog),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -41,6 +42,7 @@ class BatchModels:
 
     neighbours: sp.csr_matrix | None = None  # (items, items) item-item weights
     item_factors: npt.NDArray[np.float32] | None = None  # (items, d), zero rows: unknown
+    factor_index: Any = None  # faiss HNSW over item_factors, for large catalogs
     user_segment: dict[str, int] = field(default_factory=dict)
     segment_top: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]] = field(
         default_factory=list
@@ -106,8 +108,24 @@ class ItemKnnRetriever:
         rows, w = rows[known], w[known]
         if rows.size == 0:
             return Candidates.empty()
-        scores = np.asarray(s[rows].T @ w, np.float32).reshape(-1)
-        return top_k(scores, k, rows)
+        # The seeds' rows of the CSR matrix, gathered and summed without building a matrix.
+        starts, ends = s.indptr[rows], s.indptr[rows + 1]
+        lengths = ends - starts
+        if lengths.sum() == 0:
+            return Candidates.empty()
+        take = np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(
+            lengths.sum()
+        )
+        neighbours = s.indices[take].astype(np.int64)
+        weights = s.data[take] * np.repeat(w, lengths)
+        found, inverse = np.unique(neighbours, return_inverse=True)
+        scores = np.bincount(inverse, weights=weights).astype(np.float32)
+        drop = np.isin(found, rows)
+        found, scores = found[~drop], scores[~drop]
+        if found.size > k:
+            best = np.argpartition(-scores, k - 1)[:k]
+            found, scores = found[best], scores[best]
+        return Candidates(found, scores)
 
 
 class EmbeddingRetriever:
@@ -131,6 +149,15 @@ class EmbeddingRetriever:
         if rows.size == 0:
             return Candidates.empty()
         user = w @ f[rows]
+        index = self.holder.models.factor_index
+        if index is not None:
+            # The seeds themselves are near the query: ask for a few more than k.
+            want = k + min(rows.size, 10)
+            index.hnsw.efSearch = max(want, 64)
+            sims, found = index.search(user[None, :].astype(np.float32), want)
+            keep = (found[0] >= 0) & ~np.isin(found[0], rows)
+            got, s = found[0][keep][:k].astype(np.int64), sims[0][keep][:k]
+            return Candidates(got, (s - s.min() + 1e-6).astype(np.float32) if s.size else s)
         scores = f @ user
         # Shift so the worst candidate kept still scores above 0 (0 means "not proposed").
         return top_k(scores - scores.min() + 1e-6, k, rows)
@@ -166,8 +193,11 @@ class NewItemsRetriever:
 
     def retrieve(self, ctx: RetrievalContext, k: int) -> Candidates:
         cat = ctx.catalog
+        if cat.added_rows.size == 0:
+            return Candidates.empty()
         now = time.time()
-        fresh = np.flatnonzero((cat.added_ts >= now - self.window_s) & cat.active)
+        added = cat.added_rows
+        fresh = added[(cat.added_ts[added] >= now - self.window_s) & cat.active[added]]
         if fresh.size == 0:
             return Candidates.empty()
         recency = 1.0 - (now - cat.added_ts[fresh]) / self.window_s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from tastemaker.features.layout import COVIS, PROFILE, SESSION, item_row
 from tastemaker.retrieval.base import Candidates, RetrievalContext
@@ -31,23 +32,24 @@ class CovisitationRetriever:
         if not seeds:
             return Candidates.empty()
         rows = self.store.get([item_row(i) for i in seeds], [COVIS])
-        totals: dict[str, float] = {}
+        ids: list[str] = []
+        parts: list[npt.NDArray[np.float32]] = []
         for rank, seed in enumerate(seeds):
             data = rows.get(item_row(seed))
             if data is None:
                 continue
             links: dict[str, float] = data[COVIS]["neighbours"].value
-            norm = max(links.values())
-            recency = 1.0 / (1.0 + rank)
-            for other, w in links.items():
-                totals[other] = totals.get(other, 0.0) + recency * w / norm
-        if not totals:
+            w = np.fromiter(links.values(), np.float32, len(links))
+            ids.extend(links)
+            parts.append(w * np.float32(1.0 / ((1.0 + rank) * w.max())))
+        if not ids:
             return Candidates.empty()
-        ids = list(totals)
-        scores = np.fromiter(totals.values(), np.float32, len(ids))
-        cand_rows = ctx.catalog.rows(ids)
-        keep = cand_rows >= 0
-        cand_rows, scores = cand_rows[keep], scores[keep]
+        # Sum each neighbour's weights over the seeds, vectorized over catalog rows.
+        all_rows = ctx.catalog.rows(ids)
+        weights = np.concatenate(parts)
+        keep = all_rows >= 0
+        cand_rows, inverse = np.unique(all_rows[keep], return_inverse=True)
+        scores = np.bincount(inverse, weights=weights[keep]).astype(np.float32)
         if cand_rows.size > k:
             best = np.argpartition(-scores, k - 1)[:k]
             cand_rows, scores = cand_rows[best], scores[best]

@@ -4,9 +4,32 @@ from __future__ import annotations
 
 import numpy as np
 
-from tastemaker.retrieval.base import Candidates, RetrievalContext
+from tastemaker.catalog import Catalog
+from tastemaker.retrieval.base import Candidates, FloatArray, IntArray, RetrievalContext
+from tastemaker.store import Cell
 
 __all__ = ["PopularRetriever", "popular_candidates"]
+
+
+# A top list is read once a second per process but used by every request: its ids are mapped
+# to catalog rows once per (list, catalog) and kept here.
+_MAPPED: dict[int, tuple[Cell, Catalog, IntArray, FloatArray]] = {}
+
+
+def _mapped(cell: Cell, catalog: Catalog) -> tuple[IntArray, FloatArray]:
+    hit = _MAPPED.get(id(cell))
+    if hit is not None and hit[0] is cell and hit[1] is catalog:
+        return hit[2], hit[3]
+    ids, log_scores = cell.value
+    rows = catalog.rows(ids)
+    scores = np.asarray(log_scores, np.float64)
+    known = rows >= 0  # items no longer in the catalog since the list was written
+    top = scores.max() if scores.size else 0.0
+    out = (rows[known], np.exp((scores[known] - top) / 4.0).astype(np.float32))
+    if len(_MAPPED) > 4096:
+        _MAPPED.clear()
+    _MAPPED[id(cell)] = (cell, catalog, *out)
+    return out
 
 
 def popular_candidates(ctx: RetrievalContext, column: str, k: int) -> Candidates:
@@ -16,12 +39,8 @@ def popular_candidates(ctx: RetrievalContext, column: str, k: int) -> Candidates
     cell = ctx.popular.get(column)
     if cell is None:
         return Candidates.empty()
-    ids, log_scores = cell.value
-    rows = ctx.catalog.rows(ids[:k])
-    scores = np.asarray(log_scores[:k], np.float64)
-    known = rows >= 0  # items deleted from the catalog since the list was written
-    top = scores.max() if scores.size else 0.0
-    return Candidates(rows[known], np.exp((scores[known] - top) / 4.0).astype(np.float32))
+    rows, scores = _mapped(cell, ctx.catalog)
+    return Candidates(rows[:k], scores[:k])
 
 
 class PopularRetriever:

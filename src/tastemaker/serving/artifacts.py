@@ -48,7 +48,11 @@ class ArtifactWatcher:
         changed = False
         try:
             if any(versions[n] != self.loaded.get(n) for n in MODEL_ARTIFACTS):
-                self.pipeline.models.models = load_models(self.artifacts, self.catalog)
+                self.pipeline.models.models = load_models(
+                    self.artifacts,
+                    self.catalog,
+                    exact_below=self.config.serving.ann_exact_below,
+                )
                 changed = True
             ranker = versions["ranker"]
             explicit = self.config.ranking.model_path is not None  # a configured file wins
