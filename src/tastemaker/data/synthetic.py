@@ -18,6 +18,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from tastemaker.arrays import rank_within
 from tastemaker.catalog import Catalog
 from tastemaker.events import Context, Event, EventType
 
@@ -159,7 +160,7 @@ class Shop:
         s_start = spec.start_ts + rng.uniform(0, spec.days * 86400, size=s_user.size)
         order = np.lexsort((s_start, s_user))
         s_user, s_start = s_user[order], s_start[order]
-        s_start = s_start + 7200 * _rank_within(s_user)
+        s_start = s_start + 7200 * rank_within(s_user)
         n_views = 1 + rng.poisson(spec.views_per_session - 1, size=s_user.size)
         v_user = np.repeat(s_user, n_views)
         v_ts = np.repeat(s_start, n_views) + _cumsum_within(
@@ -206,13 +207,6 @@ class Shop:
                 )
             )
         ]
-
-
-def _rank_within(groups: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """0, 1, 2, ... within each run of equal values of a sorted array."""
-    starts = np.r_[0, np.flatnonzero(np.diff(groups)) + 1]
-    lengths = np.diff(np.r_[starts, groups.size])
-    return np.asarray(np.arange(groups.size) - np.repeat(starts, lengths), np.int64)
 
 
 def _cumsum_within(

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tastemaker.arrays import rank_within
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config
 from tastemaker.features.aggregations import DEFAULT_WEIGHTS
@@ -242,9 +243,7 @@ def covisitation_job(ctx: JobContext) -> Version | None:
     # Top `keep` neighbours per item: sort by (item, -similarity), cut each run.
     order = np.lexsort((-sim, pair_a))
     pa_s, pb_s, sim_s = pair_a[order], pair_b[order], sim[order]
-    run_start = np.r_[0, np.flatnonzero(pa_s[1:] != pa_s[:-1]) + 1] if pa_s.size else pa_s
-    rank = np.arange(pa_s.size) - np.repeat(run_start, np.diff(np.r_[run_start, pa_s.size]))
-    best = rank < keep
+    best = rank_within(pa_s) < keep
 
     def write(d: Path) -> dict[str, Any]:
         pq.write_table(pa.table({"item_id": ids, "count": item_counts}), d / "items.parquet")

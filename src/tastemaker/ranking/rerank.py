@@ -20,6 +20,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from tastemaker.arrays import rank_within
 from tastemaker.catalog import Catalog
 
 __all__ = ["Contribution", "Filters", "diversify", "filter_mask", "top_contributions"]
@@ -70,11 +71,8 @@ def _category_cap(
     """`order` (best first) with every item past the `cap`-th of its category dropped."""
     c = cats[order]
     by_cat = np.argsort(c, kind="stable")  # stable: keeps the score order inside a category
-    sorted_c = c[by_cat]
-    starts = np.r_[0, np.flatnonzero(sorted_c[1:] != sorted_c[:-1]) + 1]
-    rank_sorted = np.arange(c.size) - np.repeat(starts, np.diff(np.r_[starts, c.size]))
-    rank = np.empty_like(rank_sorted)
-    rank[by_cat] = rank_sorted
+    rank = np.empty(c.size, np.int64)
+    rank[by_cat] = rank_within(c[by_cat])
     kept: npt.NDArray[np.int64] = order[rank < cap]
     return kept
 

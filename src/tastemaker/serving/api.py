@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -59,6 +59,29 @@ def _error(status: int, error: str, detail: str, problems: list[Any] | None = No
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
+
+
+def _decode(decoder: msgspec.json.Decoder[T], body: bytes) -> T | Response:
+    """The decoded body, or the 400 that names what is wrong with it."""
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        return _error(400, "invalid_request", str(exc))
+    except msgspec.DecodeError as exc:
+        return _error(400, "invalid_request", f"malformed JSON: {exc}")
+
+
+def _options(req: RecommendRequest | RankRequest, n: int) -> PipelineRequest:
+    context = req.context or RequestContext()
+    return PipelineRequest(
+        n=n,
+        filters=req.filters,
+        explain=req.explain,
+        deadline_ms=req.deadline_ms,
+        region=context.region,
+        device=context.device,
+    )
 
 
 def _timed(endpoint: str, handler: Handler) -> Handler:
@@ -117,21 +140,10 @@ def build_app(runtime: Runtime) -> Starlette:
     async def post_recommend(request: Request) -> Response:
         if (refused := limited(request)) is not None:
             return refused
-        try:
-            req = _recommend_decoder.decode(await request.body())
-        except msgspec.ValidationError as exc:
-            return _error(400, "invalid_request", str(exc))
-        except msgspec.DecodeError as exc:
-            return _error(400, "invalid_request", f"malformed JSON: {exc}")
-        context = req.context or RequestContext()
-        options = PipelineRequest(
-            n=min(req.n, s.max_n),
-            filters=req.filters,
-            explain=req.explain,
-            deadline_ms=req.deadline_ms,
-            region=context.region,
-            device=context.device,
-        )
+        req = _decode(_recommend_decoder, await request.body())
+        if isinstance(req, Response):
+            return req
+        options = _options(req, min(req.n, s.max_n))
         rec = runtime.pipeline.recommend(req.user_id, request=options)
         return _json(
             RecommendResponse(rec.items, rec.degraded, rec.request_id, rec.fallbacks, rec.cached)
@@ -140,12 +152,9 @@ def build_app(runtime: Runtime) -> Starlette:
     async def post_rank(request: Request) -> Response:
         if (refused := limited(request)) is not None:
             return refused
-        try:
-            req = _rank_decoder.decode(await request.body())
-        except msgspec.ValidationError as exc:
-            return _error(400, "invalid_request", str(exc))
-        except msgspec.DecodeError as exc:
-            return _error(400, "invalid_request", f"malformed JSON: {exc}")
+        req = _decode(_rank_decoder, await request.body())
+        if isinstance(req, Response):
+            return req
         unknown = [i for i in req.item_ids if i not in runtime.catalog.index]
         if unknown:
             return _error(
@@ -153,15 +162,7 @@ def build_app(runtime: Runtime) -> Starlette:
                 "unknown_items",
                 f"{len(unknown)} item id(s) not in the catalog: {unknown[:20]}",
             )
-        context = req.context or RequestContext()
-        options = PipelineRequest(
-            n=req.n or len(req.item_ids),
-            filters=req.filters,
-            explain=req.explain,
-            deadline_ms=req.deadline_ms,
-            region=context.region,
-            device=context.device,
-        )
+        options = _options(req, req.n or len(req.item_ids))
         rec = runtime.pipeline.rank(req.user_id, req.item_ids, options)
         return _json(RecommendResponse(rec.items, rec.degraded, rec.request_id, rec.fallbacks))
 
