@@ -19,10 +19,13 @@ from tastemaker.features import (
     Centroid,
     CountByType,
     DecayedIntensity,
+    DistinctCount,
     FeatureKind,
     Histogram,
     LastN,
     LastValue,
+    Ratio,
+    WindowedCount,
 )
 
 __all__ = ["Config", "ConfigError", "dump_config", "load_config", "local_config"]
@@ -186,6 +189,9 @@ def default_features() -> list[FeatureKind]:
         LastValue("last_clicked_brand", field="brand", types=[EventType.CLICK]),
         Histogram("price_hist"),
         Centroid("click_centroid"),
+        WindowedCount("activity"),
+        Ratio("ctr"),
+        DistinctCount("distinct_categories"),
         LastN("purchased", n=500, types=[EventType.PURCHASE]),
         LastN("engaged_items", n=200, types=engaged),
         LastN("shown_items", n=50, types=[EventType.IMPRESSION]),

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -10,12 +11,17 @@ from tastemaker.features import (
     Centroid,
     CountByType,
     DecayedIntensity,
+    DistinctCount,
     Fact,
+    FeatureKind,
     Histogram,
     LastN,
     LastValue,
     Popularity,
+    Ratio,
+    WindowedCount,
     update_covisitation,
+    windowed_counts,
 )
 
 T = 1_700_000_000.0
@@ -103,3 +109,70 @@ def test_popularity_top_is_ordered_and_decays_old_events() -> None:
 def test_covisitation_keeps_strongest_links() -> None:
     links = update_covisitation({"a": 1.0}, [("b", 2.0), ("a", 0.5), ("c", 0.1)], 2)
     assert links == {"b": 2.0, "a": 1.5}
+
+
+def _facts(*spec: tuple[float, str, str | None]) -> list[Fact]:
+    return [
+        Fact(ts, EventType(t), f"i-{k}", "s", category=cat) for k, (ts, t, cat) in enumerate(spec)
+    ]
+
+
+def test_windowed_counts_slide_and_drop_old_buckets() -> None:
+    agg = WindowedCount("activity", windows_s=[3600.0, 86400.0], bucket_s=600.0)
+    t0 = 1_760_000_400.0  # a bucket boundary
+    s1 = agg.apply(
+        None, _facts((t0, "click", "a"), (t0 + 100, "view", "a"), (t0, "impression", "a"))
+    )
+    assert s1["counts"] == {"3600": 2, "86400": 2}
+    s2 = agg.apply(s1, _facts((t0 + 7200, "click", "b")))
+    assert s2["counts"] == {"3600": 1, "86400": 3}
+    s3 = agg.apply(s2, _facts((t0 + 2 * 86400, "click", "b")))
+    assert s3["counts"] == {"3600": 1, "86400": 1}
+    assert len(s3["buckets"]) == 1  # older buckets dropped
+    assert windowed_counts(s2, t0 + 86400 + 700, [3600.0, 86400.0], 600.0) == {
+        "3600": 0,
+        "86400": 1,
+    }
+    assert agg.apply(s3, _facts((t0, "impression", "a"))) is s3  # nothing of its types
+
+
+def test_ratio_is_a_smoothed_ctr() -> None:
+    agg = Ratio("ctr", prior_num=1.0, prior_den=20.0)
+    s = agg.apply(None, _facts(*[(1e9 + i, "impression", None) for i in range(30)]))
+    assert s == {"num": 0, "den": 30, "value": 0.02}
+    s = agg.apply(s, _facts((1e9 + 50, "click", None), (1e9 + 51, "click", None)))
+    assert s == {"num": 2, "den": 30, "value": 0.06}
+    assert agg.apply(s, _facts((1e9 + 60, "view", None))) is s
+
+
+def test_distinct_count_is_exact_up_to_its_cap() -> None:
+    agg = DistinctCount("cats", field="category", max_values=2)
+    s = agg.apply(None, _facts((1.0, "view", "a"), (2.0, "click", "a"), (3.0, "view", "b")))
+    assert s == {"n": 2, "seen": ["a", "b"]}
+    s = agg.apply(s, _facts((4.0, "view", "c"), (5.0, "impression", "d"), (6.0, "view", None)))
+    assert s["n"] == 3
+    assert s["seen"] == ["a", "b"]
+    assert agg.apply(s, _facts((7.0, "view", "a"))) is s
+
+
+def test_the_new_kinds_are_declared_in_toml() -> None:
+    toml = b"""
+[[features]]
+kind = "windowed_count"
+name = "w"
+windows_s = [60.0]
+[[features]]
+kind = "ratio"
+name = "r"
+numerator = ["purchase"]
+denominator = ["view"]
+[[features]]
+kind = "distinct_count"
+name = "d"
+field = "brand"
+"""
+    decoded = msgspec.toml.decode(toml, type=dict[str, list[FeatureKind]])["features"]
+    assert [type(f) for f in decoded] == [WindowedCount, Ratio, DistinctCount]
+    ratio = decoded[1]
+    assert isinstance(ratio, Ratio)
+    assert ratio.numerator == [EventType.PURCHASE]

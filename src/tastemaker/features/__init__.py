@@ -4,10 +4,14 @@ from tastemaker.features.aggregations import (
     Centroid,
     CountByType,
     DecayedIntensity,
+    DistinctCount,
     FeatureKind,
     Histogram,
     LastN,
     LastValue,
+    Ratio,
+    WindowedCount,
+    windowed_counts,
 )
 from tastemaker.features.base import Aggregation, Fact
 from tastemaker.features.items import Popularity, update_covisitation
@@ -17,11 +21,15 @@ __all__ = [
     "Centroid",
     "CountByType",
     "DecayedIntensity",
+    "DistinctCount",
     "Fact",
     "FeatureKind",
     "Histogram",
     "LastN",
     "LastValue",
     "Popularity",
+    "Ratio",
+    "WindowedCount",
     "update_covisitation",
+    "windowed_counts",
 ]

@@ -21,10 +21,14 @@ __all__ = [
     "Centroid",
     "CountByType",
     "DecayedIntensity",
+    "DistinctCount",
     "FeatureKind",
     "Histogram",
     "LastN",
     "LastValue",
+    "Ratio",
+    "WindowedCount",
+    "windowed_counts",
 ]
 
 Field = Literal["category", "brand", "item_id"]
@@ -191,4 +195,103 @@ class Centroid(_Base, frozen=True, tag="centroid"):
         return np.round(vec, 6).tolist()
 
 
-FeatureKind = CountByType | DecayedIntensity | LastN | LastValue | Histogram | Centroid
+class WindowedCount(_Base, frozen=True, tag="windowed_count"):
+    """Events of `types` in sliding windows, counted in `bucket_s` buckets:
+    `{"t": newest_ts, "buckets": {"<bucket start>": n}, "counts": {"3600": n, ...}}`.
+    `counts` holds each window's count as of `t`; `windowed_counts(state, now)` recounts
+    from the buckets for any later time. Buckets older than the longest window are dropped,
+    so the state stays small; a window is exact to one bucket."""
+
+    windows_s: list[Annotated[float, msgspec.Meta(gt=0)]] = msgspec.field(
+        default_factory=lambda: [3600.0, 86400.0, 7 * 86400.0]
+    )
+    bucket_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    types: list[EventType] = msgspec.field(default_factory=lambda: list(ENGAGED))
+
+    def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
+        picked = [f.ts for f in facts if f.type in self.types]
+        if not picked:
+            return state
+        buckets: dict[str, int] = dict(state["buckets"]) if state else {}
+        for ts in picked:
+            key = str(int(ts // self.bucket_s * self.bucket_s))
+            buckets[key] = buckets.get(key, 0) + 1
+        newest = max([*picked, float(state["t"]) if state else -math.inf])
+        horizon = newest - max(self.windows_s) - self.bucket_s
+        buckets = {k: v for k, v in buckets.items() if float(k) > horizon}
+        out = {"t": newest, "buckets": buckets}
+        return {**out, "counts": windowed_counts(out, newest, self.windows_s, self.bucket_s)}
+
+
+def windowed_counts(
+    state: Any, now: float, windows_s: Sequence[float], bucket_s: float
+) -> dict[str, int]:
+    """Each window's count at `now` from a `WindowedCount` state: the buckets that end after
+    `now - window`."""
+    if not state:
+        return {str(int(w)): 0 for w in windows_s}
+    starts = [(float(k), v) for k, v in state["buckets"].items()]
+    return {
+        str(int(w)): sum(v for s, v in starts if s + bucket_s > now - w and s <= now)
+        for w in windows_s
+    }
+
+
+class Ratio(_Base, frozen=True, tag="ratio"):
+    """A smoothed rate of two counts, e.g. CTR = clicks / impressions:
+    `{"num": n, "den": d, "value": (n + prior_num) / (d + prior_den)}`. The prior keeps a new
+    user's rate near `prior_num / prior_den` instead of 0/0 or 1/1."""
+
+    numerator: list[EventType] = msgspec.field(default_factory=lambda: [EventType.CLICK])
+    denominator: list[EventType] = msgspec.field(default_factory=lambda: [EventType.IMPRESSION])
+    prior_num: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    prior_den: Annotated[float, msgspec.Meta(gt=0)] = 20.0
+
+    def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
+        dn = sum(1 for f in facts if f.type in self.numerator)
+        dd = sum(1 for f in facts if f.type in self.denominator)
+        if dn == 0 and dd == 0:
+            return state
+        num = (state["num"] if state else 0) + dn
+        den = (state["den"] if state else 0) + dd
+        value = (num + self.prior_num) / (den + self.prior_den)
+        return {"num": num, "den": den, "value": round(value, 6)}
+
+
+class DistinctCount(_Base, frozen=True, tag="distinct_count"):
+    """How many distinct values of `field` the user engaged with (events of `types`):
+    `{"n": count, "seen": [values]}`. Exact up to `max_values` tracked values; past that the
+    count goes on for values not tracked and is an upper bound."""
+
+    field: Field = "category"
+    types: list[EventType] = msgspec.field(default_factory=lambda: list(ENGAGED))
+    max_values: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+
+    def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
+        seen: list[str] = list(state["seen"]) if state else []
+        known = set(seen)
+        n = int(state["n"]) if state else 0
+        changed = False
+        for f in facts:
+            key = _attr(f, self.field)
+            if key is None or f.type not in self.types or key in known:
+                continue
+            n += 1
+            changed = True
+            if len(seen) < self.max_values:
+                seen.append(key)
+                known.add(key)
+        return {"n": n, "seen": seen} if changed else state
+
+
+FeatureKind = (
+    CountByType
+    | DecayedIntensity
+    | LastN
+    | LastValue
+    | Histogram
+    | Centroid
+    | WindowedCount
+    | Ratio
+    | DistinctCount
+)
