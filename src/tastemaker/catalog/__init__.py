@@ -1,7 +1,13 @@
 """Item catalog in RAM as columnar numpy arrays, loaded from Parquet or CSV."""
 
 from tastemaker.catalog.catalog import Catalog, CatalogError, ItemChange
-from tastemaker.catalog.feed import CatalogFeed, ItemProblem, check_items, open_feed
+from tastemaker.catalog.feed import (
+    CatalogFeed,
+    ItemProblem,
+    SqliteCatalogFeed,
+    check_items,
+    open_feed,
+)
 from tastemaker.catalog.files import load_catalog, save_catalog
 
 __all__ = [
@@ -10,6 +16,7 @@ __all__ = [
     "CatalogFeed",
     "ItemChange",
     "ItemProblem",
+    "SqliteCatalogFeed",
     "check_items",
     "load_catalog",
     "open_feed",

@@ -3,8 +3,11 @@
 `POST /v1/items` appends validated changes; each API worker and the stream process poll the
 feed (`catalog.poll_interval_s`) and apply what is new to their catalog in RAM, so a change is
 everywhere within a few seconds. On start a process loads the base catalog file and applies
-the whole feed. Embedded: one SQLite file in WAL mode (many processes, readers never blocked),
-durable before `append` returns, like the event log.
+the whole feed. Backends, by `catalog.feed_url`:
+- `embedded://PATH`: one SQLite file in WAL mode (many processes of one machine, readers never
+  blocked), durable before `append` returns, like the event log;
+- `redis://HOST:PORT/DB` or `redis+cluster://HOST:PORT`: one Redis stream, for processes on
+  many machines (`feed_redis.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 import numpy as np
@@ -22,7 +26,7 @@ from tastemaker.catalog.catalog import Catalog, CatalogError, ItemChange
 from tastemaker.events import EventProblem
 from tastemaker.urls import parse_url
 
-__all__ = ["CatalogFeed", "ItemProblem", "check_items", "open_feed"]
+__all__ = ["CatalogFeed", "ItemProblem", "SqliteCatalogFeed", "check_items", "open_feed"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS changes (
@@ -59,7 +63,21 @@ def check_items(changes: Sequence[ItemChange], catalog: Catalog) -> list[ItemPro
     return problems
 
 
-class CatalogFeed:
+class CatalogFeed(Protocol):
+    """An append-only, ordered log of item changes; positions start at 1 and only grow."""
+
+    def append(self, changes: Sequence[ItemChange]) -> int:
+        """Append all changes at once (all or none); returns the position of the last."""
+        ...
+
+    def read(self, after: int) -> list[tuple[int, ItemChange, float]]:
+        """(position, change, time appended) of every change after `after`, in order."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SqliteCatalogFeed:
     """The feed on one SQLite file (`<directory>/catalog-changes.sqlite3`)."""
 
     def __init__(self, directory: str | Path) -> None:
@@ -105,11 +123,18 @@ class CatalogFeed:
 
 
 def open_feed(url: str) -> CatalogFeed:
-    """`embedded://PATH` (the only backend so far)."""
+    """`embedded://PATH`, `redis://HOST:PORT/DB` or `redis+cluster://HOST:PORT`."""
+    if url.startswith(("redis://", "redis+cluster://")):
+        from tastemaker.catalog.feed_redis import RedisCatalogFeed
+
+        return RedisCatalogFeed.from_url(url)
     try:
         parsed = parse_url(url)
     except ValueError as exc:
         raise CatalogError(f"catalog.feed_url: {exc}") from exc
     if parsed.scheme != "embedded":
-        raise CatalogError(f"catalog.feed_url {url!r}: expected embedded://PATH")
-    return CatalogFeed(parsed.path)
+        raise CatalogError(
+            f"catalog.feed_url {url!r}: expected embedded://PATH, redis://HOST:PORT/DB or "
+            "redis+cluster://HOST:PORT"
+        )
+    return SqliteCatalogFeed(parsed.path)
