@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 import numpy as np
@@ -28,6 +28,9 @@ class RetrievalContext(msgspec.Struct, frozen=True):
     user_id: str = ""
     region: str | None = None  # the request's context
     device: str | None = None
+    # What one retriever read from the store for others of the same request (one round
+    # trip instead of several).
+    shared: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class Candidates(msgspec.Struct, frozen=True):

@@ -25,13 +25,24 @@ class CovisitationRetriever:
         self.name = "session" if session_only else "covisitation"
         self._source = (SESSION, "session_items") if session_only else (PROFILE, "last_items")
 
-    def retrieve(self, ctx: RetrievalContext, k: int) -> Candidates:
-        family, column = self._source
+    def _seeds(self, ctx: RetrievalContext, family: str, column: str) -> list[str]:
         cell = ctx.user.get(family, {}).get(column)
-        seeds: list[str] = [] if cell is None else list(cell.value)[: self.max_seeds]
+        return [] if cell is None else list(cell.value)[: self.max_seeds]
+
+    def retrieve(self, ctx: RetrievalContext, k: int) -> Candidates:
+        seeds = self._seeds(ctx, *self._source)
         if not seeds:
             return Candidates.empty()
-        rows = self.store.get([item_row(i) for i in seeds], [COVIS])
+        rows = ctx.shared.get("covis")
+        if rows is None:
+            # Both co-visitation retrievers' seeds in one multi-get, shared by the request.
+            wanted = dict.fromkeys(
+                seeds
+                + self._seeds(ctx, PROFILE, "last_items")
+                + self._seeds(ctx, SESSION, "session_items")
+            )
+            rows = self.store.get([item_row(i) for i in wanted], [COVIS])
+            ctx.shared["covis"] = rows
         ids: list[str] = []
         parts: list[npt.NDArray[np.float32]] = []
         for rank, seed in enumerate(seeds):
