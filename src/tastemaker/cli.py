@@ -34,6 +34,7 @@ def _serve(runtime_config: Config, config_path: str | None, workers: int) -> Non
     if workers == 1:
         runtime = Runtime.from_config(runtime_config)
         runtime.watch_artifacts()
+        runtime.watch_catalog()
         if runtime_config.stream.run_in_server:
             runtime.start_stream()
             runtime.start_scheduler()
@@ -90,6 +91,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     from tastemaker.serving.runtime import Runtime
 
     runtime = Runtime.from_config(load_config(args.config))
+    runtime.watch_catalog()  # items added through POST /v1/items in the API processes
     runtime.start_scheduler()  # archiver + batch jobs, if offline.schedule_interval_s > 0
     processor = runtime.processor
     signal.signal(signal.SIGTERM, lambda *_: processor.stop())

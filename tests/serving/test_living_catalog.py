@@ -3,17 +3,27 @@ once, deleted ones never again."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2
+import msgspec
 import numpy as np
+import pytest
 from starlette.testclient import TestClient
 
 from tastemaker.catalog import Catalog, ItemChange
-from tastemaker.config import Config
+from tastemaker.config import Config, dump_config
 from tastemaker.data.synthetic import Shop
 from tastemaker.events import EventType
 from tastemaker.features.layout import PROFILE
 from tastemaker.serving.api import build_app
 from tastemaker.serving.runtime import Runtime
-from tests.conftest import event, wait_until
+from tastemaker.testing.servers import free_port, wait_for_http
+from tests.conftest import event, make_config, wait_until
 
 
 def item_json(
@@ -146,3 +156,44 @@ def test_an_upsert_of_a_known_item_changes_it_in_place(config: Config, catalog: 
         assert not cat.in_stock[row]
     finally:
         api.close()
+
+
+@pytest.mark.slow
+def test_every_worker_of_serve_sees_a_new_item_within_seconds(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    """`tastemaker serve --workers 2`: the item is accepted by one worker; asking for its
+    similar items, answered by either worker, works for all within 5 s."""
+    port = free_port()
+    config = make_config(tmp_path, catalog)
+    serving = msgspec.structs.replace(config.serving, port=port)
+    stream = msgspec.structs.replace(config.stream, run_in_server=False)
+    path = dump_config(
+        msgspec.structs.replace(config, serving=serving, stream=stream), tmp_path / "c.toml"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tastemaker", "serve", "--config", str(path), "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_http(url + "/healthz", timeout=60)
+        with httpx2.Client(base_url=url, timeout=10) as c:
+            body = {"items": [item_json("fresh-1", "cat00", [0.5] * catalog.dim)]}
+            assert c.post("/v1/items", json=body).status_code == 202
+            started = time.monotonic()
+
+            def everywhere() -> bool:
+                # New connections spread over both workers.
+                codes = set()
+                for _ in range(12):
+                    with httpx2.Client(base_url=url, timeout=10) as one:
+                        codes.add(one.get("/v1/items/fresh-1/similar").status_code)
+                return codes == {200}
+
+            wait_until(everywhere, timeout=10, interval=0.2)
+            assert time.monotonic() - started < 5.0
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)

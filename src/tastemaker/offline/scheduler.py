@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tastemaker.catalog import Catalog
@@ -60,10 +60,10 @@ def run_offline(
 
 
 class Scheduler:
-    def __init__(self, config: Config, log_: EventLog, catalog: Catalog) -> None:
+    def __init__(self, config: Config, log_: EventLog, catalog: Callable[[], Catalog]) -> None:
         self.config = config
         self.log = log_
-        self.catalog = catalog
+        self.catalog = catalog  # the current catalog (it changes with POST /v1/items)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="tastemaker-jobs", daemon=True)
         self.last: OfflineRun | None = None
@@ -74,7 +74,7 @@ class Scheduler:
     def _loop(self) -> None:
         while not self._stop.wait(self.config.offline.schedule_interval_s):
             try:
-                self.last = run_offline(self.config, self.log, self.catalog)
+                self.last = run_offline(self.config, self.log, self.catalog())
             except Exception:
                 log.exception("offline run failed; trying again next interval")
                 METRICS.jobs_runs.labels("all", "failed").inc()

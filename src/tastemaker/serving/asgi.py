@@ -22,4 +22,5 @@ def create_app() -> Starlette:
     )
     runtime = Runtime.from_config(config)
     runtime.watch_artifacts()  # each worker picks up new artifact versions itself
+    runtime.watch_catalog()  # and the item changes other workers accepted
     return build_app(runtime)

@@ -146,7 +146,7 @@ class Runtime:
         """Run the archiver and every batch job every `offline.schedule_interval_s` in a
         background thread (the embedded, one-machine mode)."""
         if self.scheduler is None and self.config.offline.schedule_interval_s > 0:
-            self.scheduler = Scheduler(self.config, self.log, self.catalog)
+            self.scheduler = Scheduler(self.config, self.log, lambda: self.catalog)
             self.scheduler.start()
 
     @classmethod
