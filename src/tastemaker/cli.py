@@ -20,6 +20,7 @@ from tastemaker.data.movielens import MovieLensError
 from tastemaker.offline.artifacts import ArtifactError
 from tastemaker.offline.evaluate import EvalError
 from tastemaker.offline.jobs import JobError
+from tastemaker.offline.scheduler import OfflineBusyError
 
 __all__ = ["main"]
 
@@ -303,7 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except (ConfigError, CatalogError, MovieLensError, ArtifactError, JobError, EvalError) as exc:
+    except (
+        ConfigError,
+        CatalogError,
+        MovieLensError,
+        ArtifactError,
+        JobError,
+        EvalError,
+        OfflineBusyError,
+    ) as exc:
         print(f"tastemaker: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

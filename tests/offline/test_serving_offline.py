@@ -180,3 +180,13 @@ def test_the_in_process_scheduler_archives_and_runs_the_jobs(
         wait_until(lambda: rt.artifact_versions().get("covisitation") is not None, timeout=10)
     finally:
         rt.close()
+
+
+def test_only_one_offline_run_at_a_time(tmp_path: Path, catalog: Catalog) -> None:
+    from tastemaker.offline.scheduler import OfflineBusyError, _exclusive
+
+    config = make_config(tmp_path, catalog)
+    root = Path(config.offline.artifacts_path)
+    with _exclusive(root), pytest.raises(OfflineBusyError, match=r"offline\.lock"):
+        run_offline(config, None, catalog)
+    run_offline(config, None, catalog)  # free again

@@ -8,11 +8,14 @@ the next interval tries again; the serving path never waits for it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config
@@ -22,7 +25,7 @@ from tastemaker.offline.artifacts import ArtifactStore, Version
 from tastemaker.offline.jobs import JOBS, JobContext, run_jobs
 from tastemaker.offline.lake import Archiver, ArchiveResult, Lake
 
-__all__ = ["OfflineRun", "Scheduler", "run_offline"]
+__all__ = ["OfflineBusyError", "OfflineRun", "Scheduler", "run_offline"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,29 @@ class OfflineRun:
     versions: dict[str, Version | None]
 
 
+class OfflineBusyError(RuntimeError):
+    """Another archiver/jobs run holds the lock (cron and the in-process scheduler at once)."""
+
+
+@contextlib.contextmanager
+def _exclusive(artifacts_root: Path) -> Iterator[None]:
+    """One offline run at a time per artifacts directory: two would race on the lake's files
+    and on version numbers. An advisory lock on a file; released when the process dies."""
+    state = artifacts_root / ".state"
+    state.mkdir(parents=True, exist_ok=True)
+    with (state / "offline.lock").open("a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise OfflineBusyError(
+                f"another archiver/jobs run holds {state / 'offline.lock'}; try again later"
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def run_offline(
     config: Config,
     log_: EventLog | None,
@@ -43,7 +69,20 @@ def run_offline(
     *,
     archive: bool = True,
 ) -> OfflineRun:
-    """Archive (if `archive` and a log is given), compact, expire, then run the jobs."""
+    """Archive (if `archive` and a log is given), compact, expire, then run the jobs; raises
+    `OfflineBusyError` while another run holds the lock."""
+    with _exclusive(Path(config.offline.artifacts_path)):
+        return _run_offline(config, log_, catalog, names, archive=archive)
+
+
+def _run_offline(
+    config: Config,
+    log_: EventLog | None,
+    catalog: Catalog | None,
+    names: Sequence[str],
+    *,
+    archive: bool,
+) -> OfflineRun:
     o = config.offline
     lake = Lake(o.lake_url)
     archived = None
@@ -75,6 +114,8 @@ class Scheduler:
         while not self._stop.wait(self.config.offline.schedule_interval_s):
             try:
                 self.last = run_offline(self.config, self.log, self.catalog())
+            except OfflineBusyError as exc:
+                log.info("offline run skipped: %s", exc)
             except Exception:
                 log.exception("offline run failed; trying again next interval")
                 METRICS.jobs_runs.labels("all", "failed").inc()
