@@ -442,9 +442,6 @@ def segments_job(ctx: JobContext) -> Version | None:
         top_score += (
             (totals[s, best] / max(totals[s, best[0]], 1e-12)).tolist() if best.size else []
         )
-    new = NewEvents(
-        parent, pa.table({"ts": pa.array([], pa.float64())}), 0, source.manifest.watermark
-    )
 
     def write(out: Path) -> dict[str, Any]:
         pq.write_table(
@@ -465,7 +462,7 @@ def segments_job(ctx: JobContext) -> Version | None:
         "segments",
         write,
         parent=None if parent is None else parent.manifest.version,
-        watermark=new.watermark,
+        watermark=source.manifest.watermark,  # it is as new as the embeddings it read
         data_from_offset=parent.manifest.watermark if parent else 0,
         events_read=0,
         min_ts=None,
