@@ -136,6 +136,7 @@ class ServingConfig(_Section, frozen=True):
     rate_limit_rps: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     rate_limit_burst: PositiveInt = 100
     api_key_rps: dict[str, float] = msgspec.field(default_factory=dict)
+    rate_limit_url: str | None = None
     global_cache_s: Positive = 1.0
 
 

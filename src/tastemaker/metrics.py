@@ -113,6 +113,11 @@ class Metrics:
         self.catalog_items = Gauge(
             "tastemaker_catalog_items", "Active items in this process's catalog.", registry=r
         )
+        self.rate_limit_errors = Counter(
+            "tastemaker_rate_limit_errors",
+            "Requests let through because the shared rate limiter could not be reached.",
+            registry=r,
+        )
         self.recommendations = Counter(
             "tastemaker_recommendations", "Recommend calls by path taken.", ["path"], registry=r
         )

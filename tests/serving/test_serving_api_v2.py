@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tastemaker.retrieval import Candidates, RetrievalContext
 from tastemaker.serving.api import build_app
 from tastemaker.serving.pipeline import RecommendPipeline, Request
 from tastemaker.serving.runtime import Runtime
+from tastemaker.testing.servers import free_port
 from tests.conftest import event, make_config
 
 
@@ -233,3 +235,23 @@ def test_request_context_reaches_the_features(warm: Runtime, shop: Shop) -> None
     assert (x[:, FEATURE_NAMES.index("device_mobile")] == 1.0).all()
     assert x[0, FEATURE_NAMES.index("hour_sin")] == pytest.approx(1.0)
     assert x[0, FEATURE_NAMES.index("hour_cos")] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_shared_rate_limit_holds_across_processes(redis_url: str) -> None:
+    from tastemaker.serving.ratelimit_redis import RedisRateLimiter
+
+    prefix = f"rl-{uuid.uuid4().hex[:8]}:"
+    a = RedisRateLimiter(redis_url, 0.5, 3, {"vip": 1000.0}, prefix=prefix)
+    b = RedisRateLimiter(redis_url, 0.5, 3, {"vip": 1000.0}, prefix=prefix)  # another worker
+    try:
+        waits = [lim.acquire("k") for lim in (a, b, a, b, a)]
+        assert waits[:3] == [0.0, 0.0, 0.0]  # the burst, shared
+        assert 1.0 <= waits[3] <= 2.1  # then one token every 2 s
+        assert a.acquire("vip") == 0.0  # every key has its own bucket
+    finally:
+        a.close()
+        b.close()
+    # An unreachable limiter lets requests through rather than failing them.
+    down = RedisRateLimiter(f"redis://127.0.0.1:{free_port()}/0", 0.5, 1)
+    assert down.acquire("k") == 0.0
+    down.close()

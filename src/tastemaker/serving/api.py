@@ -26,6 +26,7 @@ from tastemaker.serving.ingest import BackpressureError
 from tastemaker.serving.openapi import openapi_document
 from tastemaker.serving.pipeline import Request as PipelineRequest
 from tastemaker.serving.ratelimit import RateLimiter, retry_after
+from tastemaker.serving.ratelimit_redis import RedisRateLimiter
 from tastemaker.serving.runtime import ItemsError, Runtime
 from tastemaker.serving.schemas import (
     Accepted,
@@ -122,7 +123,11 @@ def build_app(runtime: Runtime) -> Starlette:
         return _json(Accepted(accepted), 202)
 
     s = runtime.config.serving
-    limiter = RateLimiter(s.rate_limit_rps, s.rate_limit_burst, s.api_key_rps)
+    limiter: RateLimiter | RedisRateLimiter = (
+        RateLimiter(s.rate_limit_rps, s.rate_limit_burst, s.api_key_rps)
+        if s.rate_limit_url is None
+        else RedisRateLimiter(s.rate_limit_url, s.rate_limit_rps, s.rate_limit_burst, s.api_key_rps)
+    )
 
     def limited(request: Request) -> Response | None:
         """429 when the request's API key (`X-API-Key`, else "anonymous") is over its rate."""

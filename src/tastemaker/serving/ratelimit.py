@@ -3,7 +3,8 @@
 Written here rather than taken from a library: it is a dozen lines over a dict, on the hot
 path, and the ASGI rate-limit packages either need a Redis round trip per request or do not
 let each key have its own rate. The limit is per process: with `--workers N` each worker
-allows `rate` per key, so set `rate_limit_rps` to the total divided by N.
+allows `rate` per key, so set `rate_limit_rps` to the total divided by N, or set
+`serving.rate_limit_url` for one limit shared by every process (`ratelimit_redis.py`).
 """
 
 from __future__ import annotations

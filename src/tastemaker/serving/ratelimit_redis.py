@@ -1,0 +1,82 @@
+"""Per-API-key rate limits shared by every API process, on a Redis server.
+
+The same token bucket as `RateLimiter`, kept in one hash per key (`<prefix>{rl:<key>}`) and
+updated by a Lua script, so N workers on M machines share one limit per key. The server's
+clock is used (`TIME`), so the processes' clocks do not matter. If the server cannot be
+reached the limiter lets the request through (it is a guard against abuse, not a reason to
+fail requests) and counts it in `tastemaker_rate_limit_errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+
+from tastemaker.metrics import METRICS
+
+__all__ = ["RedisRateLimiter"]
+
+log = logging.getLogger(__name__)
+
+# KEYS[1] bucket; ARGV rate, burst. Returns 0 (go ahead) or the milliseconds to wait.
+_SCRIPT = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1]) or burst
+local last = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + (now - last) * rate)
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = math.ceil((1 - tokens) / rate * 1000)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return wait
+"""
+
+
+class RedisRateLimiter:
+    def __init__(
+        self,
+        url: str,
+        rate: float,
+        burst: int,
+        per_key: dict[str, float] | None = None,
+        *,
+        prefix: str = "",
+        timeout_s: float = 0.05,
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.per_key = dict(per_key or {})
+        self.prefix = prefix
+        self._client: Any = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        self._script = self._client.register_script(_SCRIPT)
+
+    def enabled(self) -> bool:
+        return self.rate > 0 or bool(self.per_key)
+
+    def acquire(self, key: str) -> float:
+        """0 if the request may go ahead, else the seconds until a token is available."""
+        rate = self.per_key.get(key, self.rate)
+        if rate <= 0:
+            return 0.0
+        try:
+            wait_ms = self._script(keys=[f"{self.prefix}{{rl:{key}}}"], args=[rate, self.burst])
+        except redis.RedisError:
+            log.warning("rate limiter unreachable; letting the request through", exc_info=True)
+            METRICS.rate_limit_errors.inc()
+            return 0.0
+        return float(wait_ms) / 1000.0
+
+    def close(self) -> None:
+        self._client.close()
