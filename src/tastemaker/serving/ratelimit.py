@@ -13,23 +13,33 @@ import math
 import threading
 import time
 
-__all__ = ["RateLimiter"]
+__all__ = ["Limits", "RateLimiter", "retry_after"]
 
 
-class RateLimiter:
+class Limits:
+    """The limits of every key: `rate` requests/s with bursts of `burst`, or its own rate."""
+
     def __init__(self, rate: float, burst: int, per_key: dict[str, float] | None = None) -> None:
         self.rate = rate
         self.burst = float(burst)
         self.per_key = dict(per_key or {})
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill)
-        self._lock = threading.Lock()
 
     def enabled(self) -> bool:
         return self.rate > 0 or bool(self.per_key)
 
+    def rate_of(self, key: str) -> float:
+        return self.per_key.get(key, self.rate)
+
+
+class RateLimiter(Limits):
+    def __init__(self, rate: float, burst: int, per_key: dict[str, float] | None = None) -> None:
+        super().__init__(rate, burst, per_key)
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill)
+        self._lock = threading.Lock()
+
     def acquire(self, key: str) -> float:
         """0 if the request may go ahead, else the seconds until a token is available."""
-        rate = self.per_key.get(key, self.rate)
+        rate = self.rate_of(key)
         if rate <= 0:
             return 0.0
         now = time.monotonic()

@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from tastemaker.metrics import METRICS
+from tastemaker.serving.ratelimit import Limits
 
 __all__ = ["RedisRateLimiter"]
 
@@ -42,7 +43,7 @@ return wait
 """
 
 
-class RedisRateLimiter:
+class RedisRateLimiter(Limits):
     def __init__(
         self,
         url: str,
@@ -53,21 +54,16 @@ class RedisRateLimiter:
         prefix: str = "",
         timeout_s: float = 0.05,
     ) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.per_key = dict(per_key or {})
+        super().__init__(rate, burst, per_key)
         self.prefix = prefix
         self._client: Any = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
         self._script = self._client.register_script(_SCRIPT)
 
-    def enabled(self) -> bool:
-        return self.rate > 0 or bool(self.per_key)
-
     def acquire(self, key: str) -> float:
         """0 if the request may go ahead, else the seconds until a token is available."""
-        rate = self.per_key.get(key, self.rate)
+        rate = self.rate_of(key)
         if rate <= 0:
             return 0.0
         try:
