@@ -123,17 +123,20 @@ class LastN(_Base, frozen=True, tag="last_n"):
     types: list[EventType] = msgspec.field(default_factory=lambda: list(ENGAGED))
 
     def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
-        items: list[str] = list(state or [])
-        changed = False
-        for f in facts:
+        # The new values by their latest occurrence (newest first), then the stored ones not
+        # seen again, in their order: the same list as moving each value to the front in
+        # turn, in one pass with set lookups instead of list scans.
+        newest: dict[str, None] = {}
+        for f in reversed(facts):
             key = _attr(f, self.field)
-            if key is None or f.type not in self.types:
-                continue
-            if key in items:
-                items.remove(key)
-            items.insert(0, key)
-            changed = True
-        return items[: self.n] if changed else state
+            if key is not None and f.type in self.types and key not in newest:
+                newest[key] = None
+        if not newest:
+            return state
+        items = list(newest)
+        if len(items) < self.n:
+            items.extend(x for x in (state or ()) if x not in newest)
+        return items[: self.n]
 
 
 class LastValue(_Base, frozen=True, tag="last_value"):
@@ -268,13 +271,17 @@ class DistinctCount(_Base, frozen=True, tag="distinct_count"):
     max_values: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
 
     def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
+        keys = [
+            k for f in facts if f.type in self.types and (k := _attr(f, self.field)) is not None
+        ]
+        if not keys:
+            return state
         seen: list[str] = list(state["seen"]) if state else []
         known = set(seen)
         n = int(state["n"]) if state else 0
         changed = False
-        for f in facts:
-            key = _attr(f, self.field)
-            if key is None or f.type not in self.types or key in known:
+        for key in keys:
+            if key in known:
                 continue
             n += 1
             changed = True
