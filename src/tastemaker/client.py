@@ -84,23 +84,23 @@ def _outcome(call: Call[T], status: int, headers: httpx2.Headers, content: bytes
             return _Retry(float(headers.get("retry-after", "1")))
         except ValueError:
             return _Retry(1.0)
-    try:
-        body: ErrorBody | None = _errors.decode(content)
-    except msgspec.DecodeError:
-        body = None
-    raise ApiError(status, body, content.decode(errors="replace"))
+    raise _error(status, content)
 
 
 def _final(call: Call[T], status: int, headers: httpx2.Headers, content: bytes) -> T:
     """After the last retry a 429/503 is an error like any other."""
     result = _outcome(call, status, headers, content)
     if isinstance(result, _Retry):
-        try:
-            body: ErrorBody | None = _errors.decode(content)
-        except msgspec.DecodeError:
-            body = None
-        raise ApiError(status, body, content.decode(errors="replace"))
+        raise _error(status, content)
     return result
+
+
+def _error(status: int, content: bytes) -> ApiError:
+    try:
+        body: ErrorBody | None = _errors.decode(content)
+    except msgspec.DecodeError:
+        body = None
+    return ApiError(status, body, content.decode(errors="replace"))
 
 
 class RecommendOptions(TypedDict, total=False):

@@ -35,6 +35,7 @@ from tastemaker.catalog import Catalog
 from tastemaker.config import Config, local_config
 from tastemaker.events import Event
 from tastemaker.features.aggregations import DEFAULT_WEIGHTS
+from tastemaker.offline.metrics import ndcg_at
 
 __all__ = ["EvalError", "Split", "evaluate", "ranking_metrics", "split_by_time"]
 
@@ -86,15 +87,13 @@ def split_by_time(events: Sequence[Event], train_share: float = 0.8) -> Split:
 def ranking_metrics(recs: dict[str, list[str]], split: Split, n_items: int) -> dict[str, float]:
     """NDCG@10, Recall@20, HR@10, MRR (over the 20-item list) and catalog coverage (share
     of items in at least one top-10), averaged over test users."""
-    disc = 1.0 / np.log2(np.arange(2, K_LIST + 2))
     ndcg, recall, hr, mrr = [], [], [], []
     shown: set[str] = set()
     for user, (_, relevant) in split.test.items():
         items = recs.get(user, [])[:K_LIST]
         hits = np.array([i in relevant for i in items], bool)
         shown.update(items[:K_NDCG])
-        ideal = disc[: min(len(relevant), K_NDCG)].sum()
-        ndcg.append(float(hits[:K_NDCG] @ disc[: min(K_NDCG, hits.size)]) / ideal)
+        ndcg.append(ndcg_at(hits, len(relevant), K_NDCG))
         recall.append(float(hits[:K_RECALL].sum()) / len(relevant))
         hr.append(float(hits[:K_NDCG].any()))
         first = np.flatnonzero(hits)
@@ -138,9 +137,8 @@ def _matrix(split: Split, catalog: Catalog) -> Matrix:
         (np.ones(int(ok.sum()), np.float32), (u[ok], rows[ok])),
         shape=(len(users), len(catalog)),
     )
-    x.data[:] = 1.0  # duplicates summed above: back to binary
     x.sum_duplicates()
-    x.data[:] = 1.0
+    x.data[:] = 1.0  # a user's repeated engagements with an item count once
     ts = np.fromiter((e.ts for e in pos), np.float64, len(pos))
     last = np.full(len(catalog), -np.inf)
     np.maximum.at(last, rows[ok], ts[ok])

@@ -11,7 +11,6 @@ the log is a sample, not a ledger.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import threading
 import time
@@ -24,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tastemaker.features.aggregations import DEFAULT_WEIGHTS
-from tastemaker.offline.lake import Lake
+from tastemaker.offline.lake import Lake, day_of
 from tastemaker.offline.training import TrainingSet
 from tastemaker.ranking import FEATURE_NAMES
 
@@ -109,15 +108,12 @@ class FeatureLogger:
         for j, name in enumerate(FEATURE_NAMES):
             columns[name] = pa.array(x[:, j], pa.float32())
         table = pa.table(columns)
-        day = dt.datetime.fromtimestamp(batches[0].ts, dt.UTC).strftime("%Y-%m-%d")
-        directory = f"{self.lake.root}/features/day={day}"
-        self.lake.fs.makedirs(directory, exist_ok=True)
-        name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = f"{directory}/.tmp-{name}"
-        with self.lake.fs.open(tmp, "wb") as f:
-            pq.write_table(table, f, compression="zstd")
-        self.lake.fs.mv(tmp, f"{directory}/{name}")
-        return len(item_ids_of(batches))
+        self.lake.write_file(
+            table,
+            f"{self.lake.root}/features/day={day_of(batches[0].ts)}",
+            f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet",
+        )
+        return int(table.num_rows)
 
     def _loop(self, interval: float) -> None:
         while not self._stop.wait(interval):

@@ -228,11 +228,7 @@ def covisitation_job(ctx: JobContext) -> Version | None:
     summed = np.bincount(inverse, weights=counts, minlength=keys.size)
     pair_a, pair_b = keys // n_items, keys % n_items
     # The new tail: each user's last `window` items.
-    last = np.r_[u[1:] != u[:-1], True] if u.size else np.zeros(0, bool)
-    ends = np.flatnonzero(last)
-    starts = np.r_[0, ends[:-1] + 1] if ends.size else ends
-    from_end = np.repeat(ends, ends - starts + 1) - np.arange(u.size) if u.size else u
-    in_tail = from_end < window
+    in_tail = rank_within(u[::-1])[::-1] < window  # each user's last `window` items
     ids = [""] * n_items
     for k, v in vocab.items():
         ids[v] = k

@@ -58,7 +58,8 @@ class LakeError(RuntimeError):
     """The lake could not be read or written; the message names the path."""
 
 
-def _day(ts: float) -> str:
+def day_of(ts: float) -> str:
+    """The UTC day partition of an event time, `YYYY-MM-DD`."""
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d")
 
 
@@ -132,17 +133,21 @@ class Lake:
 
     # -- writing --------------------------------------------------------------------------
 
-    def _write(self, table: pa.Table, day: str, first: int, last: int) -> str:
-        """Write one file atomically: a temporary name, then a rename (a reader never sees a
-        half-written file; on object stores the upload itself is atomic)."""
-        directory = f"{self.events_dir}/day={day}"
+    def write_file(self, table: pa.Table, directory: str, name: str) -> str:
+        """Write one Parquet file atomically: a temporary name, then a rename (a reader never
+        sees a half-written file; on object stores the upload itself is atomic)."""
         self.fs.makedirs(directory, exist_ok=True)
-        final = f"{directory}/part-{first:012d}-{last:012d}.parquet"
+        final = f"{directory}/{name}"
         tmp = f"{directory}/.tmp-{uuid.uuid4().hex}.parquet"
         with self.fs.open(tmp, "wb") as f:
             pq.write_table(table, f, compression="zstd")
         self.fs.mv(tmp, final)
         return final
+
+    def _write(self, table: pa.Table, day: str, first: int, last: int) -> str:
+        return self.write_file(
+            table, f"{self.events_dir}/day={day}", f"part-{first:012d}-{last:012d}.parquet"
+        )
 
     def append(
         self, records: Sequence[LogRecord], first: int | None = None, last: int | None = None
@@ -154,7 +159,7 @@ class Lake:
         table = events_table(records)
         first = records[0].offset if first is None else first
         last = records[-1].offset if last is None else last
-        days = np.array([_day(r.event.ts) for r in records])
+        days = np.array([day_of(r.event.ts) for r in records])
         written = []
         for d in np.unique(days).tolist():
             part = table.filter(pa.array(days == d))
@@ -208,7 +213,7 @@ class Lake:
         """Remove day partitions older than `retention_days` before `now` (0: none)."""
         if retention_days <= 0:
             return []
-        cutoff = _day(now - retention_days * 86400.0)
+        cutoff = day_of(now - retention_days * 86400.0)
         gone = [d for d in self.days() if d < cutoff]
         for d in gone:
             self.fs.rm(f"{self.events_dir}/day={d}", recursive=True)
@@ -330,7 +335,7 @@ class Archiver:
             if r.event.event_id not in seen:
                 seen.add(r.event.event_id)
                 out.append(r)
-                known.setdefault(_day(r.event.ts), set()).add(r.event.event_id)
+                known.setdefault(day_of(r.event.ts), set()).add(r.event.event_id)
         return out
 
     def run_once(self, batch_size: int = 50_000) -> ArchiveResult:

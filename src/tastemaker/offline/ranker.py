@@ -34,6 +34,7 @@ from tastemaker.features.layout import PROFILE
 from tastemaker.offline.artifacts import Version
 from tastemaker.offline.jobs import JobContext, JobError, NewEvents, _publish
 from tastemaker.offline.lake import table_to_events
+from tastemaker.offline.metrics import ndcg_at
 from tastemaker.offline.models import MODEL_ARTIFACTS, load_models
 from tastemaker.offline.training import Replay, TrainingSet, replay_queries
 from tastemaker.ranking import FEATURE_NAMES
@@ -145,13 +146,11 @@ def _lgb_params(config: Config) -> dict[str, Any]:
 
 def _ndcg10(scores: npt.NDArray[np.float32], data: TrainingSet) -> float:
     out, start = [], 0
-    disc = 1.0 / np.log2(np.arange(2, 12))
     for g in data.group.tolist():
         y, s = data.y[start : start + g], scores[start : start + g]
         start += g
-        top = np.argsort(-s, kind="stable")[:10]
-        ideal = disc[: min(int((y > 0).sum()), 10)].sum()
-        out.append(float((y[top] > 0) @ disc[: top.size]) / ideal if ideal > 0 else 0.0)
+        order = np.argsort(-s, kind="stable")
+        out.append(ndcg_at(y[order] > 0, int((y > 0).sum())))
     return float(np.mean(out)) if out else 0.0
 
 

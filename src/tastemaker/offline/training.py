@@ -28,14 +28,14 @@ from tastemaker.events import Event
 from tastemaker.features.layout import OFFSETS, default_families, offsets_row
 from tastemaker.log import LogRecord
 from tastemaker.ranking import FEATURE_NAMES
-from tastemaker.retrieval import CandidateSet, ModelHolder, RetrievalContext
+from tastemaker.retrieval import ModelHolder, RetrievalContext, with_rows
 from tastemaker.serving.pipeline import RecommendPipeline
 from tastemaker.store import Cell, Mutation, open_store
 from tastemaker.stream.processor import StreamProcessor
 
 T = TypeVar("T")
 
-__all__ = ["Label", "Replay", "TrainingSet", "point_in_time_features", "with_rows"]
+__all__ = ["Label", "Replay", "TrainingSet", "point_in_time_features"]
 
 _REPLAY_GROUP = "replay"
 
@@ -90,18 +90,6 @@ class TrainingSet:
         return TrainingSet(
             self.x[start:], self.y[start:], self.group[first_query:], self.query_ts[first_query:]
         )
-
-
-def with_rows(cands: CandidateSet, rows: npt.NDArray[np.int64]) -> CandidateSet:
-    """The candidate set plus `rows` no retriever proposed (all their scores 0)."""
-    extra = np.setdiff1d(rows, cands.rows)
-    if extra.size == 0:
-        return cands
-    all_rows = np.concatenate([cands.rows, extra])
-    order = np.argsort(all_rows, kind="stable")
-    scores = np.concatenate([cands.scores, np.zeros((extra.size, len(cands.names)), np.float32)])
-    sources = np.concatenate([cands.sources, np.zeros(extra.size, np.uint32)])
-    return CandidateSet(all_rows[order], scores[order], sources[order], cands.names)
 
 
 class Replay:

@@ -117,6 +117,11 @@ def diversify(
     finite = np.flatnonzero(np.isfinite(scores))
     if finite.size == 0:
         return finite.astype(np.int64)
+    if max_per_category <= 0 and mmr_lambda >= 1.0 and finite.size > n:
+        # No diversity: only the best n (and any tied with the n-th, so ties break by row
+        # as in a full stable sort) need sorting.
+        nth = -np.partition(-scores[finite], n - 1)[n - 1]
+        finite = finite[scores[finite] >= nth]
     order = finite[np.argsort(-scores[finite], kind="stable")].astype(np.int64)
     if max_per_category > 0:
         order = _category_cap(order, catalog.category[rows], max_per_category)

@@ -7,6 +7,7 @@ from tastemaker.retrieval.base import (
     RetrievalContext,
     Retriever,
     merge,
+    with_rows,
 )
 from tastemaker.retrieval.batch import (
     BatchModels,
@@ -39,4 +40,5 @@ __all__ = [
     "SegmentRetriever",
     "merge",
     "popular_candidates",
+    "with_rows",
 ]

@@ -12,7 +12,7 @@ import numpy.typing as npt
 from tastemaker.catalog import Catalog
 from tastemaker.store import Cell, RowData
 
-__all__ = ["CandidateSet", "Candidates", "RetrievalContext", "Retriever", "merge"]
+__all__ = ["CandidateSet", "Candidates", "RetrievalContext", "Retriever", "merge", "with_rows"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
@@ -82,3 +82,15 @@ def merge(names: Sequence[str], results: Sequence[Candidates]) -> CandidateSet:
     sources = np.zeros(rows.size, np.uint32)
     np.bitwise_or.at(sources, inverse, (np.uint32(1) << which.astype(np.uint32)))
     return CandidateSet(rows, scores, sources, list(names))
+
+
+def with_rows(cands: CandidateSet, rows: npt.NDArray[np.int64]) -> CandidateSet:
+    """The candidate set plus `rows` no retriever proposed (all their scores 0)."""
+    extra = np.setdiff1d(rows, cands.rows)
+    if extra.size == 0:
+        return cands
+    all_rows = np.concatenate([cands.rows, extra])
+    order = np.argsort(all_rows, kind="stable")
+    scores = np.concatenate([cands.scores, np.zeros((extra.size, len(cands.names)), np.float32)])
+    sources = np.concatenate([cands.sources, np.zeros(extra.size, np.uint32)])
+    return CandidateSet(all_rows[order], scores[order], sources[order], cands.names)

@@ -73,11 +73,12 @@ def top_k(
 
 
 def seed_rows(
-    ctx: RetrievalContext, max_seeds: int, recency: float
+    ctx: RetrievalContext, max_seeds: int, recency: float, known_below: int
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """The user's latest items (newest first) as catalog rows, with weights
     `1 / (1 + recency * rank)`: from `engaged_items` where declared (a longer history),
-    else `last_items`."""
+    else `last_items`. Only rows below `known_below` (the rows an artifact covers: items
+    added since it was built have no neighbours or vectors yet)."""
     profile = ctx.user.get(PROFILE, {})
     cell = profile.get("engaged_items") or profile.get("last_items")
     if cell is None:
@@ -85,7 +86,7 @@ def seed_rows(
     ids = list(cell.value)[:max_seeds]
     rows = ctx.catalog.rows(ids)
     weights = (1.0 / (1.0 + recency * np.arange(len(ids)))).astype(np.float32)
-    keep = rows >= 0
+    keep = (rows >= 0) & (rows < known_below)
     return rows[keep], weights[keep]
 
 
@@ -103,9 +104,7 @@ class ItemKnnRetriever:
         s = self.holder.models.neighbours
         if s is None or s.shape[0] > len(ctx.catalog):
             return Candidates.empty()
-        rows, w = seed_rows(ctx, self.max_seeds, self.recency)
-        known = rows < s.shape[0]  # items added since the artifact have no neighbours yet
-        rows, w = rows[known], w[known]
+        rows, w = seed_rows(ctx, self.max_seeds, self.recency, s.shape[0])
         if rows.size == 0:
             return Candidates.empty()
         # The seeds' rows of the CSR matrix, gathered and summed without building a matrix.
@@ -143,9 +142,7 @@ class EmbeddingRetriever:
         f = self.holder.models.item_factors
         if f is None or f.shape[0] > len(ctx.catalog):
             return Candidates.empty()
-        rows, w = seed_rows(ctx, self.max_seeds, self.recency)
-        known = rows < f.shape[0]
-        rows, w = rows[known], w[known]
+        rows, w = seed_rows(ctx, self.max_seeds, self.recency, f.shape[0])
         if rows.size == 0:
             return Candidates.empty()
         user = w @ f[rows]
