@@ -63,6 +63,7 @@ from tastemaker.retrieval import (
     Retriever,
     SegmentRetriever,
     merge,
+    with_rows,
 )
 from tastemaker.store import Cell, OnlineStore, RowData, StoreError
 
@@ -273,7 +274,7 @@ class RecommendPipeline:
         if clock.elapsed_ms() > s.budget_features_ms:
             METRICS.stage_overruns.labels("features").inc()
         key = self.cache.key(user_id, req)
-        version = _version(ctx.user)
+        version = _version(ctx.user) if key is not None else (0.0, 0)
         if key is not None:
             hit = self.cache.get(key, version)
             if hit is not None:
@@ -369,21 +370,22 @@ class RecommendPipeline:
         given: npt.NDArray[np.int64] | None = None,
     ) -> list[RecommendedItem]:
         """Retrieve (or take the `given` catalog rows), score, filter, diversify, explain."""
-        if given is None:
-            cands = self._retrieve(ctx, retrievers or self.retrievers, clock, fallbacks)
-        else:
-            names = [r.name for r, _ in self.retrievers]
-            cands = merge(names, [r.retrieve(ctx, k) for r, k in self.retrievers])
-            cands = _restrict(cands, given)
+        cands = self._retrieve(ctx, retrievers or self.retrievers, clock, fallbacks)
+        if given is not None:
+            # The client's items join the retrieved ones, so their features are scaled over
+            # the same candidate set as in `recommend` and in training (`point_in_time_features`);
+            # only they can be shown.
+            cands = with_rows(cands, given)
         if cands.rows.size == 0:
-            return [] if given is not None else self._catalog_order(req.n)
+            return self._catalog_order(req.n)
         at = time.time() if req.now is None else req.now
         x = self.features(ctx, cands, at)
         scores, scorer = self._score(x, clock, fallbacks)
         catalog = ctx.catalog
-        scores[
-            ~(filter_mask(catalog, cands.rows, req.filters) & catalog.active[cands.rows])
-        ] = -np.inf
+        keep = filter_mask(catalog, cands.rows, req.filters) & catalog.active[cands.rows]
+        if given is not None:
+            keep &= np.isin(cands.rows, given)
+        scores[~keep] = -np.inf
         if given is None:
             for column in self.excluded_columns:
                 cell = ctx.user.get(PROFILE, {}).get(column)
@@ -519,20 +521,6 @@ class RecommendPipeline:
     def _catalog_order(self, n: int) -> list[RecommendedItem]:
         """Before any event was processed there is no popularity: the catalog's first items."""
         return [RecommendedItem(str(i), 0.0, ["catalog"]) for i in self.catalog.ids[:n]]
-
-
-def _restrict(cands: CandidateSet, rows: npt.NDArray[np.int64]) -> CandidateSet:
-    """The candidate set over exactly `rows`: retriever scores where a retriever proposed the
-    row, 0 elsewhere."""
-    rows = np.unique(rows)
-    pos = np.searchsorted(cands.rows, rows)
-    found = (pos < cands.rows.size) & (cands.rows[np.minimum(pos, cands.rows.size - 1)] == rows)
-    scores = np.zeros((rows.size, len(cands.names)), np.float32)
-    sources = np.zeros(rows.size, np.uint32)
-    if cands.rows.size:
-        scores[found] = cands.scores[pos[found]]
-        sources[found] = cands.sources[pos[found]]
-    return CandidateSet(rows, scores, sources, cands.names)
 
 
 def _version(user: RowData) -> tuple[float, int]:
