@@ -6,8 +6,11 @@ Prints progress, then one JSON object as the last line:
 
     events_per_s_embedded   one processor, the demo shop's full declared feature set, the
                             embedded log and the LMDB store
-    events_per_s_redis      the same, online store on Redis (Valkey started here); the log
-                            is still the embedded one (the Redis Streams log is not built yet)
+    events_per_s_redis      the same on Redis (Valkey started here): the Redis Streams log
+                            (4 partitions, all owned by the one processor) and the Redis
+                            online store
+    events_per_s_redis_store_embedded_log
+                            the embedded log with the Redis store (the previous layout)
     freshness_p50_s, freshness_p99_s
                             `tastemaker serve` and `tastemaker stream` in their own
                             processes (the layout for load) while a load generator
@@ -37,7 +40,7 @@ import numpy as np
 from benchmarks.common import free_port, server
 from benchmarks.loadgen import run_load
 from tastemaker.catalog import save_catalog
-from tastemaker.config import Config, StoreConfig, dump_config, local_config
+from tastemaker.config import Config, LogConfig, StoreConfig, dump_config, local_config
 from tastemaker.data.synthetic import Shop, ShopSpec, generate_shop
 from tastemaker.events import Event
 from tastemaker.features.layout import PROFILE, user_row
@@ -45,17 +48,25 @@ from tastemaker.serving.runtime import Runtime
 from tastemaker.testing.servers import redis_server
 
 
-def _config(root: Path, store_url: str | None = None) -> Config:
+def _config(root: Path, store_url: str | None = None, log_url: str | None = None) -> Config:
     config = local_config(root, fsync="never")
-    if store_url is None:
-        return config
-    return msgspec.structs.replace(config, store=StoreConfig(url=store_url))
+    if store_url is not None:
+        config = msgspec.structs.replace(config, store=StoreConfig(url=store_url))
+    if log_url is not None:
+        config = msgspec.structs.replace(config, log=LogConfig(url=log_url))
+    return config
 
 
-def throughput(root: Path, shop: Shop, events: list[Event], store_url: str | None) -> float:
+def throughput(
+    root: Path,
+    shop: Shop,
+    events: list[Event],
+    store_url: str | None,
+    log_url: str | None = None,
+) -> float:
     root.mkdir(parents=True, exist_ok=True)
     save_catalog(shop.catalog(), root / "catalog.parquet")
-    rt = Runtime.from_config(_config(root, store_url))
+    rt = Runtime.from_config(_config(root, store_url, log_url))
     for i in range(0, len(events), 10_000):
         rt.log.append(events[i : i + 10_000])
     started = time.perf_counter()
@@ -186,8 +197,18 @@ def main() -> None:
         print(f"embedded: {result['events_per_s_embedded']:,} events/s", flush=True)
         result["duplicates_counted"] = duplicates_counted(root / "emb", events)
         with redis_server(root / "redis") as url:
-            result["events_per_s_redis"] = round(throughput(root / "red", shop, events, url))
-        print(f"redis store: {result['events_per_s_redis']:,} events/s", flush=True)
+            result["events_per_s_redis"] = round(
+                throughput(root / "red", shop, events, f"{url}?prefix=s:", f"{url}?partitions=4")
+            )
+            print(f"redis log + store: {result['events_per_s_redis']:,} events/s", flush=True)
+            result["events_per_s_redis_store_embedded_log"] = round(
+                throughput(root / "red2", shop, events, f"{url}?prefix=s2:")
+            )
+        print(
+            "embedded log + redis store: "
+            f"{result['events_per_s_redis_store_embedded_log']:,} events/s",
+            flush=True,
+        )
         load_shop = generate_shop(ShopSpec(n_users=users * 4, n_items=5_000, seed=11))
         load_events = [e for chunk in load_shop.events() for e in chunk]
         needed = int(args.rate * seconds * 1.1)

@@ -15,7 +15,7 @@ from tastemaker.config import CatalogConfig, Config, local_config
 from tastemaker.data.synthetic import Shop, ShopSpec, generate_shop
 from tastemaker.events import Event, EventType
 from tastemaker.serving.runtime import Runtime
-from tastemaker.testing.servers import redis_cluster, redis_server
+from tastemaker.testing.servers import kafka_broker, redis_cluster, redis_server
 
 T0 = 1_760_000_000.0
 
@@ -50,6 +50,14 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One real Redis-protocol server for the whole test session (see tests/servers.py)."""
     with redis_server(tmp_path_factory.mktemp("redis")) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def kafka_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real Kafka-protocol broker (Tansu, memory storage) for the whole test session;
+    `TASTEMAKER_TEST_KAFKA=HOST:PORT` points the tests at an existing one."""
+    with kafka_broker(tmp_path_factory.mktemp("kafka")) as servers:
+        yield servers
 
 
 @pytest.fixture(scope="session")

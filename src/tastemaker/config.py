@@ -62,6 +62,8 @@ class CatalogConfig(_Section, frozen=True):
 
 class StreamConfig(_Section, frozen=True):
     group: str = "features"
+    # This process's name in the consumer group; "" = `<hostname>-<pid>`.
+    member: str = ""
     batch_size: PositiveInt = 5000
     poll_interval_s: Positive = 0.2
     session_gap_s: Positive = 1800.0

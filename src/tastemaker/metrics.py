@@ -59,7 +59,10 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 30, 300, 3600, 86400),
         )
         self.lag_events = Gauge(
-            "tastemaker_stream_lag_events", "Events in the log not yet applied.", registry=r
+            "tastemaker_stream_lag_events",
+            "Events of each log partition not yet applied (committed) by the stream group.",
+            ["partition"],
+            registry=r,
         )
         self.request_seconds = Histogram(
             "tastemaker_request_seconds",

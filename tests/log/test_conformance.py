@@ -1,33 +1,97 @@
-"""The EventLog conformance suite, parametrized over every backend."""
+"""The EventLog conformance suite, parametrized over every backend: embedded (SQLite, one
+partition and three), Redis Streams (a Valkey server the tests start) and Kafka (a Tansu
+broker the tests start). Group sharing and takeover run on the backends that share
+partitions among processes (Redis Streams, Kafka); the embedded log gives every partition to
+its one stream process."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tastemaker.log import EventLog, open_log
-from tests.conftest import event
+from tastemaker.log import (
+    EventLog,
+    LogConsumer,
+    LogError,
+    LogRecord,
+    open_log,
+    partition_of,
+    total_lag,
+)
+from tests.conftest import event, wait_until
+
+BACKENDS = ["embedded", "embedded-3", "redis", "kafka"]
+SHARING = ["redis", "kafka"]
 
 
-@pytest.fixture(params=["embedded"])
+def _url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    name = uuid.uuid4().hex[:10]
+    if backend == "embedded":
+        return f"embedded://{tmp_path}/log"
+    if backend == "embedded-3":
+        return f"embedded://{tmp_path}/log?partitions=3"
+    if backend == "redis":
+        base = request.getfixturevalue("redis_url")
+        return f"{base}?partitions=3&prefix=t{name}&lease_s=2"
+    servers = request.getfixturevalue("kafka_servers")
+    return f"kafka://{servers}/t{name}?partitions=3"
+
+
+@pytest.fixture(params=BACKENDS)
 def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventLog]:
-    backend = open_log({"embedded": f"embedded://{tmp_path}/log"}[request.param])
+    backend = open_log(_url(request.param, request, tmp_path))
     yield backend
     backend.close()
 
 
-def test_append_returns_growing_offsets_and_read_returns_in_order(log: EventLog) -> None:
-    assert log.end_offset() == 0
-    first = log.append([event("a", "u", "i"), event("b", "u", "i")])
-    second = log.append([event("c", "u", "i")])
-    assert (first, second) == (2, 3)
-    records = log.read(0, 10)
-    assert [r.offset for r in records] == [1, 2, 3]
-    assert [r.event.event_id for r in records] == ["a", "b", "c"]
-    assert [r.event.event_id for r in log.read(1, 1)] == ["b"]
-    assert log.read(3, 10) == []
+def _read_all(log: EventLog, partition: int) -> list[LogRecord]:
+    return log.read(partition, 0, 10**6)
+
+
+def _drain(consumer: LogConsumer, want: int, timeout: float = 30.0) -> list[LogRecord]:
+    got: list[LogRecord] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        consumer.assignment()
+        got.extend(consumer.poll(100))
+    return got
+
+
+def test_a_users_events_stay_in_order_in_one_partition(log: EventLog) -> None:
+    users = [f"u{i}" for i in range(12)]
+    log.append([event(f"{u}-{k}", u, "i") for k in range(3) for u in users])
+    log.append([event(f"{u}-3", u, "i") for u in users])
+    seen: dict[str, list[str]] = {}
+    for p in range(log.partitions):
+        records = _read_all(log, p)
+        offsets = [r.offset for r in records]
+        assert offsets == sorted(set(offsets))
+        for r in records:
+            assert r.partition == p == partition_of(r.event.user_id, log.partitions)
+            seen.setdefault(r.event.user_id, []).append(r.event.event_id)
+    assert seen == {u: [f"{u}-{k}" for k in range(4)] for u in users}
+    if log.partitions > 1:  # twelve users spread over the partitions
+        assert sum(1 for p in range(log.partitions) if _read_all(log, p)) > 1
+
+
+def test_read_after_an_offset_and_a_limit(log: EventLog) -> None:
+    log.append([event(str(i), "u", "i") for i in range(5)])
+    p = partition_of("u", log.partitions)
+    records = _read_all(log, p)
+    assert [r.event.event_id for r in records] == ["0", "1", "2", "3", "4"]
+    second = log.read(p, records[0].offset, 2)
+    assert [r.event.event_id for r in second] == ["1", "2"]
+    assert log.read(p, records[-1].offset, 10) == []
+    assert log.end_offsets()[p] == records[-1].offset
+    assert set(log.end_offsets()) == set(range(log.partitions))
 
 
 def test_events_round_trip_unchanged(log: EventLog) -> None:
@@ -41,39 +105,159 @@ def test_events_round_trip_unchanged(log: EventLog) -> None:
         context={"device": "mobile", "region": "eu", "extra": {"ab": "b"}},
     )
     log.append([e])
-    assert log.read(0, 1)[0].event == e
+    assert _read_all(log, partition_of("u", log.partitions))[0].event == e
 
 
-def test_consumer_groups_commit_independently(log: EventLog) -> None:
+def test_groups_commit_independently_and_never_backwards(log: EventLog) -> None:
     log.append([event(str(i), "u", "i") for i in range(5)])
-    assert log.committed("g1") == 0
-    log.commit("g1", 3)
-    log.commit("g2", 1)
-    log.commit("g1", 2)  # a stale commit never moves a group backwards
-    assert (log.committed("g1"), log.committed("g2")) == (3, 1)
+    p = partition_of("u", log.partitions)
+    offsets = [r.offset for r in _read_all(log, p)]
+    assert log.committed("g1") == dict.fromkeys(range(log.partitions), 0)
+    assert total_lag(log, "g1") == 5
+    log.commit("g1", {p: offsets[2]})
+    log.commit("g2", {p: offsets[0]})
+    log.commit("g1", {p: offsets[1]})  # a stale commit never moves a group backwards
+    assert (log.committed("g1")[p], log.committed("g2")[p]) == (offsets[2], offsets[0])
+    assert log.lag("g1")[p] == 2
 
 
 def test_empty_append_writes_nothing(log: EventLog) -> None:
-    assert log.append([]) == 0
-    assert log.read(0, 10) == []
+    log.append([])
+    assert all(_read_all(log, p) == [] for p in range(log.partitions))
+    assert log.end_offsets() == dict.fromkeys(range(log.partitions), 0)
+
+
+def test_a_consumer_reads_every_partition_once_and_resumes_after_its_commits(
+    log: EventLog,
+) -> None:
+    log.append([event(f"e{i}", f"u{i % 7}", "i") for i in range(60)])
+    first = log.consumer("grp", "a")
+    got = _drain(first, 60)
+    assert Counter(r.event.event_id for r in got) == Counter(f"e{i}" for i in range(60))
+    for r in got:  # each poll is one partition's records, in order
+        assert r.partition == partition_of(r.event.user_id, log.partitions)
+    # Commit all but the last record of one partition, then leave.
+    last: dict[int, list[int]] = {}
+    for r in got:
+        last.setdefault(r.partition, []).append(r.offset)
+    held_back = next(iter(last))
+    for p, offsets in last.items():
+        first.commit(p, offsets[-2] if p == held_back else offsets[-1])
+    first.close()
+    assert total_lag(log, "grp") == 1
+    log.append([event("late", "u0", "i")])
+    again = log.consumer("grp", "b")
+    more = _drain(again, 2)
+    again.close()
+    held = [r for r in got if r.partition == held_back][-1].event.event_id
+    # The uncommitted record is read again, then the new one; nothing else.
+    assert sorted(r.event.event_id for r in more) == sorted([held, "late"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", SHARING)
+def test_members_share_the_partitions_and_take_over_a_dead_members_messages(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    url = _url(backend, request, tmp_path)
+    log = open_log(url)
+    log.append([event(f"e{i}", f"u{i % 11}", "i") for i in range(90)])
+    # Member `a` is a process of its own, killed with SIGKILL once it has read (and never
+    # committed) records of the partitions it owns: no goodbye, its leases or its group
+    # session simply stop being renewed.
+    a = subprocess.Popen(
+        [sys.executable, "-c", _MEMBER, url], stdout=subprocess.PIPE, text=True, bufsize=1
+    )
+    b = log.consumer("grp", "b")
+    read_by_b: list[LogRecord] = []
+    read_by_a: list[str] = []
+    uncommitted = 0  # records `b` could not commit (a rebalance under way): read again
+
+    def b_polls() -> None:
+        nonlocal uncommitted
+        records = b.poll(100)
+        read_by_b.extend(records)
+        if records:  # as the stream processor does, after applying them
+            try:
+                b.commit(records[0].partition, records[-1].offset)
+            except LogError:
+                uncommitted += len(records)
+
+    try:
+        assert a.stdout is not None
+        line = a.stdout.readline()  # the first record `a` read
+        assert line, "member a exited before reading anything"
+        read_by_a.append(line.strip())
+
+        def shared() -> bool:
+            b_polls()
+            return 0 < len(b.assignment()) < 3
+
+        wait_until(shared, timeout=40, interval=0.1)
+        a.send_signal(signal.SIGKILL)
+        a.wait()
+        read_by_a += [x.strip() for x in a.stdout.read().splitlines()]
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+        if a.stdout is not None:
+            a.stdout.close()
+    started = time.monotonic()
+
+    def b_owns_everything() -> bool:
+        b_polls()
+        return b.assignment() == {0, 1, 2}
+
+    wait_until(b_owns_everything, timeout=30, interval=0.1)
+    took = time.monotonic() - started
+    assert took < 10, f"takeover took {took:.1f} s"
+    deadline = time.monotonic() + 20
+    while len({r.event.event_id for r in read_by_b}) < 90 and time.monotonic() < deadline:
+        b.assignment()
+        b_polls()
+    # `b` read everything: its own partitions and all `a` had read without committing; twice
+    # only what it could not commit itself.
+    counts = Counter(r.event.event_id for r in read_by_b)
+    assert set(counts) == {f"e{i}" for i in range(90)}
+    assert sum(counts.values()) - 90 <= uncommitted
+    assert set(read_by_a) <= {f"e{i}" for i in range(90)}
+    b.close()
+    log.close()
+
+
+# A group member that prints the id of every record it reads and never commits.
+_MEMBER = """
+import sys
+from tastemaker.log import open_log
+consumer = open_log(sys.argv[1]).consumer("grp", "a")
+while True:
+    consumer.assignment()
+    for r in consumer.poll(100):
+        print(r.event.event_id, flush=True)
+"""
 
 
 def test_log_persists_across_reopen(tmp_path: Path) -> None:
     url = f"embedded://{tmp_path}/log?fsync=never"
     first = open_log(url)
     first.append([event("a", "u", "i")])
-    first.commit("g", 1)
+    first.commit("g", {0: 1})
     first.close()
     again = open_log(url)
-    assert [r.event.event_id for r in again.read(0, 10)] == ["a"]
-    assert again.committed("g") == 1
+    assert [r.event.event_id for r in again.read(0, 0, 10)] == ["a"]
+    assert again.committed("g") == {0: 1}
     again.close()
 
 
 def test_bad_urls_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unsupported event log URL"):
-        open_log(f"kafka://{tmp_path}")
+        open_log(f"s3://{tmp_path}")
     with pytest.raises(ValueError, match="fsync"):
         open_log(f"embedded://{tmp_path}?fsync=sometimes")
+    with pytest.raises(ValueError, match="partitions"):
+        open_log(f"embedded://{tmp_path}?partitions=0")
+    with pytest.raises(ValueError, match="no topic"):
+        open_log("kafka://127.0.0.1:9092")
     with pytest.raises(ValueError, match="no scheme"):
         open_log(str(tmp_path))

@@ -78,7 +78,7 @@ def test_acknowledged_events_survive_sigkill(tmp_path: Path, catalog: Catalog) -
         if server.poll() is None:
             server.kill()
     log = open_log(make_config(tmp_path).log.url)
-    stored = {r.event.event_id for r in log.read(0, 10**7)}
+    stored = {r.event.event_id for r in log.read(0, 0, 10**7)}
     log.close()
     missing = set(acked) - stored
     assert len(acked) >= 2000

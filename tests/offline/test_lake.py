@@ -72,7 +72,7 @@ def test_a_batch_cut_short_is_written_again_without_duplicates(
     log.append(
         [event(f"n{i}", "u1", "i1", EventType.CLICK, T0 + (100 + i) * 3600) for i in range(30)]
     )
-    records = log.read(40, 20)
+    records = log.read(0, 40, 20)
     lake.append(records[:10])
     assert lake.watermark() == 50
     result = Archiver(log, lake).run_once(batch_size=15)

@@ -176,7 +176,7 @@ def test_the_in_process_scheduler_archives_and_runs_the_jobs(
         scheduler = rt.scheduler
         assert scheduler is not None
         wait_until(lambda: scheduler.last is not None, timeout=60)
-        assert Lake(config.offline.lake_url).watermark() == rt.log.end_offset()
+        assert Lake(config.offline.lake_url).watermark() == rt.log.end_offsets()[0]
         wait_until(lambda: rt.artifact_versions().get("covisitation") is not None, timeout=10)
     finally:
         rt.close()

@@ -39,7 +39,7 @@ def test_post_events_accepts_and_appends(
     r = client.post("/v1/events", json={"events": [ev(1, catalog.ids[0]), ev(2, catalog.ids[1])]})
     assert r.status_code == 202
     assert r.json() == {"accepted": 2}
-    assert runtime.log.end_offset() == 2
+    assert runtime.log.end_offsets()[0] == 2
 
 
 def test_a_bad_batch_is_refused_whole_and_names_each_problem(
@@ -55,7 +55,7 @@ def test_a_bad_batch_is_refused_whole_and_names_each_problem(
     body = r.json()
     assert body["error"] == "invalid_batch"
     assert [(p["index"], p["field"]) for p in body["problems"]] == [(1, "type"), (2, "ts")]
-    assert runtime.log.end_offset() == 0  # nothing of the batch was written
+    assert runtime.log.end_offsets()[0] == 0  # nothing of the batch was written
 
 
 @pytest.mark.parametrize(
@@ -114,7 +114,7 @@ def test_a_failing_log_answers_503_and_writes_nothing(tmp_path: Path, catalog: C
         other_writer.close()
     assert r.status_code == 503
     assert r.json()["error"] == "log_unavailable"
-    assert runtime.log.end_offset() == 0
+    assert runtime.log.end_offsets()[0] == 0
     runtime.close()
 
 
@@ -135,7 +135,7 @@ def test_backpressure_answers_429_with_retry_after_and_drops_nothing(
         assert (first.status_code, second.status_code, refused.status_code) == (202, 202, 429)
         assert refused.headers["Retry-After"] == "3"
         assert refused.json()["error"] == "backpressure"
-        assert runtime.log.end_offset() == 13  # the refused batch was not written
+        assert runtime.log.end_offsets()[0] == 13  # the refused batch was not written
         assert runtime.processor.drain() == 13  # every accepted event is applied
         again = client.post("/v1/events", json={"events": [ev(99, catalog.ids[0])]})
         assert again.status_code == 202

@@ -109,7 +109,7 @@ def _batch(config: Config, size: int) -> Any:
 def _committed(config: Config) -> int:
     log = open_log(config.log.url)
     try:
-        return log.committed(config.stream.group)
+        return sum(log.committed(config.stream.group).values())
     finally:
         log.close()
 

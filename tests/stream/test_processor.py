@@ -103,7 +103,7 @@ def test_restart_resumes_from_the_committed_offset(runtime: Runtime, shop: Shop)
     events = shop_events(shop, 400)
     runtime.ingestor.ingest(events[:200])
     runtime.processor.drain()
-    assert runtime.log.committed(runtime.config.stream.group) == 200
+    assert runtime.log.committed(runtime.config.stream.group) == {0: 200}
     restarted = Runtime(runtime.config, runtime.catalog)
     try:
         assert restarted.processor.position == 200
@@ -156,7 +156,7 @@ def test_the_stored_position_prevents_replays_beyond_the_dedup_window(
     time.sleep(0.01)
     again = Runtime(config, catalog)
     try:
-        assert again.log.committed(config.stream.group) == 0  # the log never heard of it
+        assert again.log.committed(config.stream.group) == {0: 0}  # the log never heard of it
         assert again.processor.position == 3
         assert again.processor.drain() == 0
         assert again.pipeline.user_features("u1")[PROFILE]["counts"].value == {"click": 3}

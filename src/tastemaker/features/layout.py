@@ -6,7 +6,12 @@ features: they are the store's idempotency keys (`OnlineStore.write(..., seen=..
 
 from __future__ import annotations
 
-from tastemaker.store import FamilySpec
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from tastemaker.store import Cell, FamilySpec
 
 __all__ = [
     "COVIS",
@@ -18,7 +23,10 @@ __all__ = [
     "STATS",
     "default_families",
     "item_row",
+    "merge_shards",
     "offsets_row",
+    "shard_column",
+    "shard_of",
     "user_row",
 ]
 
@@ -56,3 +64,58 @@ def default_families(
         FamilySpec(POPULAR, None),
         FamilySpec(OFFSETS, None),
     ]
+
+
+def shard_column(name: str, partition: int, partitions: int) -> str:
+    """The column a log partition's stream writes an item-level aggregate to.
+
+    Each partition of the log has one stream reader at a time, which owns the partition's
+    share of the item-level aggregates (popularity, co-visitation, top lists): `name#<p>`.
+    Readers merge the shares (`merge_shards`). A one-partition log writes `name` itself."""
+    return name if partitions == 1 else f"{name}#{partition}"
+
+
+def shard_of(column: str) -> tuple[str, int | None]:
+    """`name#3` -> (`name`, 3); `name` -> (`name`, None)."""
+    base, sep, p = column.rpartition("#")
+    if sep and p.isdigit():
+        return base, int(p)
+    return column, None
+
+
+def merge_shards(cells: Mapping[str, Cell]) -> Mapping[str, Cell]:
+    """Merge the per-partition shares of item-level columns into one column each: top lists
+    `[ids, log scores]` by log-sum-exp per item (the longest share's length kept), neighbour
+    maps `{item: weight}` by adding weights. Columns without shares pass through."""
+    if not any("#" in c for c in cells):
+        return cells
+    groups: dict[str, list[Cell]] = {}
+    for column, cell in cells.items():
+        groups.setdefault(shard_of(column)[0], []).append(cell)
+    out: dict[str, Cell] = {}
+    for name, parts in groups.items():
+        ts = max(c.ts for c in parts)
+        if len(parts) == 1:
+            out[name] = parts[0]
+        elif isinstance(parts[0].value, dict):
+            merged: dict[str, float] = {}
+            for c in parts:
+                for item, w in c.value.items():
+                    merged[item] = merged.get(item, 0.0) + w
+            out[name] = Cell(ts, merged)
+        else:
+            out[name] = Cell(ts, _merge_lists([c.value for c in parts]))
+    return out
+
+
+def _merge_lists(lists: list[Any]) -> list[Any]:
+    ids = np.array([i for ids, _ in lists for i in ids], dtype=object)
+    scores = np.array([s for _, ss in lists for s in ss], dtype=np.float64)
+    if ids.size == 0:
+        return [[], []]
+    keys, inverse = np.unique(ids.astype(str), return_inverse=True)
+    total = np.full(keys.size, -np.inf)
+    np.logaddexp.at(total, inverse, scores)
+    keep = max(len(ids_) for ids_, _ in lists)
+    order = np.argsort(-total, kind="stable")[:keep]
+    return [keys[order].tolist(), np.round(total[order], 6).tolist()]

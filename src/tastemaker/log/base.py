@@ -1,55 +1,115 @@
-"""The EventLog protocol: a durable, append-only log with consumer-group offsets."""
+"""The EventLog protocol: a durable, append-only, partitioned log with consumer groups.
+
+A log has `partitions` partitions; an event goes to partition `partition_of(user_id)`, so one
+user's events stay in order. Offsets are per partition, start above 0 and only grow; they
+need not be dense (a Redis Streams offset encodes the entry id).
+
+Two ways to read:
+- by position (`read`, `commit`, `committed`): a reader that keeps its own positions, such as
+  the archiver, or a tool;
+- as a member of a consumer group (`consumer`): the group shares the partitions among its
+  live members, one owner per partition at a time; a partition whose owner died is taken over
+  by another member together with the messages the dead one had read and not committed.
+  Delivery is at-least-once: a consumer must tolerate records it has already applied
+  (the stream processor keeps its position with its state and skips them).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import zlib
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import msgspec
 
 from tastemaker.events import Event
 
-__all__ = ["EventLog", "LogError", "LogRecord"]
+__all__ = ["EventLog", "LogConsumer", "LogError", "LogRecord", "partition_of"]
 
 
 class LogError(RuntimeError):
     """The log could not append or read (disk full, file unwritable, database locked too
-    long). Nothing of a failed append was written."""
+    long, server unreachable). Nothing of a failed append was written."""
 
 
 class LogRecord(msgspec.Struct, frozen=True):
-    """An event and its position in the log. Offsets start at 1 and only grow."""
+    """An event and its position in the log."""
 
     offset: int
     event: Event
+    partition: int = 0
+
+
+def partition_of(user_id: str, partitions: int) -> int:
+    """The partition of a user's events: CRC-32 of the id, stable across processes and
+    languages (Python's `hash` is salted per process)."""
+    if partitions == 1:
+        return 0
+    return zlib.crc32(user_id.encode()) % partitions
+
+
+class LogConsumer(Protocol):
+    """One member of a consumer group."""
+
+    def assignment(self) -> frozenset[int]:
+        """The partitions this member owns now. Cheap; renews the member's claim on them
+        (leases, heartbeats) when due, takes over partitions whose owner is gone, and gives
+        some up when more members join."""
+        ...
+
+    def poll(self, limit: int) -> list[LogRecord]:
+        """Up to `limit` records of one owned partition, in offset order, without blocking
+        long; [] when none of the owned partitions has anything. After a partition is taken
+        over, the records its previous owner read and did not commit come first."""
+        ...
+
+    def commit(self, partition: int, offset: int) -> None:
+        """Everything of `partition` up to and including `offset` is done."""
+        ...
+
+    def close(self) -> None:
+        """Leave the group: give up the partitions at once (not only when leases expire)."""
+        ...
 
 
 class EventLog(Protocol):
     """Append-only event log, at-least-once to its consumers.
 
     `append` returns only once the events are durable by the backend's policy; a consumer
-    group reads from its committed offset, so anything read but not committed before a crash
+    group reads from its committed offsets, so anything read but not committed before a crash
     is read again.
     """
 
-    def append(self, events: Sequence[Event]) -> int:
-        """Append all events atomically (all or none); return the offset of the last one."""
+    partitions: int
+
+    def append(self, events: Sequence[Event]) -> None:
+        """Append all events atomically (all or none), each to its user's partition."""
         ...
 
-    def read(self, after: int, limit: int) -> list[LogRecord]:
-        """Up to `limit` records with offset > `after`, in offset order."""
+    def read(self, partition: int, after: int, limit: int) -> list[LogRecord]:
+        """Up to `limit` records of `partition` with offset > `after`, in offset order."""
         ...
 
-    def commit(self, group: str, offset: int) -> None:
-        """Record that `group` has processed everything up to and including `offset`."""
+    def commit(self, group: str, positions: Mapping[int, int]) -> None:
+        """Record that `group` has processed each partition up to and including its offset.
+        A position never moves backwards."""
         ...
 
-    def committed(self, group: str) -> int:
-        """The last offset `group` committed (0 if none)."""
+    def committed(self, group: str) -> dict[int, int]:
+        """The last offset `group` committed, for every partition (0 if none)."""
         ...
 
-    def end_offset(self) -> int:
-        """The offset of the newest record (0 when empty)."""
+    def end_offsets(self) -> dict[int, int]:
+        """The offset of the newest record of every partition (0 when empty)."""
+        ...
+
+    def lag(self, group: str) -> dict[int, int]:
+        """Records of each partition that `group` has not committed (or, where the backend
+        can only tell that, not yet read)."""
+        ...
+
+    def consumer(self, group: str, member: str) -> LogConsumer:
+        """Join consumer group `group` as `member` (a name unique among live members)."""
         ...
 
     def close(self) -> None:

@@ -300,10 +300,23 @@ class ArchiveResult:
     duplicates: int = 0
 
 
+class _ArchiveState(msgspec.Struct):
+    """Where the archiver is: the newest lake offset it wrote and, for every log partition,
+    the log offset that lake offset corresponds to. Written after each batch's files."""
+
+    seq: int
+    positions: dict[int, int]
+
+
 class Archiver:
-    """Copies the event log into the lake as consumer group `group` of the log: it resumes
-    after the group's committed offset, which it commits after each batch's files are
-    written. Files past that offset (a run that died mid-batch) are removed and rewritten."""
+    """Copies the event log into the lake as reader `group` of the log.
+
+    Lake offsets (the `offset` column, the file names, the batch jobs' watermarks) are one
+    sequence over the whole log: a one-partition log's own offsets, otherwise numbers the
+    archiver assigns as it reads the partitions. After each batch's files it writes its state
+    (`<lake>/_archiver/<group>.json`: the lake offset and every partition's log position)
+    atomically, then commits the positions to the log (for lag). A run resumes from that
+    state; files past its lake offset (a run that died mid-batch) are removed and rewritten."""
 
     def __init__(
         self,
@@ -338,22 +351,56 @@ class Archiver:
                 known.setdefault(day_of(r.event.ts), set()).add(r.event.event_id)
         return out
 
+    def _state_path(self) -> str:
+        return f"{self.lake.root}/_archiver/{self.group}.json"
+
+    def _load_state(self) -> _ArchiveState:
+        path = self._state_path()
+        if self.lake.fs.exists(path):
+            with self.lake.fs.open(path, "rb") as f:
+                return msgspec.json.decode(f.read(), type=_ArchiveState)
+        # No state yet: a new lake, or one written before the state existed (a one-partition
+        # log, lake offsets = log offsets, the position in the log's committed offsets).
+        positions = self.log.committed(self.group)
+        return _ArchiveState(positions[0] if self.log.partitions == 1 else 0, positions)
+
+    def _save_state(self, state: _ArchiveState) -> None:
+        fs, path = self.lake.fs, self._state_path()
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with fs.open(tmp, "wb") as f:
+            f.write(msgspec.json.encode(state))
+        fs.mv(tmp, path)
+
     def run_once(self, batch_size: int = 50_000) -> ArchiveResult:
         """Archive everything the log holds now, in batches of `batch_size`."""
-        # A file past the committed position means a previous run died between the files of
-        # one batch: drop them and write the batch again. Otherwise resume after the
-        # committed position (to rebuild a lake from the log, start with a new `group`).
-        committed = max(self.log.committed(self.group), 0)
-        removed = self.lake.remove_after(committed)
-        position = committed
+        # A file past the saved lake offset means a previous run died between the files of
+        # one batch: drop them and write the batch again. Otherwise resume after the saved
+        # positions (to rebuild a lake from the log, start with a new `group`).
+        state = self._load_state()
+        removed = self.lake.remove_after(state.seq)
         events = files = duplicates = 0
         known: dict[str, set[str]] = {}
-        while records := self.log.read(position, batch_size):
-            fresh = self._fresh(records, known)
-            # The file names keep the batch's whole offset range, dropped duplicates or not.
-            files += len(self.lake.append(fresh, records[0].offset, records[-1].offset))
-            events += len(fresh)
-            duplicates += len(records) - len(fresh)
-            position = records[-1].offset
-            self.log.commit(self.group, position)
-        return ArchiveResult(events, files, position, removed, duplicates)
+        one = self.log.partitions == 1
+        busy = list(range(self.log.partitions))
+        while busy:
+            for p in list(busy):
+                records = self.log.read(p, state.positions.get(p, 0), batch_size)
+                if not records:
+                    busy.remove(p)
+                    continue
+                end = records[-1].offset
+                if not one:  # number the records in the lake's own sequence
+                    records = [
+                        LogRecord(state.seq + i + 1, r.event, p) for i, r in enumerate(records)
+                    ]
+                fresh = self._fresh(records, known)
+                # The file names keep the batch's whole offset range, dropped duplicates or not.
+                files += len(self.lake.append(fresh, records[0].offset, records[-1].offset))
+                events += len(fresh)
+                duplicates += len(records) - len(fresh)
+                state.seq = records[-1].offset
+                state.positions[p] = end
+                self._save_state(state)
+                self.log.commit(self.group, {p: end})
+        return ArchiveResult(events, files, state.seq, removed, duplicates)

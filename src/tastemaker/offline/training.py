@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -26,7 +26,7 @@ from tastemaker.catalog import Catalog
 from tastemaker.config import Config
 from tastemaker.events import Event
 from tastemaker.features.layout import OFFSETS, default_families, offsets_row
-from tastemaker.log import LogRecord
+from tastemaker.log import LogConsumer, LogRecord
 from tastemaker.ranking import FEATURE_NAMES
 from tastemaker.retrieval import ModelHolder, RetrievalContext, with_rows
 from tastemaker.serving.pipeline import RecommendPipeline
@@ -150,23 +150,32 @@ class Replay:
 class _NoLog:
     """The replay feeds events itself; its processor never reads a log."""
 
-    def append(self, events: Sequence[Event]) -> int:
+    partitions = 1
+
+    def append(self, events: Sequence[Event]) -> None:
         del events
         raise NotImplementedError("a replay has no log to append to")
 
-    def read(self, after: int, limit: int) -> list[LogRecord]:
-        del after, limit
+    def read(self, partition: int, after: int, limit: int) -> list[LogRecord]:
+        del partition, after, limit
         return []
 
-    def commit(self, group: str, offset: int) -> None:
-        del group, offset
+    def commit(self, group: str, positions: Mapping[int, int]) -> None:
+        del group, positions
 
-    def committed(self, group: str) -> int:
+    def committed(self, group: str) -> dict[int, int]:
         del group
-        return 0
+        return {0: 0}
 
-    def end_offset(self) -> int:
-        return 0
+    def end_offsets(self) -> dict[int, int]:
+        return {0: 0}
+
+    def lag(self, group: str) -> dict[int, int]:
+        del group
+        return {0: 0}
+
+    def consumer(self, group: str, member: str) -> LogConsumer:
+        raise NotImplementedError("a replay has no log to consume")
 
     def close(self) -> None:
         pass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from tastemaker.features.layout import COVIS, PROFILE, SESSION, item_row
+from tastemaker.features.layout import COVIS, PROFILE, SESSION, item_row, merge_shards
 from tastemaker.retrieval.base import Candidates, RetrievalContext
 from tastemaker.store import OnlineStore
 
@@ -49,7 +49,12 @@ class CovisitationRetriever:
             data = rows.get(item_row(seed))
             if data is None:
                 continue
-            links: dict[str, float] = data[COVIS]["neighbours"].value
+            cells = data[COVIS]
+            if "neighbours" not in cells:  # shares of several log partitions: merge them
+                cells = merge_shards(cells)
+                if "neighbours" not in cells:
+                    continue
+            links: dict[str, float] = cells["neighbours"].value
             w = np.fromiter(links.values(), np.float32, len(links))
             ids.extend(links)
             parts.append(w * np.float32(1.0 / ((1.0 + rank) * w.max())))

@@ -217,8 +217,8 @@ def build_app(runtime: Runtime) -> Starlette:
         return _json(UserFeatures(user_id, features))
 
     async def healthz(_: Request) -> Response:
-        end = runtime.log.end_offset()
-        lag = max(0, end - runtime.log.committed(runtime.config.stream.group))
+        end = sum(runtime.log.end_offsets().values())
+        lag = sum(runtime.log.lag(runtime.config.stream.group).values())
         served = {k: v for k, v in runtime.artifact_versions().items() if v is not None}
         return _json(Health("ok", end, lag, len(runtime.catalog), served))
 

@@ -36,7 +36,14 @@ import numpy.typing as npt
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config
 from tastemaker.features import Histogram
-from tastemaker.features.layout import GLOBAL_ROW, POPULAR, PROFILE, SESSION, user_row
+from tastemaker.features.layout import (
+    GLOBAL_ROW,
+    POPULAR,
+    PROFILE,
+    SESSION,
+    merge_shards,
+    user_row,
+)
 from tastemaker.metrics import METRICS
 from tastemaker.ranking import FEATURE_NAMES, LinearScorer, Scorer, assemble
 from tastemaker.ranking.lightgbm import LightGBMScorer
@@ -198,7 +205,9 @@ class RecommendPipeline:
         if now - fetched_at < self.config.serving.global_cache_s:
             return lists
         rows = self.store.get([GLOBAL_ROW], [POPULAR])
-        lists = rows.get(GLOBAL_ROW, {}).get(POPULAR, {})
+        # Several log partitions each write their share of the lists: merged here, once a
+        # `global_cache_s`, not per request.
+        lists = dict(merge_shards(rows.get(GLOBAL_ROW, {}).get(POPULAR, {})))
         with self._lock:
             self._popular = (now, lists)
         return lists
@@ -495,7 +504,7 @@ class RecommendPipeline:
             from tastemaker.features.layout import COVIS, item_row
 
             data = self.store.get([item_row(item_id)], [COVIS]).get(item_row(item_id), {})
-            links = data.get(COVIS, {}).get("neighbours")
+            links = merge_shards(data.get(COVIS, {})).get("neighbours")
             if links is not None and links.value:
                 ids = list(links.value)
                 rows = self.catalog.rows(ids)

@@ -183,6 +183,8 @@ class Runtime:
             self.processor.stop()
             self._thread.join(timeout=10)
             self._thread = None
+        if self._processor is not None:
+            self._processor.close()  # leave the consumer group: partitions move at once
         self.store.close()
         self.log.close()
         self.feed.close()

@@ -13,6 +13,8 @@ The log's own committed offset is written after, for lag monitoring.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -36,9 +38,11 @@ from tastemaker.features.layout import (
     STATS,
     item_row,
     offsets_row,
+    shard_column,
+    shard_of,
     user_row,
 )
-from tastemaker.log import EventLog
+from tastemaker.log import EventLog, LogConsumer, LogRecord
 from tastemaker.metrics import METRICS
 from tastemaker.store import Cell, Mutation, OnlineStore, RowData
 from tastemaker.stream.sessions import assign_sessions
@@ -54,17 +58,42 @@ _SESSION_STATE = "_session"
 class BatchResult:
     """What one microbatch did."""
 
-    __slots__ = ("duplicates", "events", "last_offset", "users")
+    __slots__ = ("duplicates", "events", "last_offset", "partition", "users")
 
-    def __init__(self, events: int, duplicates: int, users: set[str], last_offset: int) -> None:
+    def __init__(
+        self, events: int, duplicates: int, users: set[str], last_offset: int, partition: int = 0
+    ) -> None:
         self.events = events
         self.duplicates = duplicates
         self.users = users
         self.last_offset = last_offset
+        self.partition = partition
+
+
+class _Shard:
+    """What one log partition's stream owns: the position its stored state reflects and its
+    share of the item-level aggregates (popularity, trending, per region; the stream clock).
+    Each partition has one reader at a time, so its share has one writer."""
+
+    __slots__ = ("clock", "partition", "popularity", "position", "regions", "trending")
+
+    def __init__(self, partition: int, n_items: int, config: Config) -> None:
+        s = config.stream
+        self.partition = partition
+        self.position = 0
+        self.popularity = Popularity(n_items, s.popularity_half_life_s)
+        self.trending = Popularity(n_items, s.trending_half_life_s)
+        # Popularity per region (events' context.region), for `stream.max_regions` regions.
+        self.regions: dict[str, Popularity] = {}
+        self.clock = 0.0
+
+    def trackers(self) -> list[Popularity]:
+        return [self.popularity, self.trending, *self.regions.values()]
 
 
 class StreamProcessor:
-    """Consumes the event log as consumer group `config.stream.group`."""
+    """Consumes the event log as member `config.stream.member` of consumer group
+    `config.stream.group`, one microbatch of one partition at a time."""
 
     def __init__(
         self,
@@ -79,21 +108,47 @@ class StreamProcessor:
         self.store = store
         self.catalog = catalog
         self.on_users_changed = on_users_changed
-        s = config.stream
-        self.popularity = Popularity(len(catalog), s.popularity_half_life_s)
-        self.trending = Popularity(len(catalog), s.trending_half_life_s)
-        # Popularity per region (events' context.region), for `stream.max_regions` regions.
-        self.regions: dict[str, Popularity] = {}
-        self._clock = 0.0
+        self.partitions = log_.partitions
+        self.member = config.stream.member or f"{socket.gethostname()}-{os.getpid()}"
+        self._consumer: LogConsumer | None = None
+        self.shards: dict[int, _Shard] = {}
+        self._shard = self._load_shard(0) if self.partitions == 1 else None
         self._category_rows = [
             np.flatnonzero(catalog.category == c).astype(np.int64)
             for c in range(len(catalog.category_names))
         ]
-        self._load_popularity()
-        self.position = self._stored_position()
         self._stop = threading.Event()
         self._newest_ts: dict[str, float] = {}
         self._next_catalog: Catalog | None = None
+        self._lag_at = 0.0
+
+    # The single-partition view (the embedded log, the offline replay).
+    @property
+    def position(self) -> int:
+        return self._one().position
+
+    @property
+    def popularity(self) -> Popularity:
+        return self._one().popularity
+
+    @property
+    def trending(self) -> Popularity:
+        return self._one().trending
+
+    def _one(self) -> _Shard:
+        return self.shards[0] if self.partitions == 1 else self._current()
+
+    def _current(self) -> _Shard:
+        if self._shard is None:
+            raise RuntimeError("no partition is being processed")
+        return self._shard
+
+    @property
+    def consumer(self) -> LogConsumer:
+        """This processor's membership in the group, joined on first use."""
+        if self._consumer is None:
+            self._consumer = self.log.consumer(self.config.stream.group, self.member)
+        return self._consumer
 
     def follow_catalog(self, catalog: Catalog) -> None:
         """Switch to `catalog` before the next microbatch (safe from another thread)."""
@@ -101,49 +156,61 @@ class StreamProcessor:
 
     def set_catalog(self, catalog: Catalog) -> None:
         """Follow the living catalog: rows never move, new items get empty popularity."""
-        grow = len(catalog) - self.popularity.log_score.size
-        if grow > 0:
-            for tracker in (self.popularity, self.trending, *self.regions.values()):
-                tracker.log_score = np.concatenate([tracker.log_score, np.full(grow, -np.inf)])
+        for shard in self.shards.values():
+            grow = len(catalog) - shard.popularity.log_score.size
+            if grow > 0:
+                for tracker in shard.trackers():
+                    tracker.log_score = np.concatenate([tracker.log_score, np.full(grow, -np.inf)])
         self._category_rows = [
             np.flatnonzero(catalog.category == c).astype(np.int64)
             for c in range(len(catalog.category_names))
         ]
         self.catalog = catalog
 
-    def _stored_position(self) -> int:
-        """Where this group's stored state ends in the log. The log's committed offset can only
-        lag behind it (it is written after the store), so the store's position wins."""
+    def _col(self, name: str) -> str:
+        return shard_column(name, self._current().partition, self.partitions)
+
+    def _load_shard(self, partition: int) -> _Shard:
+        """A partition's state as stored: its position (the log's committed offset can only
+        lag behind it: it is written after the store) and its popularity shares."""
+        shard = self.shards[partition] = _Shard(partition, len(self.catalog), self.config)
         group = self.config.stream.group
         row = offsets_row(group)
-        cell = self.store.get([row], [OFFSETS]).get(row, {}).get(OFFSETS, {}).get("log")
+        column = shard_column("log", partition, self.partitions)
+        cell = self.store.get([row], [OFFSETS]).get(row, {}).get(OFFSETS, {}).get(column)
         stored = 0 if cell is None else int(cell.value)
-        return max(stored, self.log.committed(group))
-
-    def _load_popularity(self) -> None:
+        shard.position = max(stored, self.log.committed(group).get(partition, 0))
+        mine = partition if self.partitions > 1 else None
         rows = [item_row(i) for i in self.catalog.ids]
-        stored = self.store.get(rows, [STATS])
-        for r, data in stored.items():
-            row = self.catalog.index[r[2:]]
-            for column, cell in data[STATS].items():
-                if column == "pop_log":
-                    tracker = self.popularity
-                elif column == "trend_log":
-                    tracker = self.trending
-                elif column.startswith("pop_log@"):  # one region's popularity
-                    tracker = self._region(column.removeprefix("pop_log@"))
+        for r, data in self.store.get(rows, [STATS]).items():
+            row_index = self.catalog.index[r[2:]]
+            for col, c in data[STATS].items():
+                name, p = shard_of(col)
+                if p != mine:
+                    continue
+                if name == "pop_log":
+                    tracker = shard.popularity
+                elif name == "trend_log":
+                    tracker = shard.trending
+                elif name.startswith("pop_log@"):  # one region's popularity
+                    tracker = self._region(shard, name.removeprefix("pop_log@"))
                 else:
                     continue
-                tracker.log_score[row] = float(cell.value)
-                self._clock = max(self._clock, cell.ts)
+                tracker.log_score[row_index] = float(c.value)
+                shard.clock = max(shard.clock, c.ts)
         lists = self.store.get([GLOBAL_ROW], [POPULAR]).get(GLOBAL_ROW, {}).get(POPULAR, {})
-        self._clock = max([self._clock, *(c.ts for c in lists.values())])
+        shard.clock = max(
+            [shard.clock, *(c.ts for col, c in lists.items() if shard_of(col)[1] == mine)]
+        )
+        return shard
 
-    def _region(self, region: str) -> Popularity:
-        tracker = self.regions.get(region)
+    def _region(self, shard: _Shard, region: str) -> Popularity:
+        tracker = shard.regions.get(region)
         if tracker is None:
             s = self.config.stream
-            tracker = self.regions[region] = Popularity(len(self.catalog), s.popularity_half_life_s)
+            tracker = shard.regions[region] = Popularity(
+                len(self.catalog), s.popularity_half_life_s
+            )
         return tracker
 
     def _tick(self, batch_max_ts: float) -> float:
@@ -151,31 +218,57 @@ class StreamProcessor:
         different users interleave in the log, so a batch's own newest event can be older
         than an earlier batch's; stamping shared rows with it would make the store's
         newer-wins rule drop the write."""
-        self._clock = max(self._clock, batch_max_ts)
-        return self._clock
+        shard = self._current()
+        shard.clock = max(shard.clock, batch_max_ts)
+        return shard.clock
 
     # -- one microbatch -------------------------------------------------------------------
 
+    def _follow_assignment(self) -> frozenset[int]:
+        """Drop the state of partitions this member no longer owns (another member writes
+        them now); load the state of partitions it has just been given."""
+        owned = self.consumer.assignment()
+        for p in set(self.shards) - owned:
+            if self.partitions > 1:
+                del self.shards[p]
+        return owned
+
     def process_once(self) -> BatchResult | None:
-        """Read and apply one microbatch; None when the log has nothing new."""
+        """Read and apply one microbatch of one partition; None when the partitions this
+        member owns have nothing new."""
         s = self.config.stream
         started = time.perf_counter()
         if (pending := self._next_catalog) is not None:
             self._next_catalog = None
             self.set_catalog(pending)
-        records = self.log.read(self.position, s.batch_size)
+        owned = self._follow_assignment()
+        records = self.consumer.poll(s.batch_size)
         if not records:
+            self._report_lag()
             return None
+        p = records[0].partition
+        if p not in owned:  # given up between the assignment and the poll: not ours
+            return None
+        shard = self.shards.get(p) or self._load_shard(p)
+        self._shard = shard
         last_offset = records[-1].offset
-        # The position travels in the same store write as the state it produced: after a
-        # crash the state and the position agree, whatever the log's own commit says.
-        position = Mutation(
-            offsets_row(s.group), OFFSETS, {"log": Cell(float(last_offset), last_offset)}
-        )
-        n_events, users = self.apply_events([r.event for r in records], [position])
-        n_dup = len(records) - n_events
-        self.log.commit(s.group, last_offset)  # for lag monitoring and other readers
-        self.position = last_offset
+        # At-least-once: a record this state already reflects (a batch applied before a crash,
+        # redelivered or taken over from a dead member) is skipped, not applied again.
+        fresh_records = self._unapplied(records, shard.position)
+        if fresh_records:
+            # The position travels in the same store write as the state it produced: after a
+            # crash the state and the position agree, whatever the log's own commit says.
+            position = Mutation(
+                offsets_row(s.group),
+                OFFSETS,
+                {self._col("log"): Cell(float(last_offset), last_offset)},
+            )
+            n_events, users = self.apply_events([r.event for r in fresh_records], [position])
+        else:
+            n_events, users = 0, set()
+        n_dup = len(fresh_records) - n_events
+        self.consumer.commit(p, last_offset)  # acknowledges; for lag and other readers
+        shard.position = last_offset
         METRICS.events_processed.inc(n_events)
         METRICS.duplicates_dropped.inc(n_dup)
         METRICS.batch_seconds.observe(time.perf_counter() - started)
@@ -183,10 +276,25 @@ class StreamProcessor:
         now = time.time()
         for ts in self._newest_ts.values():  # one observation per user row written
             METRICS.freshness_seconds.observe(max(0.0, now - ts))
-        METRICS.lag_events.set(max(0, self.log.end_offset() - last_offset))
+        self._report_lag()
         if users and self.on_users_changed is not None:
             self.on_users_changed(users)
-        return BatchResult(n_events, n_dup, users, last_offset)
+        return BatchResult(n_events, n_dup, users, last_offset, p)
+
+    @staticmethod
+    def _unapplied(records: list[LogRecord], position: int) -> list[LogRecord]:
+        if records[0].offset > position:
+            return records
+        return [r for r in records if r.offset > position]
+
+    def _report_lag(self) -> None:
+        """Lag per partition on /metrics, at most once a second (it can cost a round trip)."""
+        now = time.monotonic()
+        if now - self._lag_at < 1.0:
+            return
+        self._lag_at = now
+        for p, lag in self.log.lag(self.config.stream.group).items():
+            METRICS.lag_events.labels(str(p)).set(lag)
 
     def apply_events(
         self, events: Sequence[Event], extra: Sequence[Mutation] = ()
@@ -328,16 +436,15 @@ class StreamProcessor:
         weights = np.fromiter(
             (DEFAULT_WEIGHTS.get(e.type, 0.0) for e in events), np.float64, len(events)
         )
-        self.popularity.add(rows, ts, weights)
-        self.trending.add(rows, ts, weights)
+        shard = self._current()
+        shard.popularity.add(rows, ts, weights)
+        shard.trending.add(rows, ts, weights)
         touched = np.unique(rows[(rows >= 0) & (weights > 0)])
         now_ts = self._tick(float(ts.max()))
-        pop, trend = self.popularity.log_score, self.trending.log_score
+        pop, trend = shard.popularity.log_score, shard.trending.log_score
+        pop_col, trend_col = self._col("pop_log"), self._col("trend_log")
         cells: dict[int, dict[str, Cell]] = {
-            int(r): {
-                "pop_log": Cell(now_ts, float(pop[r])),
-                "trend_log": Cell(now_ts, float(trend[r])),
-            }
+            int(r): {pop_col: Cell(now_ts, float(pop[r])), trend_col: Cell(now_ts, float(trend[r]))}
             for r in touched
         }
         # Per region (events' context.region, the first `max_regions` seen): its own
@@ -345,24 +452,26 @@ class StreamProcessor:
         regions = np.array([e.context.region or "" for e in events], dtype=object)
         touched_regions = []
         for region in sorted(set(regions.tolist()) - {""}):
-            if region not in self.regions and len(self.regions) >= s.max_regions:
+            if region not in shard.regions and len(shard.regions) >= s.max_regions:
                 continue
-            tracker = self._region(region)
+            tracker = self._region(shard, region)
             mask = (regions == region) & (rows >= 0) & (weights > 0)
             tracker.add(rows[mask], ts[mask], weights[mask])
+            region_col = self._col("pop_log@" + region)
             for r in np.unique(rows[mask]).tolist():
-                cells[r]["pop_log@" + region] = Cell(now_ts, float(tracker.log_score[r]))
+                cells[r][region_col] = Cell(now_ts, float(tracker.log_score[r]))
             touched_regions.append(region)
         out = [Mutation(item_row(str(cat.ids[r])), STATS, c) for r, c in cells.items()]
         if covis_pairs:
             keys = [item_row(i) for i in covis_pairs]
             stored = self.store.get(keys, [COVIS])
+            col = self._col("neighbours")
             for item_id, key in zip(covis_pairs, keys, strict=True):
-                old = stored.get(key, {}).get(COVIS, {}).get("neighbours")
+                old = stored.get(key, {}).get(COVIS, {}).get(col)
                 merged = update_covisitation(
                     None if old is None else old.value, covis_pairs[item_id], s.covis_max_neighbours
                 )
-                out.append(Mutation(key, COVIS, {"neighbours": Cell(now_ts, merged)}))
+                out.append(Mutation(key, COVIS, {col: Cell(now_ts, merged)}))
         if touched.size:
             out.append(self._popular_lists(now_ts, touched, touched_regions))
         return out
@@ -372,21 +481,23 @@ class StreamProcessor:
     ) -> Mutation:
         s = self.config.stream
         cat = self.catalog
-        pop = self.popularity
+        shard = self._current()
+        pop = shard.popularity
+        col = self._col
 
         def listing(rows: np.ndarray[Any, Any], tracker: Popularity = pop) -> list[Any]:
             return [cat.ids[rows].tolist(), np.round(tracker.log_score[rows], 6).tolist()]
 
         cells = {
-            "all": Cell(ts, listing(pop.top(s.top_popular))),
-            "trending": Cell(ts, listing(self.trending.top(s.top_popular), self.trending)),
+            col("all"): Cell(ts, listing(pop.top(s.top_popular))),
+            col("trending"): Cell(ts, listing(shard.trending.top(s.top_popular), shard.trending)),
         }
         for c in np.unique(cat.category[touched]):
             rows = pop.top(s.top_per_category, among=self._category_rows[int(c)])
-            cells["c:" + str(cat.category_names[c])] = Cell(ts, listing(rows))
+            cells[col("c:" + str(cat.category_names[c]))] = Cell(ts, listing(rows))
         for region in regions:
-            tracker = self.regions[region]
-            cells["r:" + region] = Cell(ts, listing(tracker.top(s.top_popular), tracker))
+            tracker = shard.regions[region]
+            cells[col("r:" + region)] = Cell(ts, listing(tracker.top(s.top_popular), tracker))
         return Mutation(GLOBAL_ROW, POPULAR, cells)
 
     # -- running --------------------------------------------------------------------------
@@ -405,7 +516,7 @@ class StreamProcessor:
             try:
                 result = self.process_once()
             except Exception:
-                log.exception("stream batch failed; retrying from offset %d", self.position)
+                log.exception("stream batch failed; retrying")
                 METRICS.stream_errors.inc()
                 self._stop.wait(1.0)
                 continue
@@ -414,3 +525,9 @@ class StreamProcessor:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def close(self) -> None:
+        """Leave the consumer group: its partitions go to the other members at once."""
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None

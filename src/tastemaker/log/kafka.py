@@ -1,0 +1,297 @@
+"""Event log on a Kafka topic, through confluent-kafka (librdkafka).
+
+- The topic has `partitions` partitions (created with that many when missing); an event goes
+  to `partition_of(user_id)`, the same partition the other backends choose, so one user's
+  events stay in order.
+- Offsets: Kafka's offset + 1 (the protocol's offsets start above 0), dense per partition.
+  A group's committed offset is Kafka's committed offset (the next to read), which is the
+  same number.
+- Consumer groups are Kafka consumer groups: the broker's group coordinator shares the
+  partitions among live members and, when one stops heartbeating for `session_timeout_s`,
+  gives its partitions to the others, who resume after the committed offsets: the messages
+  the dead member had read and not committed are read again.
+- `append` produces with `acks=all` and waits for every delivery report. Kafka cannot make a
+  batch spanning partitions all-or-nothing without transactions: when an append fails part
+  way, the caller is told (`LogError`) and its retry may write some events twice, which the
+  stream processor and the archiver drop by event id.
+
+The end of a partition is found by reading its tail from the reported high watermark - 1:
+Tansu 0.6 (the broker the tests run) reports the last record batch's first offset + 1
+instead of its last offset + 1; on Apache Kafka the tail read returns the one last record.
+
+What happens when the broker is down: `append` raises `LogError` after `timeout_s`; consumers
+get nothing and the processor waits; librdkafka reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from tastemaker.events import Event
+from tastemaker.log.base import LogError, LogRecord, partition_of
+
+__all__ = ["KafkaConsumer", "KafkaLog"]
+
+
+class KafkaLog:
+    """EventLog on one Kafka topic."""
+
+    def __init__(
+        self,
+        servers: str,
+        topic: str,
+        *,
+        partitions: int = 4,
+        timeout_s: float = 10.0,
+        session_timeout_s: float = 6.0,
+    ) -> None:
+        if partitions < 1:
+            raise ValueError(f"partitions must be at least 1, got {partitions}")
+        self.servers = servers
+        self.topic = topic
+        self.timeout_s = timeout_s
+        self.session_timeout_s = session_timeout_s
+        self._admin = AdminClient({"bootstrap.servers": servers})
+        self.partitions = self._ensure_topic(partitions)
+        self._producer = Producer(
+            {
+                "bootstrap.servers": servers,
+                "acks": "all",
+                "linger.ms": 2,
+                "enable.idempotence": False,
+                "message.timeout.ms": int(timeout_s * 1000),
+            }
+        )
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._decode = msgspec.msgpack.Decoder(Event).decode
+        self._lock = threading.Lock()
+        # Offsets of the consumer groups are read and committed through one member-less
+        # consumer per group (`assign`, never `subscribe`: it takes no partitions from
+        # the group's members).
+        self._offset_clients: dict[str, Any] = {}
+
+    def _ensure_topic(self, partitions: int) -> int:
+        try:
+            meta = self._admin.list_topics(timeout=self.timeout_s)
+            if self.topic not in meta.topics or meta.topics[self.topic].error is not None:
+                futures = self._admin.create_topics(
+                    [NewTopic(self.topic, num_partitions=partitions, replication_factor=1)]
+                )
+                try:
+                    futures[self.topic].result(self.timeout_s)
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                        raise
+                meta = self._admin.list_topics(topic=self.topic, timeout=self.timeout_s)
+            return len(meta.topics[self.topic].partitions)
+        except KafkaException as exc:
+            raise LogError(f"kafka log {self.servers}/{self.topic}: {exc}") from exc
+
+    def _client(self, group: str) -> Any:
+        with self._lock:
+            client = self._offset_clients.get(group)
+            if client is None:
+                client = self._offset_clients[group] = Consumer(
+                    {
+                        "bootstrap.servers": self.servers,
+                        "group.id": group,
+                        "enable.auto.commit": False,
+                        "auto.offset.reset": "earliest",
+                    }
+                )
+            return client
+
+    def append(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        errors: list[str] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(str(err))
+
+        n = self.partitions
+        with self._lock:
+            try:
+                for e in events:
+                    self._producer.produce(
+                        self.topic,
+                        value=self._encode(e),
+                        key=e.user_id.encode(),
+                        partition=partition_of(e.user_id, n),
+                        on_delivery=delivered,
+                    )
+                    self._producer.poll(0)
+                left = self._producer.flush(self.timeout_s)
+            except (KafkaException, BufferError) as exc:
+                raise LogError(f"kafka log {self.topic}: cannot append: {exc}") from exc
+        if left or errors:
+            detail = errors[0] if errors else f"{left} not delivered in {self.timeout_s} s"
+            raise LogError(f"kafka log {self.topic}: cannot append: {detail}")
+
+    def records(self, messages: Sequence[Any]) -> list[LogRecord]:
+        decode = self._decode
+        return [
+            LogRecord(m.offset() + 1, decode(m.value()), m.partition())
+            for m in messages
+            if m.error() is None
+        ]
+
+    def _reader(self, partition: int, offset: int) -> Any:
+        reader = Consumer(
+            {
+                "bootstrap.servers": self.servers,
+                "group.id": f"tastemaker-reader-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+            }
+        )
+        reader.assign([TopicPartition(self.topic, partition, offset)])
+        return reader
+
+    def _consume(self, reader: Any, limit: int, quiet_s: float) -> list[LogRecord]:
+        """Records from `reader` until `limit` or the partition stays quiet `quiet_s`."""
+        out: list[LogRecord] = []
+        first = True
+        while len(out) < limit:
+            got = self.records(reader.consume(limit - len(out), 2.0 if first else quiet_s))
+            if not got:
+                break
+            first = False
+            out.extend(got)
+        return out
+
+    def read(self, partition: int, after: int, limit: int) -> list[LogRecord]:
+        if after >= self._end(partition):
+            return []
+        try:
+            reader = self._reader(partition, after)
+            try:
+                return self._consume(reader, limit, 0.2)
+            finally:
+                reader.close()
+        except KafkaException as exc:
+            raise LogError(f"kafka log {self.topic}: cannot read: {exc}") from exc
+
+    def commit(self, group: str, positions: Mapping[int, int]) -> None:
+        if not positions:
+            return
+        current = self.committed(group)
+        ahead = [TopicPartition(self.topic, p, o) for p, o in positions.items() if o > current[p]]
+        if ahead:
+            try:
+                self._client(group).commit(offsets=ahead, asynchronous=False)
+            except KafkaException as exc:
+                raise LogError(f"kafka log {self.topic}: cannot commit: {exc}") from exc
+
+    def committed(self, group: str) -> dict[int, int]:
+        tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+        try:
+            got = self._client(group).committed(tps, timeout=self.timeout_s)
+        except KafkaException as exc:
+            raise LogError(f"kafka log {self.topic}: cannot read offsets: {exc}") from exc
+        return {tp.partition: max(0, tp.offset) for tp in got}
+
+    def _end(self, partition: int) -> int:
+        client = self._client("tastemaker-offsets")
+        try:
+            reported = client.get_watermark_offsets(
+                TopicPartition(self.topic, partition), timeout=self.timeout_s, cached=False
+            )[1]
+            if reported <= 0:
+                return 0
+            reader = self._reader(partition, reported - 1)
+            try:
+                tail = self._consume(reader, 100_000, 0.02)
+            finally:
+                reader.close()
+        except KafkaException as exc:
+            raise LogError(f"kafka log {self.topic}: cannot read offsets: {exc}") from exc
+        return max([int(reported), *(r.offset for r in tail)])
+
+    def end_offsets(self) -> dict[int, int]:
+        return {p: self._end(p) for p in range(self.partitions)}
+
+    def lag(self, group: str) -> dict[int, int]:
+        end, done = self.end_offsets(), self.committed(group)
+        return {p: max(0, end[p] - done[p]) for p in range(self.partitions)}
+
+    def consumer(self, group: str, member: str) -> KafkaConsumer:
+        return KafkaConsumer(self, group, member)
+
+    def close(self) -> None:
+        self._producer.flush(self.timeout_s)
+        with self._lock:
+            for client in self._offset_clients.values():
+                client.close()
+            self._offset_clients.clear()
+
+
+class KafkaConsumer:
+    """A member of a Kafka consumer group. The broker assigns the partitions; this class
+    hands out one partition's records at a time, as the protocol asks."""
+
+    def __init__(self, log: KafkaLog, group: str, member: str) -> None:
+        self.log = log
+        self.group = group
+        self._owned: frozenset[int] = frozenset()
+        self._buffer: dict[int, deque[LogRecord]] = defaultdict(deque)
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": log.servers,
+                "group.id": group,
+                "client.id": member,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": int(log.session_timeout_s * 1000),
+                "heartbeat.interval.ms": max(100, int(log.session_timeout_s * 1000 / 6)),
+            }
+        )
+        self._consumer.subscribe([log.topic], on_assign=self._assigned, on_revoke=self._revoked)
+
+    def _assigned(self, _consumer: Any, partitions: list[Any]) -> None:
+        self._owned = self._owned | {tp.partition for tp in partitions}
+
+    def _revoked(self, _consumer: Any, partitions: list[Any]) -> None:
+        gone = {tp.partition for tp in partitions}
+        self._owned = self._owned - gone
+        for p in gone:  # read but not applied: the next owner reads them from the commit
+            self._buffer.pop(p, None)
+
+    def assignment(self) -> frozenset[int]:
+        return self._owned
+
+    def poll(self, limit: int) -> list[LogRecord]:
+        if limit <= 0:
+            return []
+        if not any(self._buffer.values()):
+            try:
+                # Also serves the group protocol: heartbeats and rebalance callbacks.
+                messages = self._consumer.consume(limit, 0.05)
+            except KafkaException as exc:
+                raise LogError(f"kafka log {self.log.topic}: cannot read: {exc}") from exc
+            for r in self.log.records(messages):
+                if r.partition in self._owned:
+                    self._buffer[r.partition].append(r)
+        for queued in self._buffer.values():
+            if queued:
+                return [queued.popleft() for _ in range(min(limit, len(queued)))]
+        return []
+
+    def commit(self, partition: int, offset: int) -> None:
+        try:
+            self._consumer.commit(
+                offsets=[TopicPartition(self.log.topic, partition, offset)], asynchronous=False
+            )
+        except KafkaException as exc:
+            raise LogError(f"kafka log {self.log.topic}: cannot commit: {exc}") from exc
+
+    def close(self) -> None:
+        self._consumer.close()  # leaves the group: a rebalance gives the partitions away

@@ -1,0 +1,370 @@
+"""Event log on Redis Streams (Redis >= 6.2 or Valkey, standalone).
+
+Layout, under a key prefix (default `tm:log`):
+- `<prefix>:p<N>`: one stream per partition; an event goes to the partition of its user
+  (`partition_of`), so one user's events stay in order. One entry per event, field `e` = the
+  event in msgpack. An append is one MULTI/EXEC: all of a batch or none.
+- `<prefix>:committed:<group>`: a hash, partition -> the last offset the group committed.
+- consumer groups are Redis consumer groups on every partition's stream (XREADGROUP, XACK);
+  which member reads which partition is decided by leases, `<prefix>:lease:<group>:<N>`
+  (SET NX PX, renewed by the owner) and a heartbeat set `<prefix>:members:<group>`, so each
+  partition has one reader at a time and a user's events are applied in order. A member that
+  dies stops renewing; after `lease_s` another member takes its partitions and XAUTOCLAIMs
+  the messages the dead one had read and not acknowledged.
+
+Offsets: a stream entry id `ms-seq` is the integer `ms << 20 | seq` (seq stays far below 2^20:
+it counts entries added within one millisecond), so offsets grow but are not dense.
+
+Retention: entries older than `retention_s` (default 7 days) are trimmed by age
+(`XTRIM MINID`, approximate) at most once a minute by each appending process, consumed or not,
+as Kafka's retention does. The lake keeps the events for longer.
+
+What happens when Redis is down: `append` raises `LogError` (the API answers 503 and the
+client retries; nothing is half-written thanks to MULTI/EXEC); consumers raise `LogError`
+from `poll`, and the stream processor retries after a pause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+import redis
+
+from tastemaker.events import Event
+from tastemaker.log.base import LogError, LogRecord, partition_of
+
+__all__ = ["RedisStreamsConsumer", "RedisStreamsLog"]
+
+_SEQ_BITS = 20
+_SEQ_MASK = (1 << _SEQ_BITS) - 1
+_TRIM_EVERY_S = 60.0
+
+# Keeps the larger of two offsets: they are decimal strings of up to 19 digits, beyond the
+# doubles Lua numbers are, so they are compared by length, then as strings.
+_COMMIT = """
+for i = 1, #ARGV, 2 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  local new = ARGV[i + 1]
+  if (not cur) or #new > #cur or (#new == #cur and new > cur) then
+    redis.call('HSET', KEYS[1], ARGV[i], new)
+  end
+end
+return 0
+"""
+
+# One member's heartbeat and its share of the partitions: live members are those whose
+# heartbeat has not expired; each may own ceil(partitions / live) partitions. Leases of the
+# caller are renewed, extras given up (a member joined), free ones taken (a member left or
+# died). Returns the partitions owned and the live members.
+_REBALANCE = """
+local me, lease_ms, n, prefix = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + lease_ms, me)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local live = redis.call('ZRANGE', KEYS[1], 0, -1)
+local fair = math.ceil(n / #live)
+local owned = {}
+for p = 0, n - 1 do
+  if redis.call('GET', prefix .. p) == me then table.insert(owned, p) end
+end
+while #owned > fair do
+  redis.call('DEL', prefix .. table.remove(owned))
+end
+for _, p in ipairs(owned) do redis.call('PEXPIRE', prefix .. p, lease_ms) end
+local p = 0
+while #owned < fair and p < n do
+  if redis.call('SET', prefix .. p, me, 'NX', 'PX', lease_ms) then table.insert(owned, p) end
+  p = p + 1
+end
+return {owned, live}
+"""
+
+_RELEASE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+for p = 0, tonumber(ARGV[2]) - 1 do
+  if redis.call('GET', ARGV[3] .. p) == ARGV[1] then redis.call('DEL', ARGV[3] .. p) end
+end
+return 0
+"""
+
+
+def offset_of(entry_id: bytes | str) -> int:
+    """The integer offset of a stream entry id `ms-seq`."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    s = int(seq)
+    if s > _SEQ_MASK:
+        raise LogError(f"stream entry id {text} has a sequence beyond 2^{_SEQ_BITS}")
+    return int(ms) << _SEQ_BITS | s
+
+
+def entry_id(offset: int) -> str:
+    return f"{offset >> _SEQ_BITS}-{offset & _SEQ_MASK}"
+
+
+class RedisStreamsLog:
+    """EventLog on Redis Streams, `partitions` streams."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        partitions: int = 4,
+        prefix: str = "tm:log",
+        retention_s: float = 7 * 86400.0,
+        lease_s: float = 5.0,
+        timeout_s: float = 5.0,
+    ) -> None:
+        if partitions < 1:
+            raise ValueError(f"partitions must be at least 1, got {partitions}")
+        self.partitions = partitions
+        self.prefix = prefix
+        self.retention_s = retention_s
+        self.lease_s = lease_s
+        self.url = url
+        self.client: Any = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=min(timeout_s, 2.0)
+        )
+        self._commit = self.client.register_script(_COMMIT)
+        self._rebalance = self.client.register_script(_REBALANCE)
+        self._release = self.client.register_script(_RELEASE)
+        self._encode = msgspec.msgpack.Encoder().encode
+        self._decode = msgspec.msgpack.Decoder(Event).decode
+        self._trimmed_at = 0.0
+        self._lock = threading.Lock()
+
+    def key(self, partition: int) -> str:
+        return f"{self.prefix}:p{partition}"
+
+    def _committed_key(self, group: str) -> str:
+        return f"{self.prefix}:committed:{group}"
+
+    def append(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        n = self.partitions
+        pipe = self.client.pipeline(transaction=True)
+        for e in events:
+            pipe.xadd(self.key(partition_of(e.user_id, n)), {"e": self._encode(e)})
+        now = time.monotonic()
+        with self._lock:
+            trim = now - self._trimmed_at >= _TRIM_EVERY_S
+            if trim:
+                self._trimmed_at = now
+        if trim and self.retention_s > 0:
+            min_id = int((time.time() - self.retention_s) * 1000)
+            for p in range(n):
+                pipe.xtrim(self.key(p), minid=min_id, approximate=True)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise LogError(f"event log {self.url}: cannot append: {exc}") from exc
+
+    def records(self, partition: int, entries: Sequence[Any]) -> list[LogRecord]:
+        """Log records of XRANGE / XREADGROUP / XAUTOCLAIM entries (deleted ones skipped)."""
+        decode = self._decode
+        return [
+            LogRecord(offset_of(e[0]), decode(e[1][b"e"]), partition)
+            for e in entries
+            if e is not None and e[1]
+        ]
+
+    def read(self, partition: int, after: int, limit: int) -> list[LogRecord]:
+        start = "-" if after <= 0 else "(" + entry_id(after)
+        try:
+            entries = self.client.xrange(self.key(partition), start, "+", count=limit)
+        except redis.RedisError as exc:
+            raise LogError(f"event log {self.url}: cannot read: {exc}") from exc
+        return self.records(partition, entries)
+
+    def commit(self, group: str, positions: Mapping[int, int]) -> None:
+        if not positions:
+            return
+        args = [str(x) for p, o in positions.items() for x in (p, o)]
+        try:
+            self._commit(keys=[self._committed_key(group)], args=args)
+        except redis.RedisError as exc:
+            raise LogError(f"event log {self.url}: cannot commit: {exc}") from exc
+
+    def committed(self, group: str) -> dict[int, int]:
+        try:
+            stored = self.client.hgetall(self._committed_key(group))
+        except redis.RedisError as exc:
+            raise LogError(f"event log {self.url}: cannot read offsets: {exc}") from exc
+        out = dict.fromkeys(range(self.partitions), 0)
+        out.update({int(p): int(o) for p, o in stored.items() if int(p) < self.partitions})
+        return out
+
+    def end_offsets(self) -> dict[int, int]:
+        pipe = self.client.pipeline(transaction=False)
+        for p in range(self.partitions):
+            pipe.xrevrange(self.key(p), "+", "-", count=1)
+        try:
+            newest = pipe.execute()
+        except redis.RedisError as exc:
+            raise LogError(f"event log {self.url}: cannot read: {exc}") from exc
+        return {p: offset_of(e[0][0]) if e else 0 for p, e in enumerate(newest)}
+
+    def lag(self, group: str, cap: int = 100_000) -> dict[int, int]:
+        """Per partition: entries after the group's committed offset. Counted by the server
+        (XINFO GROUPS: not yet delivered + delivered and not acknowledged) where it can tell
+        (Redis >= 7, Valkey), else by reading ids after the committed offset, up to `cap`."""
+        pipe = self.client.pipeline(transaction=False)
+        for p in range(self.partitions):
+            pipe.xinfo_groups(self.key(p))
+        try:
+            infos = pipe.execute(raise_on_error=False)
+        except redis.RedisError as exc:
+            raise LogError(f"event log {self.url}: cannot read lag: {exc}") from exc
+        out: dict[int, int] = {}
+        committed: dict[int, int] | None = None
+        for p, info in enumerate(infos):
+            mine = [] if isinstance(info, Exception) else [g for g in info if _name(g) == group]
+            if mine and mine[0].get("lag") is not None:
+                out[p] = int(mine[0]["lag"]) + int(mine[0]["pending"])
+                continue
+            if committed is None:
+                committed = self.committed(group)
+            start = "-" if committed[p] <= 0 else "(" + entry_id(committed[p])
+            try:
+                out[p] = len(self.client.xrange(self.key(p), start, "+", count=cap))
+            except redis.RedisError as exc:
+                raise LogError(f"event log {self.url}: cannot read lag: {exc}") from exc
+        return out
+
+    def consumer(self, group: str, member: str) -> RedisStreamsConsumer:
+        return RedisStreamsConsumer(self, group, member)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _name(group_info: Mapping[str, Any]) -> str:
+    name = group_info["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+class RedisStreamsConsumer:
+    """A member of a consumer group: owns the partitions its leases name, reads them with
+    XREADGROUP, takes over a partition's pending messages with XAUTOCLAIM."""
+
+    def __init__(self, log: RedisStreamsLog, group: str, member: str) -> None:
+        self.log = log
+        self.group = group
+        self.member = member
+        self._lease_prefix = f"{log.prefix}:lease:{group}:"
+        self._members_key = f"{log.prefix}:members:{group}"
+        self._owned: frozenset[int] = frozenset()
+        self._claiming: dict[int, str] = {}  # partition -> XAUTOCLAIM cursor
+        self._delivered: dict[int, deque[int]] = defaultdict(deque)
+        self._renew_at = 0.0
+        self._next = 0
+        for p in range(log.partitions):
+            try:
+                log.client.xgroup_create(log.key(p), group, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise LogError(f"event log {log.url}: cannot create group: {exc}") from exc
+            except redis.RedisError as exc:
+                raise LogError(f"event log {log.url}: cannot create group: {exc}") from exc
+
+    def assignment(self) -> frozenset[int]:
+        now = time.monotonic()
+        if now < self._renew_at:
+            return self._owned
+        log = self.log
+        try:
+            owned, live = log._rebalance(
+                keys=[self._members_key],
+                args=[self.member, int(log.lease_s * 1000), log.partitions, self._lease_prefix],
+            )
+        except redis.RedisError as exc:
+            # Cannot renew: the leases may lapse, so stop reading rather than risk two owners.
+            self._owned = frozenset()
+            raise LogError(f"event log {log.url}: cannot renew leases: {exc}") from exc
+        # Renew well before the lease ends: a fifth of it.
+        self._renew_at = now + log.lease_s / 5
+        new = frozenset(int(p) for p in owned)
+        for p in new - self._owned:
+            # Taken over (or first owned since this process started): the messages its
+            # previous reader was delivered and never acknowledged come first.
+            self._claiming[p] = "0-0"
+            self._delivered.pop(p, None)
+        for p in self._owned - new:
+            self._claiming.pop(p, None)
+            self._delivered.pop(p, None)
+        if new - self._owned:
+            self._forget_dead({m.decode() if isinstance(m, bytes) else m for m in live}, new)
+        self._owned = new
+        return new
+
+    def _forget_dead(self, live: set[str], partitions: frozenset[int]) -> None:
+        """Remove group consumers that are not live and hold nothing pending."""
+        log = self.log
+        for p in partitions:
+            try:
+                for c in log.client.xinfo_consumers(log.key(p), self.group):
+                    name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                    if name not in live and int(c["pending"]) == 0:
+                        log.client.xgroup_delconsumer(log.key(p), self.group, name)
+            except redis.RedisError:
+                return  # housekeeping only; the next takeover tries again
+
+    def poll(self, limit: int) -> list[LogRecord]:
+        owned = sorted(self._owned) if limit > 0 else []
+        log = self.log
+        for i in range(len(owned)):
+            p = owned[(self._next + i) % len(owned)]
+            key = log.key(p)
+            try:
+                entries: list[Any] = []
+                if p in self._claiming:
+                    reply = log.client.xautoclaim(
+                        key, self.group, self.member, 0, self._claiming[p], count=limit
+                    )
+                    cursor = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+                    if cursor == "0-0":
+                        del self._claiming[p]
+                    else:
+                        self._claiming[p] = cursor
+                    entries = reply[1]
+                if not entries and p not in self._claiming:
+                    reply = log.client.xreadgroup(self.group, self.member, {key: ">"}, count=limit)
+                    entries = reply[0][1] if reply else []
+            except redis.RedisError as exc:
+                raise LogError(f"event log {log.url}: cannot read partition {p}: {exc}") from exc
+            records = log.records(p, entries)
+            if records:
+                self._next = (owned.index(p) + 1) % len(owned)
+                self._delivered[p].extend(r.offset for r in records)
+                return records
+        return []
+
+    def commit(self, partition: int, offset: int) -> None:
+        done = self._delivered[partition]
+        ids = []
+        while done and done[0] <= offset:
+            ids.append(entry_id(done.popleft()))
+        log = self.log
+        try:
+            if ids:
+                log.client.xack(log.key(partition), self.group, *ids)
+        except redis.RedisError as exc:
+            raise LogError(f"event log {log.url}: cannot acknowledge: {exc}") from exc
+        log.commit(self.group, {partition: offset})
+
+    def close(self) -> None:
+        log = self.log
+        with contextlib.suppress(redis.RedisError):  # else the leases lapse by themselves
+            log._release(
+                keys=[self._members_key],
+                args=[self.member, log.partitions, self._lease_prefix],
+            )
+        self._owned = frozenset()

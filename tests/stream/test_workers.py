@@ -1,0 +1,114 @@
+"""Several stream processes in one consumer group on Redis Streams and a Redis store: they
+share the partitions; when one is killed with SIGKILL, another takes over its partitions and
+the messages it had read and not acknowledged within 10 s, and the features end exactly as
+those of one uninterrupted process."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import msgspec
+import pytest
+import redis
+
+from tastemaker.catalog import load_catalog
+from tastemaker.config import Config, LogConfig, dump_config
+from tastemaker.data.synthetic import ShopSpec, generate_shop
+from tastemaker.log import open_log, total_lag
+from tastemaker.serving.runtime import Runtime
+from tests.conftest import make_config, wait_until
+from tests.stream.test_exactly_once import _diff, _snapshot
+
+PARTITIONS = 4
+
+
+def _on_redis(config: Config, redis_url: str, name: str) -> Config:
+    return msgspec.structs.replace(
+        config,
+        log=LogConfig(url=f"{redis_url}?partitions={PARTITIONS}&prefix={name}:log&lease_s=3"),
+        store=msgspec.structs.replace(config.store, url=f"{redis_url}?prefix={name}:"),
+        stream=msgspec.structs.replace(config.stream, batch_size=1000, poll_interval_s=0.05),
+    )
+
+
+def _owners(client: redis.Redis, name: str) -> dict[int, str]:
+    out = {}
+    for p in range(PARTITIONS):
+        holder = client.get(f"{name}:log:lease:features:{p}")
+        if holder is not None:
+            out[p] = holder.decode() if isinstance(holder, bytes) else str(holder)
+    return out
+
+
+@pytest.mark.slow
+def test_a_killed_workers_partitions_are_taken_over_with_nothing_lost_or_doubled(
+    tmp_path: Path, redis_url: str
+) -> None:
+    shop = generate_shop(ShopSpec(n_users=3000, n_items=1500, seed=11))
+    make_config(tmp_path / "catalog", shop.catalog())
+    catalog = load_catalog(tmp_path / "catalog" / "catalog.parquet")
+    events = [e for chunk in shop.events(chunk_users=1500) for e in chunk]
+    users = sorted({e.user_id for e in events})
+    run = uuid.uuid4().hex[:8]
+
+    # The reference: one process, uninterrupted, on the same partitioned log.
+    base = _on_redis(make_config(tmp_path / "base", catalog), redis_url, f"base{run}")
+    log = open_log(base.log.url)
+    for i in range(0, len(events), 5000):
+        log.append(events[i : i + 5000])
+    log.close()
+    rt = Runtime(base, catalog)
+    rt.processor.drain()
+    rt.close()
+    expected = _snapshot(base, catalog, users)
+
+    name = f"w{run}"
+    shared = _on_redis(make_config(tmp_path / "shared", catalog), redis_url, name)
+    log = open_log(shared.log.url)
+    for i in range(0, len(events), 5000):
+        log.append(events[i : i + 5000])
+    client = redis.Redis.from_url(redis_url)
+    workers: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for member in ("w1", "w2"):
+            toml = tmp_path / f"{member}.toml"
+            stream = msgspec.structs.replace(shared.stream, member=member)
+            dump_config(msgspec.structs.replace(shared, stream=stream), toml)
+            workers[member] = subprocess.Popen(
+                [sys.executable, "-m", "tastemaker", "stream", "--config", str(toml)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        # Both work: each owns some partitions, and the stream has made progress.
+        wait_until(lambda: set(_owners(client, name).values()) == {"w1", "w2"}, timeout=60)
+        total = len(events)
+        wait_until(lambda: total_lag(log, "features") < total * 0.8, timeout=60)
+        assert total_lag(log, "features") > total * 0.1, "too late to kill mid-stream"
+        workers["w1"].send_signal(signal.SIGKILL)
+        workers["w1"].wait()
+        killed_at = time.monotonic()
+        everything = dict.fromkeys(range(PARTITIONS), "w2")
+        wait_until(lambda: _owners(client, name) == everything, timeout=30)
+        took = time.monotonic() - killed_at
+        assert took < 10, f"takeover took {took:.1f} s"
+        wait_until(lambda: total_lag(log, "features") == 0, timeout=120)
+        workers["w2"].send_signal(signal.SIGTERM)
+        assert workers["w2"].wait(timeout=30) == 0
+        # The group has nothing pending: every message was acknowledged by someone.
+        for p in range(PARTITIONS):
+            pending = client.xpending(f"{name}:log:p{p}", "features")
+            assert pending["pending"] == 0
+    finally:
+        for w in workers.values():
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+        log.close()
+        client.close()
+    diff = _diff(_snapshot(shared, catalog, users), expected)
+    assert not diff, f"{len(diff)} cells differ, e.g. {[d[:300] for d in diff[:3]]}"
