@@ -261,3 +261,18 @@ def test_bad_urls_are_refused(tmp_path: Path) -> None:
         open_log("kafka://127.0.0.1:9092")
     with pytest.raises(ValueError, match="no scheme"):
         open_log(str(tmp_path))
+
+
+def test_redis_streams_trims_entries_older_than_the_retention(redis_url: str) -> None:
+    url = f"{redis_url}?partitions=1&prefix=trim{uuid.uuid4().hex[:8]}&retention_s=0.5"
+    old = open_log(url)
+    old.append([event(f"old{i}", "u", "i") for i in range(1000)])
+    old.close()
+    time.sleep(0.6)
+    new = open_log(url)  # a new process: its first append trims
+    new.append([event(f"new{i}", "u", "i") for i in range(10)])
+    kept = [r.event.event_id for r in new.read(0, 0, 10_000)]
+    new.close()
+    # Trimming is approximate (whole stream nodes of 100 entries), never of recent entries.
+    assert kept[-10:] == [f"new{i}" for i in range(10)]
+    assert len(kept) <= 110
