@@ -26,6 +26,7 @@ so every retriever has data.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import tempfile
 import time
@@ -217,6 +218,9 @@ def main() -> None:
             config, toml, user_ids = prepare(root, users, url)
             rt = Runtime.from_config(config)
             rt.watch_artifacts()  # the batch retrievers' artifacts, as a server loads them
+            # As every server process does once loaded (tastemaker.cli._freeze_heap).
+            gc.collect()
+            gc.freeze()
             result.update(ranking(rt.pipeline, user_ids, root))
             result.update(retrieval(rt.pipeline, user_ids))
             rt.close()

@@ -19,7 +19,7 @@ from tastemaker.retrieval.batch import (
     SegmentRetriever,
 )
 from tastemaker.retrieval.category import CategoryRetriever
-from tastemaker.retrieval.covisitation import CovisitationRetriever
+from tastemaker.retrieval.covisitation import CovisitationRetriever, NeighbourCache
 from tastemaker.retrieval.popular import PopularRetriever, popular_candidates
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "ItemKnnRetriever",
     "LongPopularRetriever",
     "ModelHolder",
+    "NeighbourCache",
     "NewItemsRetriever",
     "PopularRetriever",
     "RetrievalContext",

@@ -2,26 +2,96 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 import numpy.typing as npt
 
+from tastemaker.catalog import Catalog
 from tastemaker.features.layout import COVIS, PROFILE, SESSION, item_row, merge_shards
 from tastemaker.retrieval.base import Candidates, RetrievalContext
-from tastemaker.store import OnlineStore
+from tastemaker.store import Cell, OnlineStore
 
-__all__ = ["CovisitationRetriever"]
+__all__ = ["CovisitationRetriever", "NeighbourCache"]
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float32]
+
+
+class NeighbourCache:
+    """Items' co-visitation neighbours as catalog rows and weights (scaled so the strongest is
+    1), kept in RAM for `ttl_s` and shared by both co-visitation retrievers of a pipeline.
+
+    Popular items are every user's seeds: without it each request reads and decodes their
+    neighbour maps again and maps thousands of item ids to rows. Neighbours move slowly (the
+    stream changes an item's map at most once a microbatch), so a second of staleness is
+    invisible; new events still reach the user's own seeds at once (they are read per
+    request). Hand-written because it is a dozen lines over a dict: a TTL, a size bound, and
+    the values are arrays derived from the catalog."""
+
+    def __init__(self, store: OnlineStore, ttl_s: float = 1.0, max_items: int = 50_000) -> None:
+        self.store = store
+        self.ttl_s = ttl_s
+        self.max_items = max_items
+        self._items: dict[str, tuple[float, IntArray, FloatArray]] = {}
+
+    def get(self, catalog: Catalog, items: Sequence[str]) -> dict[str, tuple[IntArray, FloatArray]]:
+        """Each item's (rows, weights); items without neighbours are left out. One multi-get
+        for the items not cached (or expired)."""
+        now = time.monotonic()
+        out: dict[str, tuple[IntArray, FloatArray]] = {}
+        missing: list[str] = []
+        for item in items:
+            hit = self._items.get(item)
+            if hit is not None and now - hit[0] < self.ttl_s:
+                if hit[1].size:
+                    out[item] = (hit[1], hit[2])
+            else:
+                missing.append(item)
+        if not missing:
+            return out
+        stored = self.store.get([item_row(i) for i in missing], [COVIS])
+        if len(self._items) + len(missing) > self.max_items:
+            self._items.clear()  # crude but bounded; refilled by the next requests
+        empty = (np.empty(0, np.int64), np.empty(0, np.float32))
+        for item in missing:
+            cells: Mapping[str, Cell] = stored.get(item_row(item), {}).get(COVIS, {})
+            if "neighbours" not in cells:  # shares of several log partitions: merge them
+                cells = merge_shards(cells)
+            links = cells.get("neighbours")
+            rows, weights = empty
+            if links is not None and links.value:
+                ids = list(links.value)
+                all_rows = catalog.rows(ids)
+                w = np.fromiter(links.value.values(), np.float32, len(ids))
+                keep = all_rows >= 0
+                rows, weights = all_rows[keep], w[keep]
+                if weights.size and weights.max() > 0:
+                    weights = weights / weights.max()
+            self._items[item] = (now, rows, weights)
+            if rows.size:
+                out[item] = (rows, weights)
+        return out
 
 
 class CovisitationRetriever:
     """Items co-visited with seed items, the most recent seeds weighing most; the seeds'
-    neighbour lists are read in one multi-get. As `covisitation` the seeds are the user's last
-    items; as `session` (session neighbours) only the items of the current session."""
+    neighbour lists come from a `NeighbourCache` (one multi-get for those not cached). As
+    `covisitation` the seeds are the user's last items; as `session` (session neighbours)
+    only the items of the current session."""
 
     def __init__(
-        self, store: OnlineStore, *, session_only: bool = False, max_seeds: int = 10
+        self,
+        store: OnlineStore,
+        *,
+        session_only: bool = False,
+        max_seeds: int = 10,
+        cache: NeighbourCache | None = None,
     ) -> None:
         self.store = store
         self.max_seeds = max_seeds
+        self.cache = cache if cache is not None else NeighbourCache(store)
         self.name = "session" if session_only else "covisitation"
         self._source = (SESSION, "session_items") if session_only else (PROFILE, "last_items")
 
@@ -33,39 +103,30 @@ class CovisitationRetriever:
         seeds = self._seeds(ctx, *self._source)
         if not seeds:
             return Candidates.empty()
-        rows = ctx.shared.get("covis")
-        if rows is None:
-            # Both co-visitation retrievers' seeds in one multi-get, shared by the request.
-            wanted = dict.fromkeys(
-                seeds
-                + self._seeds(ctx, PROFILE, "last_items")
-                + self._seeds(ctx, SESSION, "session_items")
+        got = ctx.shared.get("covis")
+        if got is None:
+            # Both co-visitation retrievers' seeds at once, shared by the request.
+            wanted = list(
+                dict.fromkeys(
+                    seeds
+                    + self._seeds(ctx, PROFILE, "last_items")
+                    + self._seeds(ctx, SESSION, "session_items")
+                )
             )
-            rows = self.store.get([item_row(i) for i in wanted], [COVIS])
-            ctx.shared["covis"] = rows
-        ids: list[str] = []
-        parts: list[npt.NDArray[np.float32]] = []
+            got = ctx.shared["covis"] = self.cache.get(ctx.catalog, wanted)
+        rows_parts: list[IntArray] = []
+        parts: list[FloatArray] = []
         for rank, seed in enumerate(seeds):
-            data = rows.get(item_row(seed))
-            if data is None:
+            hit = got.get(seed)
+            if hit is None:
                 continue
-            cells = data[COVIS]
-            if "neighbours" not in cells:  # shares of several log partitions: merge them
-                cells = merge_shards(cells)
-                if "neighbours" not in cells:
-                    continue
-            links: dict[str, float] = cells["neighbours"].value
-            w = np.fromiter(links.values(), np.float32, len(links))
-            ids.extend(links)
-            parts.append(w * np.float32(1.0 / ((1.0 + rank) * w.max())))
-        if not ids:
+            rows_parts.append(hit[0])
+            parts.append(hit[1] * np.float32(1.0 / (1.0 + rank)))
+        if not rows_parts:
             return Candidates.empty()
         # Sum each neighbour's weights over the seeds, vectorized over catalog rows.
-        all_rows = ctx.catalog.rows(ids)
-        weights = np.concatenate(parts)
-        keep = all_rows >= 0
-        cand_rows, inverse = np.unique(all_rows[keep], return_inverse=True)
-        scores = np.bincount(inverse, weights=weights[keep]).astype(np.float32)
+        cand_rows, inverse = np.unique(np.concatenate(rows_parts), return_inverse=True)
+        scores = np.bincount(inverse, weights=np.concatenate(parts)).astype(np.float32)
         if cand_rows.size > k:
             best = np.argpartition(-scores, k - 1)[:k]
             cand_rows, scores = cand_rows[best], scores[best]

@@ -5,6 +5,8 @@ scheduler when `offline.schedule_interval_s` > 0."""
 
 from __future__ import annotations
 
+import gc
+
 import msgspec
 from starlette.applications import Starlette
 
@@ -23,4 +25,8 @@ def create_app() -> Starlette:
     runtime = Runtime.from_config(config)
     runtime.watch_artifacts()  # each worker picks up new artifact versions itself
     runtime.watch_catalog()  # and the item changes other workers accepted
-    return build_app(runtime)
+    app = build_app(runtime)
+    # Loaded state out of the garbage collector's reach (see cli._freeze_heap).
+    gc.collect()
+    gc.freeze()
+    return app

@@ -64,6 +64,7 @@ from tastemaker.retrieval import (
     ItemKnnRetriever,
     LongPopularRetriever,
     ModelHolder,
+    NeighbourCache,
     NewItemsRetriever,
     PopularRetriever,
     RetrievalContext,
@@ -162,12 +163,17 @@ class RecommendPipeline:
         self.scorer = scorer or LinearScorer(config.ranking.weights)
         self.linear = LinearScorer(config.ranking.weights)  # the rank stage's fallback
         s = config.serving
+        # Items' co-visitation neighbours, cached like the global lists.
+        neighbours = NeighbourCache(store, ttl_s=s.global_cache_s)
         # The first retriever is the fallback when the store fails: it needs no user data.
         self.retrievers: list[tuple[Retriever, int]] = [
             (PopularRetriever(), s.popular_candidates),
             (PopularRetriever(trending=True), s.trending_candidates),
-            (CovisitationRetriever(store), s.covis_candidates),
-            (CovisitationRetriever(store, session_only=True), s.session_candidates),
+            (CovisitationRetriever(store, cache=neighbours), s.covis_candidates),
+            (
+                CovisitationRetriever(store, session_only=True, cache=neighbours),
+                s.session_candidates,
+            ),
             (CategoryRetriever(), s.category_candidates),
             (AnnRetriever(catalog, exact_below=s.ann_exact_below), s.ann_candidates),
             (ItemKnnRetriever(self.models), s.item_knn_candidates),
