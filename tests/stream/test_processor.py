@@ -1,16 +1,21 @@
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
 from tastemaker.catalog import Catalog
+from tastemaker.config import LogConfig
 from tastemaker.data.synthetic import Shop
 from tastemaker.events import Event, EventType
 from tastemaker.features.layout import COVIS, GLOBAL_ROW, POPULAR, PROFILE, SESSION
+from tastemaker.log import total_lag
 from tastemaker.serving.runtime import Runtime
+from tastemaker.store import StoreError
 from tests.conftest import T0, event, make_config
 
 
@@ -178,3 +183,53 @@ def test_trending_favours_recent_events_and_session_neighbours_use_the_session(
     assert catalog.ids[p.trending.top(1)][0] == new  # 1-hour half-life: recency wins
     lists = runtime.store.get([GLOBAL_ROW], [POPULAR])[GLOBAL_ROW][POPULAR]
     assert lists["trending"].value[0][0] == new
+
+
+@pytest.mark.parametrize("log_backend", ["embedded", "redis"])
+def test_a_failed_store_write_is_retried_with_nothing_lost_or_doubled(
+    tmp_path: Path, shop: Shop, log_backend: str, request: pytest.FixtureRequest
+) -> None:
+    """A batch whose store write fails is read again from the log (the consumer seeks back),
+    and the partition's in-memory item shares are reloaded, not applied twice."""
+    catalog = shop.catalog()
+    events = [e for chunk in shop.events(chunk_users=100) for e in chunk]
+    users = sorted({e.user_id for e in events})
+    snapshots = []
+    for name, failing in (("steady", False), ("failing", True)):
+        config = make_config(tmp_path / name, catalog)
+        if log_backend == "redis":
+            url = request.getfixturevalue("redis_url")
+            config = msgspec.structs.replace(
+                config,
+                log=LogConfig(url=f"{url}?partitions=3&prefix={name}{uuid.uuid4().hex[:6]}"),
+            )
+        config = msgspec.structs.replace(
+            config, stream=msgspec.structs.replace(config.stream, batch_size=500)
+        )
+        rt = Runtime(config, catalog)
+        rt.ingestor.ingest(events)
+        calls = 0
+        write = rt.store.write
+
+        def flaky(*args: Any, failing: bool = failing, write: Any = write, **kw: Any) -> None:
+            nonlocal calls
+            calls += 1
+            if failing and calls % 3 == 0:
+                raise StoreError("injected: the store is unreachable")
+            write(*args, **kw)
+
+        rt.store.write = flaky  # type: ignore[method-assign]
+        failures = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if rt.processor.drain(timeout_s=5) == 0 and total_lag(rt.log, "features") == 0:
+                    break
+            except StoreError:
+                failures += 1
+        assert total_lag(rt.log, "features") == 0, "the stream never caught up"
+        assert (failures > 0) == failing
+        rt.store.write = write  # type: ignore[method-assign]
+        snapshots.append(all_rows(rt, catalog, users))
+        rt.close()
+    assert snapshots[0] == snapshots[1]

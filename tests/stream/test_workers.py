@@ -1,16 +1,18 @@
-"""Several stream processes in one consumer group on Redis Streams and a Redis store: they
-share the partitions; when one is killed with SIGKILL, another takes over its partitions and
-the messages it had read and not acknowledged within 10 s, and the features end exactly as
-those of one uninterrupted process."""
+"""Several stream processes in one consumer group, on Redis Streams or Kafka, with a Redis
+store: they share the partitions; when one is killed with SIGKILL, another takes over its
+partitions and the messages it had read and not committed (within 10 s on Redis Streams,
+where the leases show it), and the features end as those of one uninterrupted process."""
 
 from __future__ import annotations
 
+import math
 import signal
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -27,13 +29,43 @@ from tests.stream.test_exactly_once import _diff, _snapshot
 PARTITIONS = 4
 
 
-def _on_redis(config: Config, redis_url: str, name: str) -> Config:
+def _on_redis(config: Config, redis_url: str, name: str, kafka: str | None = None) -> Config:
+    log_url = f"{redis_url}?partitions={PARTITIONS}&prefix={name}:log&lease_s=3"
+    if kafka is not None:
+        log_url = f"kafka://{kafka}/{name}?partitions={PARTITIONS}&session_timeout_s=6"
     return msgspec.structs.replace(
         config,
-        log=LogConfig(url=f"{redis_url}?partitions={PARTITIONS}&prefix={name}:log&lease_s=3"),
+        log=LogConfig(url=log_url),
         store=msgspec.structs.replace(config.store, url=f"{redis_url}?prefix={name}:"),
         stream=msgspec.structs.replace(config.stream, batch_size=1000, poll_interval_s=0.05),
     )
+
+
+def _close(a: Any, b: Any) -> bool:
+    """Equal, floats within 1e-5 (relative or absolute)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return (
+            isinstance(a, int | float)
+            and isinstance(b, int | float)
+            and math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-5)
+        )
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def _value_diff(a: dict[str, Any], b: dict[str, Any], families: set[str]) -> list[str]:
+    out = []
+    for row in sorted(set(a) | set(b)):
+        for fam in sorted((set(a.get(row, {})) | set(b.get(row, {}))) & families):
+            ca, cb = a.get(row, {}).get(fam, {}), b.get(row, {}).get(fam, {})
+            for col in sorted(set(ca) | set(cb)):
+                va, vb = ca.get(col), cb.get(col)
+                if va is None or vb is None or not _close(va.value, vb.value):
+                    out.append(f"{row}/{fam}/{col}: {va} != {vb}")
+    return out
 
 
 def _owners(client: redis.Redis, name: str) -> dict[int, str]:
@@ -46,9 +78,11 @@ def _owners(client: redis.Redis, name: str) -> dict[int, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("log_backend", ["redis", "kafka"])
 def test_a_killed_workers_partitions_are_taken_over_with_nothing_lost_or_doubled(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, log_backend: str, request: pytest.FixtureRequest
 ) -> None:
+    kafka = request.getfixturevalue("kafka_servers") if log_backend == "kafka" else None
     shop = generate_shop(ShopSpec(n_users=3000, n_items=1500, seed=11))
     make_config(tmp_path / "catalog", shop.catalog())
     catalog = load_catalog(tmp_path / "catalog" / "catalog.parquet")
@@ -57,7 +91,7 @@ def test_a_killed_workers_partitions_are_taken_over_with_nothing_lost_or_doubled
     run = uuid.uuid4().hex[:8]
 
     # The reference: one process, uninterrupted, on the same partitioned log.
-    base = _on_redis(make_config(tmp_path / "base", catalog), redis_url, f"base{run}")
+    base = _on_redis(make_config(tmp_path / "base", catalog), redis_url, f"base{run}", kafka)
     log = open_log(base.log.url)
     for i in range(0, len(events), 5000):
         log.append(events[i : i + 5000])
@@ -68,7 +102,7 @@ def test_a_killed_workers_partitions_are_taken_over_with_nothing_lost_or_doubled
     expected = _snapshot(base, catalog, users)
 
     name = f"w{run}"
-    shared = _on_redis(make_config(tmp_path / "shared", catalog), redis_url, name)
+    shared = _on_redis(make_config(tmp_path / "shared", catalog), redis_url, name, kafka)
     log = open_log(shared.log.url)
     for i in range(0, len(events), 5000):
         log.append(events[i : i + 5000])
@@ -84,23 +118,26 @@ def test_a_killed_workers_partitions_are_taken_over_with_nothing_lost_or_doubled
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-        # Both work: each owns some partitions, and the stream has made progress.
-        wait_until(lambda: set(_owners(client, name).values()) == {"w1", "w2"}, timeout=60)
+        # Both work: each owns some partitions (on Redis Streams the leases say which; Kafka's
+        # assignment is the broker's), and the stream has made progress.
+        if kafka is None:
+            wait_until(lambda: set(_owners(client, name).values()) == {"w1", "w2"}, timeout=60)
         total = len(events)
         wait_until(lambda: total_lag(log, "features") < total * 0.8, timeout=60)
         assert total_lag(log, "features") > total * 0.1, "too late to kill mid-stream"
         workers["w1"].send_signal(signal.SIGKILL)
         workers["w1"].wait()
         killed_at = time.monotonic()
-        everything = dict.fromkeys(range(PARTITIONS), "w2")
-        wait_until(lambda: _owners(client, name) == everything, timeout=30)
-        took = time.monotonic() - killed_at
-        assert took < 10, f"takeover took {took:.1f} s"
+        if kafka is None:
+            everything = dict.fromkeys(range(PARTITIONS), "w2")
+            wait_until(lambda: _owners(client, name) == everything, timeout=30)
+            took = time.monotonic() - killed_at
+            assert took < 10, f"takeover took {took:.1f} s"
         wait_until(lambda: total_lag(log, "features") == 0, timeout=120)
         workers["w2"].send_signal(signal.SIGTERM)
         assert workers["w2"].wait(timeout=30) == 0
         # The group has nothing pending: every message was acknowledged by someone.
-        for p in range(PARTITIONS):
+        for p in range(PARTITIONS if kafka is None else 0):
             pending = client.xpending(f"{name}:log:p{p}", "features")
             assert pending["pending"] == 0
     finally:
@@ -110,5 +147,15 @@ def test_a_killed_workers_partitions_are_taken_over_with_nothing_lost_or_doubled
                 w.wait()
         log.close()
         client.close()
-    diff = _diff(_snapshot(shared, catalog, users), expected)
+    got = _snapshot(shared, catalog, users)
+    if kafka is None:
+        diff = _diff(got, expected)
+    else:
+        # Kafka hands out records in chunks of its own choosing, so microbatch boundaries
+        # differ from the reference run's: sums of floats differ in their last digits, cell
+        # timestamps are those of each batch's newest event, and what is pruned to a top-k
+        # per batch (co-visitation neighbours, the top lists) may keep other items at the
+        # margin. Every user feature and every item's popularity must still match: nothing
+        # lost, nothing counted twice.
+        diff = _value_diff(got, expected, {"profile", "session", "stats"})
     assert not diff, f"{len(diff)} cells differ, e.g. {[d[:300] for d in diff[:3]]}"

@@ -67,6 +67,11 @@ class LogConsumer(Protocol):
         """Everything of `partition` up to and including `offset` is done."""
         ...
 
+    def seek(self, partition: int, offset: int) -> None:
+        """Read `partition` again from after `offset`: the records polled since were not
+        applied (the batch failed). Records at or before `offset` may come again too."""
+        ...
+
     def close(self) -> None:
         """Leave the group: give up the partitions at once (not only when leases expire)."""
         ...

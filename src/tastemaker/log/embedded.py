@@ -196,5 +196,8 @@ class EmbeddedConsumer:
     def commit(self, partition: int, offset: int) -> None:
         self.log.commit(self.group, {partition: offset})
 
+    def seek(self, partition: int, offset: int) -> None:
+        self._positions[partition] = offset
+
     def close(self) -> None:
         pass

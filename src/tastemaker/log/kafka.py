@@ -77,6 +77,8 @@ class KafkaLog:
         # consumer per group (`assign`, never `subscribe`: it takes no partitions from
         # the group's members).
         self._offset_clients: dict[str, Any] = {}
+        self._positional: Any = None
+        self._read_lock = threading.Lock()
 
     def _ensure_topic(self, partitions: int) -> int:
         try:
@@ -146,39 +148,43 @@ class KafkaLog:
         ]
 
     def _reader(self, partition: int, offset: int) -> Any:
-        reader = Consumer(
-            {
-                "bootstrap.servers": self.servers,
-                "group.id": f"tastemaker-reader-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-            }
-        )
-        reader.assign([TopicPartition(self.topic, partition, offset)])
-        return reader
-
-    def _consume(self, reader: Any, limit: int, quiet_s: float) -> list[LogRecord]:
-        """Records from `reader` until `limit` or the partition stays quiet `quiet_s`."""
-        out: list[LogRecord] = []
-        first = True
-        while len(out) < limit:
-            got = self.records(reader.consume(limit - len(out), 2.0 if first else quiet_s))
-            if not got:
-                break
-            first = False
-            out.extend(got)
-        return out
+        """The log's one positional reader (a member of no group), assigned to `partition`
+        from `offset`. Callers hold `_read_lock`."""
+        if self._positional is None:
+            self._positional = Consumer(
+                {
+                    "bootstrap.servers": self.servers,
+                    "group.id": f"tastemaker-reader-{uuid.uuid4().hex}",
+                    "enable.auto.commit": False,
+                    # Answer at once with what there is (some brokers wait the whole
+                    # fetch.wait.max.ms otherwise).
+                    "fetch.wait.max.ms": 10,
+                }
+            )
+        self._positional.assign([TopicPartition(self.topic, partition, offset)])
+        return self._positional
 
     def read(self, partition: int, after: int, limit: int) -> list[LogRecord]:
-        if after >= self._end(partition):
+        want = min(limit, self._end(partition) - after)
+        if want <= 0:
             return []
+        out: list[LogRecord] = []
         try:
-            reader = self._reader(partition, after)
-            try:
-                return self._consume(reader, limit, 0.2)
-            finally:
-                reader.close()
+            with self._read_lock:
+                reader = self._reader(partition, after)
+                # consume() waits until it has `n` messages or times out: ask for exactly
+                # what the partition holds after `after`.
+                while len(out) < want:
+                    got = self.records(reader.consume(want - len(out), self.timeout_s))
+                    if not got:
+                        raise LogError(
+                            f"kafka log {self.topic}: partition {partition} ended before "
+                            f"offset {after + want}"
+                        )
+                    out.extend(got)
         except KafkaException as exc:
             raise LogError(f"kafka log {self.topic}: cannot read: {exc}") from exc
+        return out
 
     def commit(self, group: str, positions: Mapping[int, int]) -> None:
         if not positions:
@@ -207,14 +213,19 @@ class KafkaLog:
             )[1]
             if reported <= 0:
                 return 0
-            reader = self._reader(partition, reported - 1)
-            try:
-                tail = self._consume(reader, 100_000, 0.02)
-            finally:
-                reader.close()
+            newest = int(reported)
+            with self._read_lock:
+                reader = self._reader(partition, reported - 1)
+                # One message at a time (poll returns as soon as one is there); the tail is
+                # one record batch, fetched at once.
+                message = reader.poll(self.timeout_s)
+                while message is not None:
+                    if message.error() is None:
+                        newest = max(newest, message.offset() + 1)
+                    message = reader.poll(0.01)
         except KafkaException as exc:
             raise LogError(f"kafka log {self.topic}: cannot read offsets: {exc}") from exc
-        return max([int(reported), *(r.offset for r in tail)])
+        return newest
 
     def end_offsets(self) -> dict[int, int]:
         return {p: self._end(p) for p in range(self.partitions)}
@@ -232,6 +243,10 @@ class KafkaLog:
             for client in self._offset_clients.values():
                 client.close()
             self._offset_clients.clear()
+        with self._read_lock:
+            if self._positional is not None:
+                self._positional.close()
+                self._positional = None
 
 
 class KafkaConsumer:
@@ -251,6 +266,7 @@ class KafkaConsumer:
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": int(log.session_timeout_s * 1000),
+                "fetch.wait.max.ms": 50,
                 "heartbeat.interval.ms": max(100, int(log.session_timeout_s * 1000 / 6)),
             }
         )
@@ -292,6 +308,14 @@ class KafkaConsumer:
             )
         except KafkaException as exc:
             raise LogError(f"kafka log {self.log.topic}: cannot commit: {exc}") from exc
+
+    def seek(self, partition: int, offset: int) -> None:
+        self._buffer.pop(partition, None)
+        if partition in self._owned:
+            try:
+                self._consumer.seek(TopicPartition(self.log.topic, partition, offset))
+            except KafkaException as exc:
+                raise LogError(f"kafka log {self.log.topic}: cannot seek: {exc}") from exc
 
     def close(self) -> None:
         self._consumer.close()  # leaves the group: a rebalance gives the partitions away

@@ -360,6 +360,13 @@ class RedisStreamsConsumer:
             raise LogError(f"event log {log.url}: cannot acknowledge: {exc}") from exc
         log.commit(self.group, {partition: offset})
 
+    def seek(self, partition: int, offset: int) -> None:
+        # The records read since are pending on this member: claim them back, in order.
+        del offset
+        if partition in self._owned:
+            self._claiming[partition] = "0-0"
+            self._delivered.pop(partition, None)
+
     def close(self) -> None:
         log = self.log
         with contextlib.suppress(redis.RedisError):  # else the leases lapse by themselves

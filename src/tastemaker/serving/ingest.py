@@ -6,11 +6,12 @@ exactly what production traffic does.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 
 from tastemaker.events import Event, InvalidBatchError, decode_batch
-from tastemaker.log import EventLog
+from tastemaker.log import EventLog, LogError
 from tastemaker.metrics import METRICS
 
 __all__ = ["BackpressureError", "Ingestor"]
@@ -47,18 +48,33 @@ class Ingestor:
         self._lag = 0
         self._lag_at = -1.0
         self._appended = 0
+        self._refreshing = threading.Lock()
 
     def lag(self, *, fresh: bool = False) -> int:
         """Events in the log that the stream processor has not committed (the largest lag of
-        any partition: one partition far behind is enough to refuse). The log is asked at
-        most every 100 ms (on Redis or Kafka that is a round trip per partition) unless
-        `fresh`; in between, what this process appended since is added."""
+        any partition: one partition far behind is enough to refuse).
+
+        Asking the log costs a round trip per partition on Redis or Kafka, so a request never
+        waits for it: the answer is refreshed in the background at most every 100 ms, and what
+        this process appended since is added. `fresh` asks the log now (before refusing)."""
+        if fresh:
+            return self._refresh()
         now = time.monotonic()
-        if fresh or now - self._lag_at >= 0.1:
-            self._lag = max(self.log.lag(self.group).values(), default=0)
+        if now - self._lag_at >= 0.1 and not self._refreshing.locked():
             self._lag_at = now
-            self._appended = 0
+            threading.Thread(target=self._refresh, name="tastemaker-lag", daemon=True).start()
         return self._lag + self._appended
+
+    def _refresh(self) -> int:
+        with self._refreshing:
+            appended = self._appended
+            try:
+                self._lag = max(self.log.lag(self.group).values(), default=0)
+            except LogError:
+                return self._lag + self._appended  # the append will say what is wrong
+            self._appended -= appended
+            self._lag_at = time.monotonic()
+            return self._lag + self._appended
 
     def ingest_json(self, body: bytes) -> int:
         """Decode `{"events": [...]}` and append it. Raises `InvalidBatchError` or

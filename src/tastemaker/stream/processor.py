@@ -241,13 +241,16 @@ class StreamProcessor:
         if (pending := self._next_catalog) is not None:
             self._next_catalog = None
             self.set_catalog(pending)
-        owned = self._follow_assignment()
+        self._follow_assignment()
         records = self.consumer.poll(s.batch_size)
         if not records:
             self._report_lag()
             return None
         p = records[0].partition
-        if p not in owned:  # given up between the assignment and the poll: not ours
+        if p not in self.consumer.assignment():
+            # Taken away since the poll (a rebalance): the new owner reads them again.
+            if self.partitions > 1:
+                self.shards.pop(p, None)
             return None
         shard = self.shards.get(p) or self._load_shard(p)
         self._shard = shard
@@ -255,17 +258,26 @@ class StreamProcessor:
         # At-least-once: a record this state already reflects (a batch applied before a crash,
         # redelivered or taken over from a dead member) is skipped, not applied again.
         fresh_records = self._unapplied(records, shard.position)
-        if fresh_records:
-            # The position travels in the same store write as the state it produced: after a
-            # crash the state and the position agree, whatever the log's own commit says.
-            position = Mutation(
-                offsets_row(s.group),
-                OFFSETS,
-                {self._col("log"): Cell(float(last_offset), last_offset)},
-            )
-            n_events, users = self.apply_events([r.event for r in fresh_records], [position])
-        else:
-            n_events, users = 0, set()
+        try:
+            if fresh_records:
+                # The position travels in the same store write as the state it produced:
+                # after a crash the state and the position agree, whatever the log's commit.
+                position = Mutation(
+                    offsets_row(s.group),
+                    OFFSETS,
+                    {self._col("log"): Cell(float(last_offset), last_offset)},
+                )
+                n_events, users = self.apply_events([r.event for r in fresh_records], [position])
+            else:
+                n_events, users = 0, set()
+        except BaseException:
+            # The batch is read again, and the partition's item shares (updated in memory
+            # before the failed write) are reloaded from the store.
+            self.consumer.seek(p, shard.position)
+            self.shards.pop(p, None)
+            if self.partitions == 1:
+                self._shard = self._load_shard(0)
+            raise
         n_dup = len(fresh_records) - n_events
         self.consumer.commit(p, last_offset)  # acknowledges; for lag and other readers
         shard.position = last_offset
@@ -502,12 +514,22 @@ class StreamProcessor:
 
     # -- running --------------------------------------------------------------------------
 
-    def drain(self) -> int:
-        """Process until the log has nothing new; returns the number of events applied."""
+    def drain(self, timeout_s: float = 60.0) -> int:
+        """Process until the group has committed everything in the log (or `timeout_s`
+        passes); returns the number of events applied. On a log whose group membership
+        settles asynchronously (Kafka's first join takes seconds) it waits for it."""
         total = 0
-        while (result := self.process_once()) is not None:
-            total += result.events
-        return total
+        deadline = time.monotonic() + timeout_s
+        while True:
+            result = self.process_once()
+            if result is not None:
+                total += result.events
+                continue
+            if sum(self.log.lag(self.config.stream.group).values()) == 0:
+                return total
+            if time.monotonic() > deadline:
+                return total
+            time.sleep(0.02)
 
     def run(self) -> None:
         """Process until `stop()`; sleeps `poll_interval_s` when idle. Errors are logged and
