@@ -145,3 +145,33 @@ def test_erasure_removes_a_users_events_from_the_lake(log: EventLog, tmp_path: P
     Archiver(log, lake).run_once(batch_size=10)
     assert lake.delete_users(["u3"]) == 3
     assert lake.events() == [e for e in events if e.user_id != "u3"]
+
+
+@pytest.mark.parametrize("backend", ["embedded", "redis"])
+def test_a_partitioned_log_is_archived_once_in_one_lake_sequence(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if backend == "redis":
+        url = f"{request.getfixturevalue('redis_url')}?partitions=3&prefix=a{uuid.uuid4().hex[:6]}"
+    else:
+        url = f"embedded://{tmp_path}/plog?partitions=3&fsync=never"
+    plog = open_log(url)
+    events = sample_events(50)
+    plog.append(events[:30])
+    lake = Lake(str(tmp_path / "lake"))
+    first = Archiver(plog, lake).run_once(batch_size=4)
+    assert (first.events, first.watermark) == (30, 30)
+    # More events, then a run that dies after writing a file of its first batch: that file
+    # is past the saved lake offset, so the next run removes it and writes the batch again.
+    plog.append(events[30:])
+    p = next(p for p in range(3) if plog.read(p, plog.committed("archiver")[p], 1))
+    records = plog.read(p, plog.committed("archiver")[p], 2)
+    lake.append(records, 31, 32)
+    second = Archiver(plog, lake).run_once(batch_size=4)
+    assert second.removed_partial == 1
+    assert second.watermark == 50
+    table = lake.read()
+    assert sorted(table["offset"].to_pylist()) == list(range(1, 51))  # one dense sequence
+    assert sorted(e.event_id for e in lake.events()) == sorted(e.event_id for e in events)
+    assert sum(plog.lag("archiver").values()) == 0
+    plog.close()
