@@ -18,10 +18,12 @@ import msgspec
 from tastemaker.catalog import CatalogError
 from tastemaker.config import Config, ConfigError, load_config
 from tastemaker.data.movielens import MovieLensError
+from tastemaker.log import LogError
 from tastemaker.offline.artifacts import ArtifactError
 from tastemaker.offline.evaluate import EvalError
 from tastemaker.offline.jobs import JobError
 from tastemaker.offline.scheduler import OfflineBusyError
+from tastemaker.store import StoreError
 
 __all__ = ["main"]
 
@@ -345,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         JobError,
         EvalError,
         OfflineBusyError,
+        LogError,  # the log's server is unreachable at start, say
+        StoreError,
     ) as exc:
         print(f"tastemaker: error: {exc}", file=sys.stderr)
         return 2
