@@ -62,7 +62,8 @@ class CatalogConfig(_Section, frozen=True):
 
 class StreamConfig(_Section, frozen=True):
     group: str = "features"
-    # This process's name in the consumer group; "" = `<hostname>-<pid>`.
+    # This process's name in the consumer group, unique among the live members (two
+    # processes with one name would both read its partitions); "" = `<hostname>-<pid>`.
     member: str = ""
     batch_size: PositiveInt = 5000
     poll_interval_s: Positive = 0.2
