@@ -65,7 +65,7 @@ class StreamConfig(_Section, frozen=True):
     # This process's name in the consumer group, unique among the live members (two
     # processes with one name would both read its partitions); "" = `<hostname>-<pid>`.
     member: str = ""
-    batch_size: PositiveInt = 5000
+    batch_size: PositiveInt = 20_000
     poll_interval_s: Positive = 0.2
     session_gap_s: Positive = 1800.0
     dedup_window_s: Positive = 7 * DAY
