@@ -3,12 +3,14 @@ each time, ends with exactly the features of a run that was never interrupted.""
 
 from __future__ import annotations
 
+import operator
 import random
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,12 +116,20 @@ def _committed(config: Config) -> int:
         log.close()
 
 
-def _diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+def _diff(
+    a: dict[str, Any],
+    b: dict[str, Any],
+    same: Callable[[Any, Any], bool] = operator.eq,
+    families: set[str] | None = None,
+) -> list[str]:
+    """Cells that differ between two snapshots (`same` decides; by default, equal), in
+    `families` (default: all)."""
     out = []
     for row in sorted(set(a) | set(b)):
-        for fam in sorted(set(a.get(row, {})) | set(b.get(row, {}))):
+        fams = set(a.get(row, {})) | set(b.get(row, {}))
+        for fam in sorted(fams if families is None else fams & families):
             ca, cb = a.get(row, {}).get(fam, {}), b.get(row, {}).get(fam, {})
             for col in sorted(set(ca) | set(cb)):
-                if ca.get(col) != cb.get(col):
+                if not same(ca.get(col), cb.get(col)):
                     out.append(f"{row}/{fam}/{col}: {ca.get(col)} != {cb.get(col)}")
     return out

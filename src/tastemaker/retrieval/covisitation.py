@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -11,7 +11,7 @@ import numpy.typing as npt
 from tastemaker.catalog import Catalog
 from tastemaker.features.layout import COVIS, PROFILE, SESSION, item_row, merge_shards
 from tastemaker.retrieval.base import Candidates, RetrievalContext
-from tastemaker.store import Cell, OnlineStore
+from tastemaker.store import OnlineStore
 
 __all__ = ["CovisitationRetriever", "NeighbourCache"]
 
@@ -56,10 +56,8 @@ class NeighbourCache:
             self._items.clear()  # crude but bounded; refilled by the next requests
         empty = (np.empty(0, np.int64), np.empty(0, np.float32))
         for item in missing:
-            cells: Mapping[str, Cell] = stored.get(item_row(item), {}).get(COVIS, {})
-            if "neighbours" not in cells:  # shares of several log partitions: merge them
-                cells = merge_shards(cells)
-            links = cells.get("neighbours")
+            # Shares of several log partitions are merged (as is, from a one-partition log).
+            links = merge_shards(stored.get(item_row(item), {}).get(COVIS, {})).get("neighbours")
             rows, weights = empty
             if links is not None and links.value:
                 ids = list(links.value)

@@ -224,14 +224,13 @@ class StreamProcessor:
 
     # -- one microbatch -------------------------------------------------------------------
 
-    def _follow_assignment(self) -> frozenset[int]:
+    def _follow_assignment(self) -> None:
         """Drop the state of partitions this member no longer owns (another member writes
-        them now); load the state of partitions it has just been given."""
+        them now); a partition it has just been given is loaded at its first batch."""
         owned = self.consumer.assignment()
-        for p in set(self.shards) - owned:
-            if self.partitions > 1:
+        if self.partitions > 1:
+            for p in set(self.shards) - owned:
                 del self.shards[p]
-        return owned
 
     def process_once(self) -> BatchResult | None:
         """Read and apply one microbatch of one partition; None when the partitions this
