@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import msgspec
 import pytest
 import redis
 
@@ -26,12 +27,55 @@ def test_one_key_per_row_family_with_ttl_and_compact_values(redis_url: str) -> N
     assert data_keys[0].startswith("layout:{u:42}")
     assert 0 < raw.pttl(data_keys[0]) <= 60_000
     # Names replaced by 1-byte ids, one shared timestamp, float32-exact floats in 5 bytes:
-    # version + array (2); header: array (1), ts (9), 25 ids (3 + 25), no own timestamps (1),
-    # 25 sizes (3 + 25); values (3 + 25 * 5).
-    assert raw.strlen(data_keys[0]) == 2 + 1 + 9 + 28 + 1 + 28 + 3 + 25 * 5
+    # the fixed header (14: version, flags, cells, ts, cells with their own ts), 25 ids,
+    # 25 one-byte sizes, the values' array header (3) and the values (25 * 5).
+    assert raw.strlen(data_keys[0]) == 14 + 25 + 25 + 3 + 25 * 5
     store.write([Mutation("i:1", "stats", {"pop": Cell(1.0, 2)})])
     stats_key = next(k for k in raw.keys("layout:{i:1}*"))
     assert raw.pttl(stats_key) == -1  # no TTL on a family without one
+    raw.close()
+    store.close()
+
+
+def test_wide_families_and_large_values_merge_on_the_server(redis_url: str) -> None:
+    """Column ids above 255 (two-byte ids), more columns than the script unpacks at once,
+    values above 255 and 65,535 bytes (two- and four-byte sizes), cells with their own ts."""
+    store = RedisStore.from_url(redis_url, FAMILIES, prefix="wide:")
+    cols = {f"c{i}": Cell(1.0, i) for i in range(5000)}
+    cols["big"] = Cell(1.0, "x" * 70_000)
+    cols["mid"] = Cell(1.0, list(range(200)))
+    store.write([Mutation("r", "profile", cols)])
+    update = {f"c{i}": Cell(2.0 if i % 2 else 0.5, -i) for i in range(0, 5000, 7)}
+    update["new"] = Cell(1.5, 0.25)
+    store.write([Mutation("r", "profile", update)])
+    want = dict(cols)
+    want.update({c: cell for c, cell in update.items() if c not in cols or cell.ts >= 1.0})
+    assert store.get(["r"], ["profile"])["r"]["profile"] == want
+    store.close()
+
+
+def test_version_3_values_are_read_and_merged(redis_url: str) -> None:
+    """Values written by tastemaker before version 4 of the encoding stay readable, and the
+    next write merges into them."""
+    store = RedisStore.from_url(redis_url, FAMILIES, prefix="v3:")
+    store.write([Mutation("seed", "profile", {"a": Cell(1.0, 0), "b": Cell(1.0, 0)})])
+    raw = redis.Redis.from_url(redis_url)
+    ids = [int(raw.hget("v3:tm:schema", f"c:{c}") or 0) for c in ("a", "b")]
+    values = [msgspec.msgpack.encode(v) for v in ("old", [1, 2])]
+    header = msgspec.msgpack.encode([3.0, ids, [ids[1], 2.0], [len(v) for v in values]])
+    key = store._key("r", "profile")
+    raw.set(key, b"\x03\x92" + header + b"\x92" + b"".join(values))
+    assert store.get(["r"], ["profile"])["r"]["profile"] == {
+        "a": Cell(3.0, "old"),
+        "b": Cell(2.0, [1, 2]),
+    }
+    store.write([Mutation("r", "profile", {"b": Cell(2.5, "new"), "c": Cell(1.0, 7)})])
+    assert (raw.get(key) or b"")[:1] == b"\x04"
+    assert store.get(["r"], ["profile"])["r"]["profile"] == {
+        "a": Cell(3.0, "old"),
+        "b": Cell(2.5, "new"),
+        "c": Cell(1.0, 7),
+    }
     raw.close()
     store.close()
 
