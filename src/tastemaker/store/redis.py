@@ -7,19 +7,9 @@ an erasure one DEL even on a cluster.
 
 Compactness: family and column names are replaced by small integer ids kept in one schema
 hash (`<prefix>tm:schema`), assigned once per deployment by a Lua script and cached by every
-client. A family value (version 4) is, big-endian:
-
-    u8 4 | u8 flags | u16 n | f64 base_ts | u16 m | m x (u16 index, f64 ts)
-    | n column ids (u8; u16 when flags bit 0) | n value sizes (u8, u16 or u32: flags bits 1-2)
-    | one msgpack array of the n values
-
-Most cells of a family are written together, so one timestamp serves them all; the m pairs
-give the others theirs. Floats exactly representable in float32 are stored as msgpack float32
-(5 bytes, not 9). The sizes let the server merge by splicing bytes, without decoding (or
-altering) any value; the header is fixed-width so the server reads it with one
-`struct.unpack` instead of a msgpack decode (version 3, with a msgpack header, cost the
-server ~30 us a key to merge). Version 3 values are still read and are rewritten as 4 by the
-next merge.
+client; a family value is the compact binary encoding of `store/codec.py` (fixed-width
+header, ids, sizes, msgpack values with float32 where exact), which the merge script splices
+without decoding values.
 
 Newer wins, atomically: writes go through `lua/merge.lua`, which merges the incoming cells
 into the stored ones column by column on the server; no read-modify-write race between
@@ -29,32 +19,23 @@ writers. Reads decode in Python. Every call has a socket timeout and raises
 
 from __future__ import annotations
 
-import operator
-import struct
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 
-import msgspec
-import numpy as np
 import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from tastemaker.store.base import Cell, FamilySpec, Mutation, RowData, StoreError
+from tastemaker.store.codec import decode_family, encode_families, id_bytes
 
 __all__ = ["RedisStore", "StoreTimeoutError"]
 
 _KEYS_PER_SCRIPT = 256  # bounded script calls keep the server responsive to other clients
 _T = TypeVar("_T")
-_F32 = struct.Struct(">f")
-_U16 = struct.Struct(">H")
-_U32 = struct.Struct(">I")
-_HEAD = struct.Struct(">BBHdH")  # version, flags, cells, base ts, cells with their own ts
-_OWN_TS = struct.Struct(">Hd")  # cell index, ts
-_MAX_CELLS = 65535
 
 
 class StoreTimeoutError(StoreError):
@@ -63,113 +44,6 @@ class StoreTimeoutError(StoreError):
 
 def _lua(name: str) -> str:
     return (resources.files("tastemaker.store") / "lua" / name).read_text()
-
-
-class _Header3(msgspec.Struct, array_like=True):
-    """Version 3's header: `own_ts` lists `id, ts` pairs of the cells whose timestamp is not
-    `base_ts`; `lengths` are the encoded sizes of the values."""
-
-    base_ts: float
-    ids: list[int]
-    own_ts: list[float]
-    lengths: list[int]
-
-
-class _Family3(msgspec.Struct, array_like=True):
-    header: _Header3
-    values: list[Any]
-
-
-_encode = msgspec.msgpack.Encoder().encode
-_cell_ts = operator.attrgetter("ts")
-_decode_family3 = msgspec.msgpack.Decoder(_Family3).decode
-_decode_values = msgspec.msgpack.Decoder(list[Any]).decode
-
-
-def _encode_values(values: list[Any]) -> list[bytes]:
-    """msgpack of each value, vectorized over a whole write: msgspec encodes (it always writes
-    float64), then one numpy pass rewrites every float that float32 holds exactly as msgpack
-    float32, 5 bytes instead of 9."""
-    encoded = list(map(_encode, values))
-    where = [i for i, v in enumerate(values) if type(v) is float]
-    if where:
-        f64 = np.fromiter((values[i] for i in where), np.float64, len(where))
-        with np.errstate(over="ignore"):
-            f32 = f64.astype(np.float32)
-        exact = np.flatnonzero(f32.astype(np.float64) == f64).tolist()
-        packed = f32.astype(">f4").tobytes()
-        for j in exact:
-            encoded[where[j]] = b"\xca" + packed[4 * j : 4 * j + 4]
-    return encoded
-
-
-def _array_header(n: int) -> bytes:
-    if n < 16:
-        return bytes((0x90 + n,))
-    return b"\xdc" + _U16.pack(n) if n < 65536 else b"\xdd" + _U32.pack(n)
-
-
-def _uints(values: Sequence[int]) -> tuple[int, bytes]:
-    """(width code, big-endian bytes): u8 when every value fits, else u16, else u32."""
-    top = max(values, default=0)
-    if top < 256:
-        return 0, bytes(values)
-    if top < 65536:
-        return 1, struct.pack(f">{len(values)}H", *values)
-    return 2, struct.pack(f">{len(values)}I", *values)
-
-
-def _encode_family(
-    id_flag: int, id_bytes: bytes, cells: Sequence[Cell], values: list[bytes]
-) -> bytes:
-    n = len(cells)
-    if n > _MAX_CELLS:
-        raise StoreError(f"a family holds at most {_MAX_CELLS} columns, got {n}")
-    ts = list(map(_cell_ts, cells))
-    base = max(ts)
-    own = b""
-    m = 0
-    if min(ts) != base:  # usually every cell of a write shares one timestamp
-        pairs = [(i, t) for i, t in enumerate(ts) if t != base]
-        m = len(pairs)
-        own = b"".join(_OWN_TS.pack(i, t) for i, t in pairs)
-    size_flag, sizes = _uints(list(map(len, values)))
-    head = _HEAD.pack(4, id_flag | (size_flag << 1), n, base, m)
-    return b"".join((head, own, id_bytes, sizes, _array_header(n), *values))
-
-
-def _decode_family(blob: bytes) -> list[tuple[int, float, Any]]:
-    """(column id, ts, value) of each cell."""
-    version = blob[:1]
-    if version == b"\x04":
-        _, flags, n, base, m = _HEAD.unpack_from(blob)
-        pos = _HEAD.size
-        own: dict[int, float] = {}
-        for _ in range(m):
-            i, t = _OWN_TS.unpack_from(blob, pos)
-            own[i] = t
-            pos += _OWN_TS.size
-        if flags & 1:
-            ids = list(struct.unpack_from(f">{n}H", blob, pos))
-            pos += 2 * n
-        else:
-            ids = list(blob[pos : pos + n])
-            pos += n
-        pos += n * (1, 2, 4)[(flags >> 1) & 3]  # the sizes: only the server needs them
-        values = _decode_values(memoryview(blob)[pos:])
-        if not own:
-            return [(cid, base, v) for cid, v in zip(ids, values, strict=True)]
-        return [
-            (cid, own.get(i, base), v) for i, (cid, v) in enumerate(zip(ids, values, strict=True))
-        ]
-    if version == b"\x03":
-        fam = _decode_family3(memoryview(blob)[1:])
-        h = fam.header
-        own3 = {int(h.own_ts[i]): h.own_ts[i + 1] for i in range(0, len(h.own_ts), 2)}
-        return [
-            (cid, own3.get(cid, h.base_ts), v) for cid, v in zip(h.ids, fam.values, strict=True)
-        ]
-    raise StoreError(f"unknown family encoding version {version!r}")
 
 
 class _Schema:
@@ -220,10 +94,7 @@ class _Schema:
         """(id width flag, the ids as bytes) of a family's columns, cached per name tuple."""
         packed = self._packed.get(names)
         if packed is None:
-            packed = _uints(self.column_ids(names))
-            if packed[0] > 1:
-                raise StoreError(f"column ids above 65535 in {names[:3]}...: too many columns")
-            self._packed[names] = packed
+            packed = self._packed[names] = id_bytes(self.column_ids(names))
         return packed
 
     def column(self, cid: int) -> str:
@@ -328,7 +199,7 @@ class RedisStore:
                 if blob is None:
                     continue
                 out.setdefault(row, {})[fam] = {
-                    column(cid): Cell(ts, value) for cid, ts, value in _decode_family(blob)
+                    column(cid): Cell(ts, value) for cid, ts, value in decode_family(blob)
                 }
         return out
 
@@ -337,13 +208,18 @@ class RedisStore:
             return
         # Merge mutations of one (row, family) first: one key, one blob, one script argument.
         merged: dict[str, tuple[int, dict[str, Cell]]] = {}
+        copied: set[str] = set()  # keys whose cells are our copy, not a caller's dict
         for m in mutations:
             key = self._key(m.row, m.family)
             entry = merged.get(key)
             if entry is None:
-                merged[key] = (self._ttl_ms[m.family], dict(m.cells))
+                merged[key] = (self._ttl_ms[m.family], m.cells)
                 continue
             cells = entry[1]
+            if key not in copied:
+                cells = dict(cells)
+                merged[key] = (entry[0], cells)
+                copied.add(key)
             for col, cell in m.cells.items():
                 old = cells.get(col)
                 if old is None or cell.ts >= old.ts:
@@ -353,14 +229,10 @@ class RedisStore:
             (key, ttl_ms, list(cells.values()), column_bytes(tuple(cells)))
             for key, (ttl_ms, cells) in merged.items()
         ]
-        encoded = _encode_values([c.value for f in families for c in f[2]])
-        blobs: dict[str, tuple[int, bytes]] = {}
-        start = 0
-        for key, ttl_ms, cells_list, (id_flag, id_bytes) in families:
-            end = start + len(cells_list)
-            blob = _encode_family(id_flag, id_bytes, cells_list, encoded[start:end])
-            blobs[key] = (ttl_ms, blob)
-            start = end
+        encoded = encode_families([(flag, ids, cells) for _, _, cells, (flag, ids) in families])
+        blobs = {
+            key: (ttl_ms, blob) for (key, ttl_ms, _, _), blob in zip(families, encoded, strict=True)
+        }
         seen_keys = [self._seen_key(k) for k in seen]
         try:
             self._retry_moved(lambda: self._run_merge(blobs, seen_keys))
