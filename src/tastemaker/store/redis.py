@@ -35,6 +35,7 @@ from tastemaker.store.codec import decode_family, encode_families, id_bytes
 __all__ = ["RedisStore", "StoreTimeoutError"]
 
 _KEYS_PER_SCRIPT = 256  # bounded script calls keep the server responsive to other clients
+_SEEN_PER_SCRIPT = 1000  # idempotency keys: one SET each, cheaper than a merge
 _T = TypeVar("_T")
 
 
@@ -130,6 +131,7 @@ class RedisStore:
         try:
             self._schema = _Schema(client, self._writer, f"{prefix}tm:schema")
             self._merge = self._writer.register_script(_lua("merge.lua"))
+            self._mark_seen = self._writer.register_script(_lua("mark_seen.lua"))
             self._family_tag = {name: str(self._schema.id("f", name)) for name in self._families}
             self._ttl_ms = {
                 f.name: 0 if f.ttl_s is None else max(1, int(f.ttl_s * 1000)) for f in families
@@ -306,9 +308,10 @@ class RedisStore:
         for client, slots in targets.values():
             pipe = client.pipeline(transaction=not self._cluster)
             for keys in slots.values():
-                for k in keys:
-                    if k in seen_set:
-                        pipe.set(k, b"1", px=self._seen_ttl_ms)
+                seen_here = [k for k in keys if k in seen_set]
+                for i in range(0, len(seen_here), _SEEN_PER_SCRIPT):
+                    chunk = seen_here[i : i + _SEEN_PER_SCRIPT]
+                    self._mark_seen(keys=chunk, args=[self._seen_ttl_ms], client=pipe)
                 cell_keys = [k for k in keys if k not in seen_set]
                 for i in range(0, len(cell_keys), _KEYS_PER_SCRIPT):
                     chunk = cell_keys[i : i + _KEYS_PER_SCRIPT]
