@@ -8,6 +8,7 @@ shows them as they are.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -55,8 +56,12 @@ ENGAGED: list[EventType] = [
 ]
 
 
+_ATTR: dict[str, Any] = {f: operator.attrgetter(f) for f in ("category", "brand", "item_id")}
+
+
 def _attr(fact: Fact, field: Field) -> str | None:
-    return fact.item_id if field == "item_id" else getattr(fact, field)
+    value: str | None = _ATTR[field](fact)
+    return value
 
 
 class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind"):
@@ -90,9 +95,10 @@ class DecayedIntensity(_Base, frozen=True, tag="decayed"):
         anchor = float(state["t"]) if state else None
         values: dict[str, float] = dict(state["v"]) if state else {}
         newest = anchor
+        get_key, weights = _ATTR[self.field], self.weights
         for f in facts:
-            key = _attr(f, self.field)
-            w = self.weights.get(f.type, 0.0)
+            key = get_key(f)
+            w = weights.get(f.type, 0.0)
             if key is None or w == 0.0:
                 continue
             if anchor is None:
@@ -127,9 +133,10 @@ class LastN(_Base, frozen=True, tag="last_n"):
         # seen again, in their order: the same list as moving each value to the front in
         # turn, in one pass with set lookups instead of list scans.
         newest: dict[str, None] = {}
+        get_key, types = _ATTR[self.field], self.types
         for f in reversed(facts):
-            key = _attr(f, self.field)
-            if key is not None and f.type in self.types and key not in newest:
+            key = get_key(f)
+            if key is not None and key not in newest and f.type in types:
                 newest[key] = None
         if not newest:
             return state

@@ -83,7 +83,7 @@ class EmbeddedEventLog:
             "CREATE INDEX IF NOT EXISTS events_by_partition ON events(partition, offset)"
         )
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoder = msgspec.msgpack.Decoder(Event)
+        self._decoder = msgspec.msgpack.Decoder(list[Event])
 
     def append(self, events: Sequence[Event]) -> None:
         if not events:
@@ -113,8 +113,13 @@ class EmbeddedEventLog:
                 "ORDER BY offset LIMIT ?",
                 (partition, after, limit),
             ).fetchall()
-        decode = self._decoder.decode
-        return [LogRecord(o, decode(p), partition) for o, p in rows]
+        if not rows:
+            return []
+        # The payloads framed as one msgpack array: one decode call for the whole batch.
+        events = self._decoder.decode(
+            b"\xdd" + len(rows).to_bytes(4, "big") + b"".join(p for _, p in rows)
+        )
+        return [LogRecord(o, e, partition) for (o, _), e in zip(rows, events, strict=True)]
 
     def commit(self, group: str, positions: Mapping[int, int]) -> None:
         with self._lock:

@@ -113,10 +113,7 @@ class StreamProcessor:
         self._consumer: LogConsumer | None = None
         self.shards: dict[int, _Shard] = {}
         self._shard = self._load_shard(0) if self.partitions == 1 else None
-        self._category_rows = [
-            np.flatnonzero(catalog.category == c).astype(np.int64)
-            for c in range(len(catalog.category_names))
-        ]
+        self._index_catalog(catalog)
         self._stop = threading.Event()
         self._newest_ts: dict[str, float] = {}
         self._next_catalog: Catalog | None = None
@@ -161,11 +158,19 @@ class StreamProcessor:
             if grow > 0:
                 for tracker in shard.trackers():
                     tracker.log_score = np.concatenate([tracker.log_score, np.full(grow, -np.inf)])
+        self._index_catalog(catalog)
+
+    def _index_catalog(self, catalog: Catalog) -> None:
+        self.catalog = catalog
         self._category_rows = [
             np.flatnonzero(catalog.category == c).astype(np.int64)
             for c in range(len(catalog.category_names))
         ]
-        self.catalog = catalog
+        # Per catalog row, as Python objects: a fact's attributes are list lookups, not numpy
+        # scalar indexing (about 1 us an event less on the stream's hot path).
+        self._row_category = catalog.category_names[catalog.category].tolist()
+        self._row_brand = catalog.brand_names[catalog.brand].tolist()
+        self._row_price = catalog.price.astype(np.float64).tolist()
 
     def _col(self, name: str) -> str:
         return shard_column(name, self._current().partition, self.partitions)
@@ -347,10 +352,11 @@ class StreamProcessor:
         return mutations
 
     def _facts(self, events: Sequence[Event], session_ids: Sequence[str]) -> list[Fact]:
-        cat = self.catalog
+        index, embedding = self.catalog.index, self.catalog.embedding
+        categories, brands, prices = self._row_category, self._row_brand, self._row_price
         facts = []
         for e, sid in zip(events, session_ids, strict=True):
-            row = cat.index.get(e.item_id)
+            row = index.get(e.item_id)
             if row is None:
                 facts.append(Fact(e.ts, e.type, e.item_id, sid, e.value))
             else:
@@ -361,10 +367,10 @@ class StreamProcessor:
                         e.item_id,
                         sid,
                         e.value,
-                        category=str(cat.category_names[cat.category[row]]),
-                        brand=str(cat.brand_names[cat.brand[row]]),
-                        price=float(cat.price[row]),
-                        embedding=cat.embedding[row],
+                        categories[row],
+                        brands[row],
+                        prices[row],
+                        embedding[row],
                     )
                 )
         return facts
