@@ -27,7 +27,9 @@ def server(tmp_path: Path, catalog: Catalog) -> Iterator[httpx.Client]:
         msgspec.structs.replace(
             config,
             stream=msgspec.structs.replace(config.stream, poll_interval_s=0.05),
-            serving=msgspec.structs.replace(config.serving, global_cache_s=0.05),
+            serving=msgspec.structs.replace(
+                config.serving, global_cache_s=0.05, neighbour_cache_s=0.05
+            ),
         ),
         tmp_path / "config.toml",
     )

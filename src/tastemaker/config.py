@@ -141,6 +141,10 @@ class ServingConfig(_Section, frozen=True):
     api_key_rps: dict[str, float] = msgspec.field(default_factory=dict)
     rate_limit_url: str | None = None
     global_cache_s: Positive = 1.0
+    # Items' co-visitation neighbours: they change at most once a stream microbatch and only
+    # by a little, so a longer cache costs no visible freshness (the user's own seeds are
+    # read per request) and spares the store a read per long-tail seed.
+    neighbour_cache_s: Positive = 10.0
 
 
 class OfflineConfig(_Section, frozen=True):

@@ -123,7 +123,10 @@ class Replay:
         # No caching of the global top lists across queries: each query must see them as
         # of its own time (and the same on every run), whatever the wall clock does.
         uncached = msgspec.structs.replace(
-            config, serving=msgspec.structs.replace(config.serving, global_cache_s=1e-9)
+            config,
+            serving=msgspec.structs.replace(
+                config.serving, global_cache_s=1e-9, neighbour_cache_s=1e-9
+            ),
         )
         self.pipeline = RecommendPipeline(uncached, self.store, catalog, models=models)
         self.batch_size = config.stream.batch_size

@@ -79,13 +79,17 @@ def seed_rows(
     `1 / (1 + recency * rank)`: from `engaged_items` where declared (a longer history),
     else `last_items`. Only rows below `known_below` (the rows an artifact covers: items
     added since it was built have no neighbours or vectors yet)."""
-    profile = ctx.user.get(PROFILE, {})
-    cell = profile.get("engaged_items") or profile.get("last_items")
-    if cell is None:
-        return np.empty(0, np.int64), np.empty(0, np.float32)
-    ids = list(cell.value)[:max_seeds]
-    rows = ctx.catalog.rows(ids)
-    weights = (1.0 / (1.0 + recency * np.arange(len(ids)))).astype(np.float32)
+    key = f"seed_rows:{max_seeds}:{recency}"
+    got = ctx.shared.get(key)  # the item-kNN and ALS retrievers share one lookup
+    if got is None:
+        profile = ctx.user.get(PROFILE, {})
+        cell = profile.get("engaged_items") or profile.get("last_items")
+        ids = [] if cell is None else list(cell.value)[:max_seeds]
+        got = ctx.shared[key] = (
+            ctx.catalog.rows(ids),
+            (1.0 / (1.0 + recency * np.arange(len(ids)))).astype(np.float32),
+        )
+    rows, weights = got
     keep = (rows >= 0) & (rows < known_below)
     return rows[keep], weights[keep]
 

@@ -21,11 +21,12 @@ FloatArray = npt.NDArray[np.float32]
 
 class NeighbourCache:
     """Items' co-visitation neighbours as catalog rows and weights (scaled so the strongest is
-    1), kept in RAM for `ttl_s` and shared by both co-visitation retrievers of a pipeline.
+    1), kept in RAM for `ttl_s` (`serving.neighbour_cache_s`) and shared by both
+    co-visitation retrievers of a pipeline.
 
     Popular items are every user's seeds: without it each request reads and decodes their
     neighbour maps again and maps thousands of item ids to rows. Neighbours move slowly (the
-    stream changes an item's map at most once a microbatch), so a second of staleness is
+    stream changes an item's map at most once a microbatch), so seconds of staleness are
     invisible; new events still reach the user's own seeds at once (they are read per
     request). Hand-written because it is a dozen lines over a dict: a TTL, a size bound, and
     the values are arrays derived from the catalog."""

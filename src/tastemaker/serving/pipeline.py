@@ -164,7 +164,7 @@ class RecommendPipeline:
         self.linear = LinearScorer(config.ranking.weights)  # the rank stage's fallback
         s = config.serving
         # Items' co-visitation neighbours, cached like the global lists.
-        neighbours = NeighbourCache(store, ttl_s=s.global_cache_s)
+        neighbours = NeighbourCache(store, ttl_s=s.neighbour_cache_s)
         # The first retriever is the fallback when the store fails: it needs no user data.
         self.retrievers: list[tuple[Retriever, int]] = [
             (PopularRetriever(), s.popular_candidates),
