@@ -111,6 +111,13 @@ def test_covisitation_keeps_strongest_links() -> None:
     assert links == {"b": 2.0, "a": 1.5}
 
 
+def test_covisitation_ties_at_the_cut_do_not_depend_on_arrival_order() -> None:
+    increments = [("d", 1.0), ("b", 1.0), ("c", 1.0), ("a", 2.0)]
+    first = update_covisitation(None, increments, 2)
+    assert first == {"a": 2.0, "b": 1.0}
+    assert update_covisitation(None, reversed(increments), 2) == first
+
+
 def _facts(*spec: tuple[float, str, str | None]) -> list[Fact]:
     return [
         Fact(ts, EventType(t), f"i-{k}", "s", category=cat) for k, (ts, t, cat) in enumerate(spec)

@@ -52,10 +52,11 @@ def update_covisitation(
     state: Any, increments: Iterable[tuple[str, float]], max_neighbours: int
 ) -> dict[str, float]:
     """Add each `(other_item, weight)` to an item's links; keep the strongest
-    `max_neighbours`. Pure: returns a new map."""
+    `max_neighbours` (ties broken by item id, so the result does not depend on the order
+    the increments came in). Pure: returns a new map."""
     links: dict[str, float] = dict(state or {})
     for other, weight in increments:
         links[other] = links.get(other, 0.0) + weight
     if len(links) > max_neighbours:
-        links = dict(sorted(links.items(), key=lambda kv: -kv[1])[:max_neighbours])
+        links = dict(sorted(links.items(), key=lambda kv: (-kv[1], kv[0]))[:max_neighbours])
     return links

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -89,6 +89,14 @@ class _Shard:
 
     def trackers(self) -> list[Popularity]:
         return [self.popularity, self.trending, *self.regions.values()]
+
+
+class _Pairs(NamedTuple):
+    """Co-visitation pairs of a batch as catalog rows: `src` co-visited with `dst`."""
+
+    src: list[int]
+    dst: list[int]
+    weights: list[float]
 
 
 class StreamProcessor:
@@ -343,7 +351,7 @@ class StreamProcessor:
         self._newest_ts = {u: max(e.ts for e in evs) for u, evs in by_user.items()}
         states = self.store.get([user_row(u) for u in by_user], [PROFILE, SESSION])
         mutations: list[Mutation] = []
-        covis_pairs: dict[str, list[tuple[str, float]]] = defaultdict(list)
+        covis_pairs = _Pairs([], [], [])
         for user_id, user_events in by_user.items():
             user_events.sort(key=lambda e: e.ts)
             state = states.get(user_row(user_id), {})
@@ -380,7 +388,7 @@ class StreamProcessor:
         user_id: str,
         events: list[Event],
         state: RowData,
-        covis_pairs: dict[str, list[tuple[str, float]]],
+        covis_pairs: _Pairs,
     ) -> list[Mutation]:
         s = self.config.stream
         session_cells = state.get(SESSION, {})
@@ -421,31 +429,39 @@ class StreamProcessor:
         session_ids: list[str],
         session_cells: dict[str, Cell],
         current_id: str | None,
-        covis_pairs: dict[str, list[tuple[str, float]]],
+        pairs: _Pairs,
     ) -> None:
         """Each engaged item is linked both ways to the previous `covis_window` items of its
-        session."""
+        session, as catalog rows (summed per pair over the batch in `_apply_items`)."""
         window = self.config.stream.covis_window
+        index = self.catalog.index
+        src, dst, weights = pairs
+        recent: dict[str, list[int]] = {}
         prior = session_cells.get("session_items")
-        recent: dict[str, list[str]] = defaultdict(list)
         if prior is not None and current_id is not None:
-            recent[current_id] = list(reversed(prior.value))[-window:]
+            rows = [index.get(i) for i in reversed(prior.value)]
+            recent[current_id] = [r for r in rows if r is not None][-window:]
         for e, sid in zip(events, session_ids, strict=True):
             w = DEFAULT_WEIGHTS.get(e.type, 0.0)
-            if w <= 0 or e.item_id not in self.catalog.index:
+            row = index.get(e.item_id)
+            if w <= 0 or row is None:
                 continue
-            items = recent[sid]
-            for other in items[-window:]:
-                if other != e.item_id:
-                    covis_pairs[e.item_id].append((other, w))
-                    covis_pairs[other].append((e.item_id, w))
-            if e.item_id in items:
-                items.remove(e.item_id)
-            items.append(e.item_id)
+            items = recent.setdefault(sid, [])  # the session's last `window` distinct rows
+            others = [o for o in items if o != row]
+            if others:
+                n = len(others)
+                src.extend(others)
+                dst.extend([row] * n)
+                src.extend([row] * n)
+                dst.extend(others)
+                weights.extend([w] * (2 * n))
+            if row in items:
+                items.remove(row)
+            items.append(row)
+            if len(items) > window:
+                del items[0]
 
-    def _apply_items(
-        self, events: list[Event], covis_pairs: dict[str, list[tuple[str, float]]]
-    ) -> list[Mutation]:
+    def _apply_items(self, events: list[Event], covis_pairs: _Pairs) -> list[Mutation]:
         s = self.config.stream
         cat = self.catalog
         rows = cat.rows([e.item_id for e in events])
@@ -479,18 +495,39 @@ class StreamProcessor:
                 cells[r][region_col] = Cell(now_ts, float(tracker.log_score[r]))
             touched_regions.append(region)
         out = [Mutation(item_row(str(cat.ids[r])), STATS, c) for r, c in cells.items()]
-        if covis_pairs:
-            keys = [item_row(i) for i in covis_pairs]
-            stored = self.store.get(keys, [COVIS])
-            col = self._col("neighbours")
-            for item_id, key in zip(covis_pairs, keys, strict=True):
-                old = stored.get(key, {}).get(COVIS, {}).get(col)
-                merged = update_covisitation(
-                    None if old is None else old.value, covis_pairs[item_id], s.covis_max_neighbours
-                )
-                out.append(Mutation(key, COVIS, {col: Cell(now_ts, merged)}))
+        if covis_pairs.src:
+            out.extend(self._covisitation(covis_pairs, now_ts))
         if touched.size:
             out.append(self._popular_lists(now_ts, touched, touched_regions))
+        return out
+
+    def _covisitation(self, pairs: _Pairs, now_ts: float) -> list[Mutation]:
+        """The batch's co-visitation pairs summed per (item, other) with numpy, then merged
+        into each item's stored neighbour map (the strongest `covis_max_neighbours` kept).
+        Weights are small integers, so summing before adding gives the same values as adding
+        pair by pair."""
+        s = self.config.stream
+        cat = self.catalog
+        n = len(cat)
+        key = np.asarray(pairs.src, np.int64) * n + np.asarray(pairs.dst, np.int64)
+        uniq, inverse = np.unique(key, return_inverse=True)
+        sums = np.bincount(inverse, weights=np.asarray(pairs.weights, np.float64)).tolist()
+        items, others = np.divmod(uniq, n)
+        starts = np.flatnonzero(np.r_[True, items[1:] != items[:-1]])
+        ends = np.r_[starts[1:], items.size].tolist()
+        other_ids = cat.ids[others].tolist()
+        keys = [item_row(str(i)) for i in cat.ids[items[starts]].tolist()]
+        stored = self.store.get(keys, [COVIS])
+        col = self._col("neighbours")
+        out = []
+        for key_, a, b in zip(keys, starts.tolist(), ends, strict=True):
+            old = stored.get(key_, {}).get(COVIS, {}).get(col)
+            merged = update_covisitation(
+                None if old is None else old.value,
+                zip(other_ids[a:b], sums[a:b], strict=True),
+                s.covis_max_neighbours,
+            )
+            out.append(Mutation(key_, COVIS, {col: Cell(now_ts, merged)}))
         return out
 
     def _popular_lists(
