@@ -120,6 +120,10 @@ class ServingConfig(_Section, frozen=True):
     category_candidates: PositiveInt = 200
     ann_candidates: PositiveInt = 200
     ann_exact_below: PositiveInt = 20_000
+    # Above ann_exact_below items: "ivf" (nprobe tuned at load to reach ann_recall of the
+    # exact top ann_candidates) or "hnsw" (docs/serving.md has the measurements).
+    ann_index: Literal["ivf", "hnsw"] = "ivf"
+    ann_recall: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.95
     item_knn_candidates: PositiveInt = 200
     als_candidates: PositiveInt = 200
     segment_candidates: PositiveInt = 100

@@ -57,17 +57,30 @@ def test_category_retriever_follows_the_users_affinity(catalog: Catalog) -> None
     )
 
 
-def test_ann_exact_and_hnsw_find_the_nearest_items(catalog: Catalog) -> None:
+def test_ann_exact_ivf_and_hnsw_find_the_nearest_items(catalog: Catalog) -> None:
     target = catalog.embedding[7]
     ctx = RetrievalContext(
         {"profile": {"click_centroid": Cell(0.0, (target * 3).tolist())}}, {}, catalog
     )
     exact = AnnRetriever(catalog, exact_below=10**9).retrieve(ctx, 20)
-    hnsw = AnnRetriever(catalog, exact_below=1).retrieve(ctx, 20)
+    ivf_retriever = AnnRetriever(catalog, exact_below=1, k=20, recall=0.95)
+    ivf = ivf_retriever.retrieve(ctx, 20)
+    hnsw = AnnRetriever(catalog, exact_below=1, index="hnsw").retrieve(ctx, 20)
     assert 7 in exact.rows.tolist()
     assert exact.scores.max() == np.float32(exact.scores[exact.rows.tolist().index(7)])
     truth = np.argsort(-(catalog.embedding @ target))[:20]
     assert set(exact.rows.tolist()) == set(truth.tolist())
+    assert ivf_retriever.kind.startswith("ivf")
+    assert ivf_retriever.measured_recall >= 0.95  # what the tuning reached on its sample
+    assert len(set(ivf.rows.tolist()) & set(truth.tolist())) >= 18
     assert len(set(hnsw.rows.tolist()) & set(truth.tolist())) >= 18
     assert (exact.scores > 0).all()
+
+
+def test_ivf_tuning_probes_more_lists_for_a_higher_recall(catalog: Catalog) -> None:
+    low = AnnRetriever(catalog, exact_below=1, k=50, recall=0.3)
+    high = AnnRetriever(catalog, exact_below=1, k=50, recall=0.999)
+    assert 1 <= low.nprobe <= high.nprobe
+    assert high.measured_recall >= 0.999
+    assert low.measured_recall >= 0.3
     assert AnnRetriever(catalog).retrieve(RetrievalContext({}, {}, catalog), 5).rows.size == 0

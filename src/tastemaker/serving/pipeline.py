@@ -175,7 +175,16 @@ class RecommendPipeline:
                 s.session_candidates,
             ),
             (CategoryRetriever(), s.category_candidates),
-            (AnnRetriever(catalog, exact_below=s.ann_exact_below), s.ann_candidates),
+            (
+                AnnRetriever(
+                    catalog,
+                    exact_below=s.ann_exact_below,
+                    index=s.ann_index,
+                    k=s.ann_candidates,
+                    recall=s.ann_recall,
+                ),
+                s.ann_candidates,
+            ),
             (ItemKnnRetriever(self.models), s.item_knn_candidates),
             (EmbeddingRetriever(self.models), s.als_candidates),
             (SegmentRetriever(self.models), s.segment_candidates),
