@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import numpy.typing as npt
 import pyarrow.parquet as pq
@@ -12,6 +10,7 @@ import scipy.sparse as sp
 from tastemaker.catalog import Catalog
 from tastemaker.offline.artifacts import ArtifactStore, Version
 from tastemaker.retrieval import BatchModels
+from tastemaker.retrieval.vector_index import IvfIndex
 
 __all__ = ["MODEL_ARTIFACTS", "load_models", "pick_version"]
 
@@ -83,17 +82,15 @@ def _popular(v: Version, catalog: Catalog) -> tuple[npt.NDArray[np.int64], npt.N
     return rows[keep], np.exp((log_score[keep] - top) / 4.0).astype(np.float32)
 
 
-def _hnsw(factors: npt.NDArray[np.float32], exact_below: int) -> Any:
-    """An HNSW index over the item factors when the catalog is large enough for exact
-    search to cost more (the same threshold as the ANN retriever; docs/serving.md)."""
+def _factor_index(
+    factors: npt.NDArray[np.float32], exact_below: int, k: int, recall: float
+) -> IvfIndex | None:
+    """An inner-product IVF index over the item factors (their norms matter: the MIPS
+    transform) when the catalog is large enough for exact search to cost more (the same
+    threshold as the ANN retriever; docs/serving.md)."""
     if factors.shape[0] < exact_below:
         return None
-    import faiss
-
-    index = faiss.IndexHNSWFlat(factors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = 80
-    index.add(np.ascontiguousarray(factors))
-    return index
+    return IvfIndex(factors, k=k, recall=recall, mips=True)
 
 
 def load_models(
@@ -102,6 +99,8 @@ def load_models(
     *,
     max_watermark: int | None = None,
     exact_below: int = 20_000,
+    index_k: int = 200,
+    index_recall: float = 0.95,
 ) -> BatchModels:
     """Whatever model artifacts exist, loaded for `catalog`; missing ones stay None."""
     versions = {n: pick_version(artifacts, n, max_watermark) for n in MODEL_ARTIFACTS}
@@ -114,7 +113,9 @@ def load_models(
     return BatchModels(
         neighbours=None if cov is None else _neighbours(cov, catalog),
         item_factors=factors,
-        factor_index=None if factors is None else _hnsw(factors, exact_below),
+        factor_index=None
+        if factors is None
+        else _factor_index(factors, exact_below, index_k, index_recall),
         user_segment=users,
         segment_top=lists,
         popular=None if pop is None else _popular(pop, catalog),

@@ -1,76 +1,29 @@
 """Nearest items to the user's short-term taste vector (the click centroid).
 
-Exact inner products with numpy below `exact_below` items; above, a faiss index:
-
-- `ivf` (the default): an inverted file of `nlist` ~ 4 sqrt(n) k-means lists, searched in
-  `nprobe` of them; `nprobe` is tuned when the index is built, as the smallest that finds at
-  least `recall` (0.95) of the exact top `k` for a sample of the catalog's own vectors (click
-  centroids are averages of them). Measured here on the serving benchmark's 100,000 items
-  (32 dimensions, 474 users' click centroids as queries, top 200): IVF1024 with nprobe 16
-  0.052 ms p50 / 0.112 ms p99 at recall 0.998, against HNSW (M=32, efSearch=200) 0.170 /
-  0.346 ms at recall 0.970; it builds in 0.7 s against 4.8 s (docs/serving.md).
-- `hnsw`: faiss HNSW (M=32), efSearch = k, for embeddings that do not cluster (the tuning
-  reports the recall it reached; `ivf` falls back to all lists before giving up on it).
-
-Exact search of 5,000 items takes 0.03 ms; of 100,000 items 0.90 ms p50 / 1.09 ms p99.
+Exact inner products with numpy below `exact_below` items; above, a faiss index: `ivf` (the
+default; `retrieval/vector_index.py`: about 4 sqrt(n) k-means lists, `nprobe` tuned at build
+to reach `recall` of the exact top `k`) or `hnsw` (M=32, efSearch = k). Measured on the
+serving benchmark's 100,000 items (32 dimensions, 474 users' click centroids, top 200): IVF
+with the tuned nprobe (32) 0.067 / 0.143 ms p50 / p99 at recall 1.000, HNSW 0.170 / 0.346 ms
+at 0.970; IVF builds in 0.7 s, HNSW in 4.8 s. Exact search of 5,000 items takes 0.03 ms, of
+100,000 items 0.90 ms p50 / 1.09 ms p99 (docs/serving.md).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 
 from tastemaker.catalog import Catalog
 from tastemaker.features.layout import PROFILE
 from tastemaker.retrieval.base import Candidates, RetrievalContext
+from tastemaker.retrieval.vector_index import IvfIndex
 
 __all__ = ["AnnRetriever"]
 
 log = logging.getLogger(__name__)
-_TUNING_QUERIES = 256
-
-
-def _ivf(vectors: npt.NDArray[np.float32], k: int, recall: float) -> tuple[Any, int, float]:
-    """An IVF index over `vectors` and the smallest `nprobe` reaching `recall` of the exact
-    top `k` for a seeded sample of the vectors themselves as (normalized) queries."""
-    import faiss
-
-    n, dim = vectors.shape
-    nlist = int(2 ** round(math.log2(max(16.0, 4 * math.sqrt(n)))))
-    nlist = max(1, min(nlist, 2 ** int(math.log2(max(1, n // 39)))))  # k-means: 39 per list
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    rng = np.random.default_rng(0)
-    train = vectors[rng.choice(n, min(n, 64 * nlist), replace=False)]
-    index.train(train)
-    index.add(vectors)
-    queries = vectors[rng.choice(n, min(n, _TUNING_QUERIES), replace=False)].copy()
-    norms = np.linalg.norm(queries, axis=1, keepdims=True)
-    queries /= np.where(norms > 0, norms, 1.0)
-    k = min(k, n)
-    exact = np.concatenate(
-        [
-            np.argpartition(-(chunk @ vectors.T), k - 1, axis=1)[:, :k]
-            for chunk in np.array_split(queries, max(1, len(queries) // 32))
-        ]
-    )
-    nprobe, reached = nlist, 0.0
-    for probe in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, nlist):
-        if probe > nlist:
-            break
-        index.nprobe = probe
-        _, found = index.search(queries, k)
-        reached = float(
-            np.mean([np.intersect1d(f, e).size / k for f, e in zip(found, exact, strict=True)])
-        )
-        if reached >= recall:
-            nprobe = probe
-            break
-    index.nprobe = nprobe
-    return index, nprobe, reached
 
 
 class AnnRetriever:
@@ -105,8 +58,9 @@ class AnnRetriever:
                 hnsw.add(vectors)
                 self._index, self.kind = hnsw, "hnsw"
             else:
-                self._index, self.nprobe, self.measured_recall = _ivf(vectors, k, recall)
-                self.kind = f"ivf{self._index.nlist}"
+                ivf = IvfIndex(vectors, k=k, recall=recall)
+                self._index, self.kind = ivf, f"ivf{ivf.nlist}"
+                self.nprobe, self.measured_recall = ivf.nprobe, ivf.measured_recall
             log.info(
                 "ann index %s over %d items (nprobe %d, recall %.3f on a sample)",
                 self.kind,

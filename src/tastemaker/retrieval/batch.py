@@ -42,7 +42,7 @@ class BatchModels:
 
     neighbours: sp.csr_matrix | None = None  # (items, items) item-item weights
     item_factors: npt.NDArray[np.float32] | None = None  # (items, d), zero rows: unknown
-    factor_index: Any = None  # faiss HNSW over item_factors, for large catalogs
+    factor_index: Any = None  # an IvfIndex (MIPS) over item_factors, for large catalogs
     user_segment: dict[str, int] = field(default_factory=dict)
     segment_top: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]] = field(
         default_factory=list
@@ -154,7 +154,6 @@ class EmbeddingRetriever:
         if index is not None:
             # The seeds themselves are near the query: ask for a few more than k.
             want = k + min(rows.size, 10)
-            index.hnsw.efSearch = max(want, 64)
             sims, found = index.search(user[None, :].astype(np.float32), want)
             keep = (found[0] >= 0) & ~np.isin(found[0], rows)
             got, s = found[0][keep][:k].astype(np.int64), sims[0][keep][:k]

@@ -52,6 +52,8 @@ class ArtifactWatcher:
                     self.artifacts,
                     self.catalog,
                     exact_below=self.config.serving.ann_exact_below,
+                    index_k=self.config.serving.als_candidates,
+                    index_recall=self.config.serving.ann_recall,
                 )
                 changed = True
             ranker = versions["ranker"]
