@@ -78,6 +78,7 @@ class KafkaLog:
         # the group's members).
         self._offset_clients: dict[str, Any] = {}
         self._positional: Any = None
+        self._closed = False
         self._read_lock = threading.Lock()
 
     def _ensure_topic(self, partitions: int) -> int:
@@ -238,7 +239,16 @@ class KafkaLog:
         return KafkaConsumer(self, group, member)
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._producer.flush(self.timeout_s)
+        # Free the client now, not when the object is collected (a frozen or cyclic heap can
+        # keep it, reconnecting and logging, after the broker is gone). Producer.close is
+        # newer than the oldest confluent-kafka we accept.
+        close = getattr(self._producer, "close", None)
+        if close is not None:
+            close()
         with self._lock:
             for client in self._offset_clients.values():
                 client.close()

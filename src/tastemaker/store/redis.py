@@ -173,6 +173,11 @@ class RedisStore:
         return cls(client, families, prefix=prefix, seen_ttl_s=seen_ttl_s, writer=writer)
 
     @property
+    def is_cluster(self) -> bool:
+        """A cluster's batch writes are one pipeline per node, not atomic together."""
+        return self._cluster
+
+    @property
     def families(self) -> Mapping[str, FamilySpec]:
         return self._families
 

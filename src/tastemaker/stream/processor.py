@@ -121,6 +121,12 @@ class StreamProcessor:
         self._consumer: LogConsumer | None = None
         self.shards: dict[int, _Shard] = {}
         self._shard = self._load_shard(0) if self.partitions == 1 else None
+        if getattr(store, "is_cluster", False):
+            log.warning(
+                "the online store is a Redis Cluster: a batch's writes to several nodes are not "
+                "atomic together, so a crash mid-write can lose or double-count that batch "
+                "(exactly-once holds on standalone Redis and the embedded store; docs/stream.md)"
+            )
         self._index_catalog(catalog)
         self._stop = threading.Event()
         self._newest_ts: dict[str, float] = {}
