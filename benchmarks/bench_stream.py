@@ -5,7 +5,9 @@
 Prints progress, then one JSON object as the last line:
 
     events_per_s_embedded   one processor, the demo shop's full declared feature set, the
-                            embedded log and the LMDB store
+                            embedded log and the LMDB store (each throughput run freezes the
+                            loaded heap out of the garbage collector first, as `tastemaker
+                            stream` does, so its own copy of the input is not walked)
     events_per_s_redis      the same on Redis (Valkey started here): the Redis Streams log
                             (4 partitions, all owned by the one processor) and the Redis
                             online store
