@@ -185,14 +185,22 @@ local function merge(old, new)
 end
 
 for i, key in ipairs(KEYS) do
-  local ttl = tonumber(ARGV[2 * i - 1])
+  local ttl = ARGV[2 * i - 1]
   local value = ARGV[2 * i]
-  local old = redis.call('GET', key)
-  if old then value = merge(old, value) end
-  if ttl > 0 then
-    redis.call('SET', key, value, 'PX', ttl)
+  -- A new key is set in one call; an existing one is read, merged and written.
+  local done
+  if ttl ~= '0' then
+    done = redis.call('SET', key, value, 'NX', 'PX', ttl)
   else
-    redis.call('SET', key, value)
+    done = redis.call('SET', key, value, 'NX')
+  end
+  if not done then
+    value = merge(redis.call('GET', key), value)
+    if ttl ~= '0' then
+      redis.call('SET', key, value, 'PX', ttl)
+    else
+      redis.call('SET', key, value)
+    end
   end
 end
 return #KEYS
