@@ -101,6 +101,12 @@ def test_layouts_seen_a_few_times_and_many_times_in_one_call() -> None:
         assert [v for _, _, v in decode_family(blob)] == [c.value for c in cells]
 
 
+def test_families_without_columns_encode_as_on_the_per_value_path() -> None:
+    empty: list[tuple[int, bytes, list[Cell]]] = [(0, b"", [])] * 20
+    assert encode_families(empty) == [_encode_one(0, b"", [], [])] * 20
+    assert decode_family(encode_families(empty)[0]) == []
+
+
 def test_nan_is_stored_as_float64() -> None:
     families = _families(20, ["float"], seed=3)
     families[5] = (families[5][0], families[5][1], [Cell(1.0, math.nan)])

@@ -185,6 +185,16 @@ def test_ttl_expires_a_family_after_its_last_write(store: OnlineStore, clock: Cl
     assert store.get(["r"], ["profile"]) == {}
 
 
+def test_a_write_without_cells_keeps_the_cells_and_restarts_the_ttl(
+    store: OnlineStore, clock: Clock
+) -> None:
+    put(store, "r", "session", 1.0, a=1)
+    clock.advance(0.7)
+    store.write([Mutation("r", "session", {})])
+    clock.advance(0.7)  # 1.4 s after the first write, 0.7 s after the empty one
+    assert store.get(["r"], ["session"])["r"]["session"] == {"a": Cell(1.0, 1)}
+
+
 def test_expired_values_are_not_merged_into_new_writes(store: OnlineStore, clock: Clock) -> None:
     put(store, "r", "session", 1.0, old=1)
     clock.advance(1.3)

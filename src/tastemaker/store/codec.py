@@ -112,10 +112,10 @@ def _encode_values(values: list[Any]) -> list[bytes]:
 def _encode_one(id_flag: int, ids: bytes, cells: Sequence[Cell], values: list[bytes]) -> bytes:
     n = len(cells)
     ts = list(map(_cell_ts, cells))
-    base = max(ts)
+    base = max(ts, default=0.0)  # no cells: a write that only restarts the family's TTL
     own = b""
     m = 0
-    if min(ts) != base:
+    if min(ts, default=base) != base:
         pairs = [(i, t) for i, t in enumerate(ts) if t != base]
         m = len(pairs)
         own = b"".join(_OWN_TS.pack(i, t) for i, t in pairs)
@@ -221,7 +221,7 @@ def _encode_group(id_flag: int, ids: bytes, rows: Sequence[Sequence[Cell]]) -> l
     head["ts"] = ts.max(axis=1)
     fixed = [
         head.view(np.uint8).reshape(r, _HEAD.size),
-        np.broadcast_to(np.frombuffer(ids + b"", np.uint8), (r, len(ids))),
+        np.broadcast_to(np.frombuffer(ids, np.uint8), (r, len(ids))),
         sizes.astype(np.uint8),
         np.broadcast_to(np.frombuffer(_array_header(n), np.uint8), (r, len(_array_header(n)))),
     ]
@@ -253,8 +253,8 @@ def encode_families(families: Sequence[tuple[int, bytes, Sequence[Cell]]]) -> li
             raise StoreError(f"a family holds at most {MAX_CELLS} columns, got {len(cells)}")
         groups.setdefault(ids, []).append(i)
     for members in groups.values():
-        if len(members) < _VECTOR_MIN_ROWS:
-            continue
+        if len(members) < _VECTOR_MIN_ROWS or not families[members[0]][2]:
+            continue  # few of this layout, or no columns at all: value by value
         flag, ids = families[members[0]][0], families[members[0]][1]
         encoded = _encode_group(flag, ids, [families[i][2] for i in members])
         for i, blob in zip(members, encoded, strict=True):
