@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from tastemaker.catalog import Catalog
+from tastemaker.catalog import Catalog, ItemChange
 from tastemaker.retrieval import (
     AnnRetriever,
     Candidates,
@@ -75,6 +76,19 @@ def test_ann_exact_ivf_and_hnsw_find_the_nearest_items(catalog: Catalog) -> None
     assert len(set(ivf.rows.tolist()) & set(truth.tolist())) >= 18
     assert len(set(hnsw.rows.tolist()) & set(truth.tolist())) >= 18
     assert (exact.scores > 0).all()
+
+
+@pytest.mark.parametrize("index", ["ivf", "hnsw"])
+def test_a_new_item_enters_the_ann_index_at_once(catalog: Catalog, index: str) -> None:
+    retriever = AnnRetriever(catalog, exact_below=1, index=index)  # type: ignore[arg-type]
+    far = (-catalog.embedding.mean(axis=0)).astype(np.float32)
+    far /= np.linalg.norm(far)
+    new = ItemChange("brand-new", category="c", brand="b", price=1.0, embedding=far.tolist())
+    grown = catalog.apply([(1, new, 0.0)])
+    retriever.set_catalog(grown)
+    ctx = RetrievalContext({"profile": {"click_centroid": Cell(0.0, far.tolist())}}, {}, grown)
+    got = retriever.retrieve(ctx, 5)
+    assert int(grown.index["brand-new"]) in got.rows.tolist()
 
 
 def test_ivf_tuning_probes_more_lists_for_a_higher_recall(catalog: Catalog) -> None:

@@ -70,7 +70,7 @@ class AnnRetriever:
             )
 
     def set_catalog(self, catalog: Catalog) -> None:
-        """Follow the living catalog: items appended since are added to the HNSW index (an
+        """Follow the living catalog: items appended since are added to the index (an
         existing item's new embedding reaches the index at the next start; exact search and
         every other use of the embedding see it at once)."""
         if self._index is not None and len(catalog) > self._indexed:
