@@ -7,6 +7,9 @@ then as its last line one JSON object:
     redis_get_p50_ms, redis_get_p99_ms         the same through the Redis backend
     redis_raw_hmget_p99_ms                     plain redis-py HMGET of 50 fields: the floor
     redis_write_rows_per_s                     user rows of 50 features, batched, via backend
+                                               (`write` of Mutations, a row's cells each)
+    redis_bulk_write_rows_per_s                the same rows through `write_columns` (numpy
+                                               columns, as a backfill or batch job writes)
     redis_bytes_per_user                       used_memory delta per user at --users users
     redis_memory_usage_per_user                MEMORY USAGE of a user's two keys (1,000 users)
 
@@ -96,6 +99,53 @@ def load(store: OnlineStore, users: int, batch: int = 1000) -> float:
     return users / elapsed
 
 
+def user_columns(start: int, stop: int, rng: np.random.Generator) -> dict[str, dict[str, Any]]:
+    """The rows `user_row` builds, as columns per family (the same kinds of values)."""
+    n = stop - start
+    i = np.arange(start, stop)
+    ts = 1_760_000_000.0
+    counts = rng.integers(0, 300, (n, 20))
+    rates = rng.random((n, 20)).astype(np.float32)
+    profile: dict[str, Any] = {PROFILE[j]: counts[:, j] for j in range(12)}
+    profile.update({PROFILE[12 + j]: rates[:, j] for j in range(12)})
+    profile.update(
+        {
+            "last_brand": [f"brand{k % 997:03d}" for k in range(start, stop)],
+            "last_category": [f"cat{k % 37:02d}" for k in range(start, stop)],
+            "top_category": [f"cat{k % 31:02d}" for k in range(start, stop)],
+            "first_seen": ts + i % 86400 - 86400 * 30.5,
+            "last_seen": ts + i % 86400 + 0.25,
+            "last_purchase": ts + i % 86400 - 3600.125,
+        }
+    )
+    session: dict[str, Any] = {SESSION[j]: counts[:, 12 + j] for j in range(8)}
+    session.update({SESSION[8 + j]: rates[:, 12 + j] for j in range(8)})
+    session.update(
+        {
+            "s_brand": [f"brand{k % 991:03d}" for k in range(start, stop)],
+            "s_category": [f"cat{k % 29:02d}" for k in range(start, stop)],
+            "s_started": ts + i % 86400 - 600.5,
+            "s_last": ts + i % 86400 + 0.125,
+        }
+    )
+    return {"profile": profile, "session": session}
+
+
+def bulk_load(store: OnlineStore, users: int, offset: int, batch: int = 1000) -> float:
+    """Write `users` rows (named from `offset`) with `write_columns`; returns rows per second."""
+    rng = np.random.default_rng(1)
+    elapsed = 0.0
+    for start in range(offset, offset + users, batch):
+        stop = min(start + batch, offset + users)
+        families = user_columns(start, stop, rng)
+        rows = [f"u:{k}" for k in range(start, stop)]
+        t = time.perf_counter()
+        for family, columns in families.items():
+            store.write_columns(family, rows, columns, 1_760_000_000.0)
+        elapsed += time.perf_counter() - t
+    return users / elapsed
+
+
 def latencies(call: Callable[[int], object], users: int, n: int) -> np.ndarray[Any, Any]:
     rnd = random.Random(1)
     ids = [rnd.randrange(users) for _ in range(n)]
@@ -148,8 +198,12 @@ def bench_redis(url: str, users: int, reads: int) -> dict[str, float]:
     sample = range(0, users, max(1, users // 1000))
     usage = [sum(raw.memory_usage(store._key(f"u:{i}", fam)) or 0 for fam in fams) for i in sample]
     ms = latencies(lambda i: store.get([f"u:{i}"], fams), users, reads)
+    # The same number of new users again, through the columnar bulk write.
+    bulk_rate = bulk_load(store, users, offset=users)
+    assert sum(len(c) for c in store.get([f"u:{users}"], fams)[f"u:{users}"].values()) == 50
     print(
-        f"redis: write {rate:,.0f} rows/s, get p50 {pct(ms, 50)} p99 {pct(ms, 99)} ms, "
+        f"redis: write {rate:,.0f} rows/s (bulk columns {bulk_rate:,.0f}), "
+        f"get p50 {pct(ms, 50)} p99 {pct(ms, 99)} ms, "
         f"{(after - before) / users:.0f} bytes/user (MEMORY USAGE {np.mean(usage):.0f})",
         flush=True,
     )
@@ -176,6 +230,7 @@ def bench_redis(url: str, users: int, reads: int) -> dict[str, float]:
         "redis_raw_hmget_p99_ms": pct(floor, 99),
         "redis_get_p99_vs_raw_hmget": round(pct(ms, 99) / pct(floor, 99), 2),
         "redis_write_rows_per_s": round(rate),
+        "redis_bulk_write_rows_per_s": round(bulk_rate),
         "redis_bytes_per_user": round((after - before) / users, 1),
         "redis_memory_usage_per_user": round(float(np.mean(usage)), 1),
     }

@@ -8,6 +8,7 @@ import random
 from typing import Any
 
 import msgspec
+import numpy as np
 import pytest
 
 from tastemaker.store import codec
@@ -16,6 +17,7 @@ from tastemaker.store.codec import (
     _encode_one,
     _encode_values,
     decode_family,
+    encode_columns,
     encode_families,
     id_bytes,
 )
@@ -99,6 +101,31 @@ def test_layouts_seen_a_few_times_and_many_times_in_one_call() -> None:
     assert len(got) == len(mixed)
     for (_, _, cells), blob in zip(mixed, got, strict=True):
         assert [v for _, _, v in decode_family(blob)] == [c.value for c in cells]
+
+
+def test_columns_encode_to_the_bytes_of_the_same_cells() -> None:
+    n = 30
+    columns: list[Any] = [
+        np.linspace(-1, 1, n, dtype=np.float32),
+        np.linspace(0, 1, n) / 3,
+        np.array(INT_EDGES[:n] + [0] * (n - len(INT_EDGES[:n])), dtype=np.int64),
+        np.arange(n, dtype=np.uint16) * 300,
+        [f"s{i}" for i in range(n)],
+        [None, True, 2.5, "x", [1]] * (n // 5),
+    ]
+    flag, ids = id_bytes(list(range(len(columns))))
+    got = encode_columns(flag, ids, columns, 7.0, n)
+    assert got is not None
+    cells = [
+        [Cell(7.0, c[i].item() if isinstance(c, np.ndarray) else c[i]) for c in columns]
+        for i in range(n)
+    ]
+    assert got == [
+        _encode_one(flag, ids, row, _encode_values([c.value for c in row])) for row in cells
+    ]
+    assert encode_columns(flag, ids, [["z" * 100] * n], 7.0, n) is None  # too wide: per value
+    with pytest.raises(StoreError, match="2 values for 30 rows"):
+        encode_columns(flag, ids, [[1, 2]], 7.0, n)
 
 
 def test_families_without_columns_encode_as_on_the_per_value_path() -> None:

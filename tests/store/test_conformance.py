@@ -11,7 +11,9 @@ import itertools
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from tastemaker.store import (
@@ -142,6 +144,48 @@ def test_values_round_trip_exactly(store: OnlineStore) -> None:
     cells = store.get(["r"], ["profile"])["r"]["profile"]
     assert {c: cell.value for c, cell in cells.items()} == values
     assert all(type(cells[c].value) is type(v) for c, v in values.items())
+
+
+def test_a_columnar_write_equals_the_same_cells_written_as_mutations(
+    store: OnlineStore,
+) -> None:
+    n = 40  # enough rows for the column-wise encoder
+    rows = [f"u:{i}" for i in range(n)]
+    columns: dict[str, Any] = {
+        "f32": np.linspace(0, 1, n, dtype=np.float32),
+        "f64": np.linspace(0, 1, n) / 3,
+        "i": np.arange(n, dtype=np.int64) * 1000 - 7,
+        "u": np.arange(n, dtype=np.uint8),
+        "s": [f"brand{i:03d}" for i in range(n)],
+        "mixed": [None, True, 2, 2.5, "x", [1], {"k": 0.25}, -1] * (n // 8),
+    }
+    store.write_columns("profile", rows, columns, 5.0)
+    columns["long"] = ["y" * 100] * n  # beyond the column-wise width: the per-value path
+    store.write_columns("profile", rows, {"long": columns["long"]}, 5.0)
+    put(store, "u:0", "profile", 9.0, i=-1)  # newer: kept by the next bulk write
+    store.write_columns("profile", rows[:2], {"i": np.array([1, 2]), "z": [0, 0]}, 6.0)
+    got = store.get(rows, ["profile"])
+    for k, row in enumerate(rows):
+        want = {c: Cell(5.0, _plain(columns[c][k])) for c in columns}
+        if k < 2:
+            want["i"] = Cell(9.0, -1) if k == 0 else Cell(6.0, 2)
+            want["z"] = Cell(6.0, 0)
+        assert got[row]["profile"] == want
+        assert all(type(got[row]["profile"][c].value) is type(want[c].value) for c in want)
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value it is stored as."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) else value
+
+
+def test_a_columnar_write_checks_its_columns(store: OnlineStore) -> None:
+    with pytest.raises(StoreError, match="3 values for 2 rows"):
+        store.write_columns("profile", ["a", "b"], {"x": [1, 2, 3]}, 1.0)
+    with pytest.raises(StoreError, match="unknown family"):
+        store.write_columns("nope", ["a"], {"x": [1]}, 1.0)
+    assert store.get(["a", "b"], ["profile"]) == {}
 
 
 def test_columns_merge_and_older_writes_never_win(store: OnlineStore) -> None:

@@ -17,7 +17,15 @@ from typing import Any, Protocol
 
 import msgspec
 
-__all__ = ["Cell", "FamilySpec", "Mutation", "OnlineStore", "RowData", "StoreError"]
+__all__ = [
+    "Cell",
+    "FamilySpec",
+    "Mutation",
+    "OnlineStore",
+    "RowData",
+    "StoreError",
+    "columns_to_mutations",
+]
 
 
 class StoreError(RuntimeError):
@@ -52,6 +60,22 @@ class Mutation(msgspec.Struct, frozen=True):
 RowData = dict[str, dict[str, Cell]]
 
 
+def columns_to_mutations(
+    family: str, rows: Sequence[str], columns: Mapping[str, Any], ts: float
+) -> list[Mutation]:
+    """A columnar bulk write as one mutation per row (numpy values as Python ones)."""
+    values: dict[str, list[Any]] = {}
+    for name, col in columns.items():
+        listed = col.tolist() if hasattr(col, "tolist") else list(col)
+        if len(listed) != len(rows):
+            raise StoreError(f"column {name!r} has {len(listed)} values for {len(rows)} rows")
+        values[name] = listed
+    return [
+        Mutation(row, family, {name: Cell(ts, vals[i]) for name, vals in values.items()})
+        for i, row in enumerate(rows)
+    ]
+
+
 class OnlineStore(Protocol):
     """Rows of families of timestamped cells, read many at a time."""
 
@@ -69,6 +93,14 @@ class OnlineStore(Protocol):
         """Apply all mutations in one batch, newer timestamp winning per column, and record
         the idempotency keys `seen` (event ids) with them, in the same atomic step where the
         backend has one. A key is remembered for the store's `seen_ttl_s`."""
+        ...
+
+    def write_columns(
+        self, family: str, rows: Sequence[str], columns: Mapping[str, Any], ts: float
+    ) -> None:
+        """Bulk write (a backfill, a batch job's output): `columns[name][i]` is row i's value
+        of column `name` (numpy arrays or sequences), every cell at `ts`, newer winning per
+        cell as in `write`. The fast path for many rows of one family."""
         ...
 
     def seen(self, keys: Sequence[str]) -> set[str]:

@@ -34,7 +34,7 @@ import numpy as np
 
 from tastemaker.store.base import Cell, StoreError
 
-__all__ = ["MAX_CELLS", "decode_family", "encode_families", "id_bytes"]
+__all__ = ["MAX_CELLS", "decode_family", "encode_columns", "encode_families", "id_bytes"]
 
 MAX_CELLS = 65535
 _HEAD = struct.Struct(">BBHdH")  # version, flags, cells, base ts, cells with their own ts
@@ -130,8 +130,8 @@ def _encode_one(id_flag: int, ids: bytes, cells: Sequence[Cell], values: list[by
 # keeping the bytes under each size gives every family's value, in order, in one buffer.
 
 
-def _floats(col: list[Any]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    f64 = np.array(col, dtype=np.float64)
+def _floats(col: Any) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    f64 = np.asarray(col, dtype=np.float64)
     with np.errstate(over="ignore"):
         f32 = f64.astype(np.float32)
     exact = f32.astype(np.float64) == f64
@@ -157,9 +157,9 @@ _INT_CLASSES = (
 )
 
 
-def _ints(col: list[Any]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None:
+def _ints(col: Any) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None:
     try:
-        v = np.array(col, dtype=np.int64)
+        v = np.asarray(col, dtype=np.int64)
     except OverflowError:
         return None  # beyond int64: the per-value path
     be = v.astype(">i8").view(np.uint8).reshape(-1, 8)
@@ -200,6 +200,41 @@ def _column(col: list[Any]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]
     return _others(col)
 
 
+def _assemble(
+    id_flag: int,
+    ids: bytes,
+    columns: Sequence[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]],
+    base_ts: np.ndarray[Any, Any],
+) -> list[bytes]:
+    """Version 4 values of r families with no cell of its own ts, from each column's byte
+    matrix and sizes: header, ids, sizes and values side by side, the bytes under each size
+    kept, one slice per family."""
+    r, n = base_ts.shape[0], len(columns)
+    sizes = np.stack([s for _, s in columns], axis=1)
+    head = np.zeros(r, _HEAD_DTYPE)
+    head["v"] = 4
+    head["f"] = id_flag  # sizes are at most _VECTOR_MAX_VALUE: one byte each
+    head["n"] = n
+    head["ts"] = base_ts
+    array_header = np.frombuffer(_array_header(n), np.uint8)
+    fixed = [
+        head.view(np.uint8).reshape(r, _HEAD.size),
+        np.broadcast_to(np.frombuffer(ids, np.uint8), (r, len(ids))),
+        sizes.astype(np.uint8),
+        np.broadcast_to(array_header, (r, array_header.size)),
+    ]
+    fixed_width = sum(a.shape[1] for a in fixed)
+    matrix = np.concatenate(fixed + [m for m, _ in columns], axis=1)
+    keep = np.concatenate(
+        [np.ones((r, fixed_width), bool)]
+        + [np.arange(m.shape[1]) < s[:, None] for m, s in columns],
+        axis=1,
+    )
+    blob = matrix[keep].tobytes()
+    ends = np.cumsum(fixed_width + sizes.sum(axis=1)).tolist()
+    return [blob[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+
+
 def _encode_group(id_flag: int, ids: bytes, rows: Sequence[Sequence[Cell]]) -> list[bytes | None]:
     """The values of families that share one column layout; None for a family this path
     leaves to the per-value one (cells with their own timestamps)."""
@@ -213,34 +248,44 @@ def _encode_group(id_flag: int, ids: bytes, rows: Sequence[Sequence[Cell]]) -> l
         if got is None:
             return [None] * r
         columns.append(got)
-    sizes = np.stack([s for _, s in columns], axis=1)
-    head = np.zeros(r, _HEAD_DTYPE)
-    head["v"] = 4
-    head["f"] = id_flag  # sizes are at most _VECTOR_MAX_VALUE: one byte each
-    head["n"] = n
-    head["ts"] = ts.max(axis=1)
-    fixed = [
-        head.view(np.uint8).reshape(r, _HEAD.size),
-        np.broadcast_to(np.frombuffer(ids, np.uint8), (r, len(ids))),
-        sizes.astype(np.uint8),
-        np.broadcast_to(np.frombuffer(_array_header(n), np.uint8), (r, len(_array_header(n)))),
-    ]
-    fixed_width = sum(a.shape[1] for a in fixed)
-    matrix = np.concatenate(fixed + [m for m, _ in columns], axis=1)
-    keep = np.concatenate(
-        [np.ones((r, fixed_width), bool)]
-        + [np.arange(m.shape[1]) < s[:, None] for m, s in columns],
-        axis=1,
-    )
-    blob = matrix[keep].tobytes()
-    ends = np.cumsum(fixed_width + sizes.sum(axis=1)).tolist()
-    own = (ts != head["ts"][:, None]).any(axis=1).tolist()
-    out: list[bytes | None] = []
-    start = 0
-    for end, has_own in zip(ends, own, strict=True):
-        out.append(None if has_own else blob[start:end])
-        start = end
-    return out
+    base = ts.max(axis=1)
+    own = (ts != base[:, None]).any(axis=1).tolist()
+    blobs = _assemble(id_flag, ids, columns, base)
+    return [None if has_own else blob for blob, has_own in zip(blobs, own, strict=True)]
+
+
+def _array_column(col: Any, r: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None:
+    """A bulk write's column: numpy numbers without a per-value type check, else as a list."""
+    if isinstance(col, np.ndarray) and col.ndim == 1 and col.shape[0] == r:
+        kind = col.dtype.kind
+        if kind == "f":
+            return _floats(col)
+        if kind == "i" or (kind == "u" and (col.size == 0 or int(col.max()) < 2**63)):
+            return _ints(col)
+        col = col.tolist()
+    values = list(col)
+    if len(values) != r:
+        raise StoreError(f"a column has {len(values)} values for {r} rows")
+    return _column(values)
+
+
+def encode_columns(
+    id_flag: int, ids: bytes, columns: Sequence[Any], ts: float, rows: int
+) -> list[bytes] | None:
+    """Version 4 values of `rows` families whose cells are given column by column (numpy
+    arrays or sequences, one value per row), all at `ts`; None when a column holds values
+    this path does not take (longer than _VECTOR_MAX_VALUE bytes encoded)."""
+    if len(columns) > MAX_CELLS:
+        raise StoreError(f"a family holds at most {MAX_CELLS} columns, got {len(columns)}")
+    if rows == 0 or not columns:
+        return None
+    encoded = []
+    for col in columns:
+        got = _array_column(col, rows)
+        if got is None:
+            return None
+        encoded.append(got)
+    return _assemble(id_flag, ids, encoded, np.full(rows, float(ts)))
 
 
 def encode_families(families: Sequence[tuple[int, bytes, Sequence[Cell]]]) -> list[bytes]:

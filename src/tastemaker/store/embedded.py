@@ -18,11 +18,19 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import msgspec
 
-from tastemaker.store.base import Cell, FamilySpec, Mutation, RowData, StoreError
+from tastemaker.store.base import (
+    Cell,
+    FamilySpec,
+    Mutation,
+    RowData,
+    StoreError,
+    columns_to_mutations,
+)
 
 __all__ = ["EmbeddedStore"]
 
@@ -146,6 +154,11 @@ class EmbeddedStore:
                     txn.put(key, encode(_Record(expire_at, cells)))
         except lmdb.Error as exc:
             raise StoreError(f"embedded store write failed: {exc}") from exc
+
+    def write_columns(
+        self, family: str, rows: Sequence[str], columns: Mapping[str, Any], ts: float
+    ) -> None:
+        self.write(columns_to_mutations(family, rows, columns, ts))
 
     def seen(self, keys: Sequence[str]) -> set[str]:
         now = self._clock()

@@ -29,8 +29,15 @@ import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from tastemaker.store.base import Cell, FamilySpec, Mutation, RowData, StoreError
-from tastemaker.store.codec import decode_family, encode_families, id_bytes
+from tastemaker.store.base import (
+    Cell,
+    FamilySpec,
+    Mutation,
+    RowData,
+    StoreError,
+    columns_to_mutations,
+)
+from tastemaker.store.codec import decode_family, encode_columns, encode_families, id_bytes
 
 __all__ = ["RedisStore", "StoreTimeoutError"]
 
@@ -243,6 +250,30 @@ class RedisStore:
         seen_keys = [self._seen_key(k) for k in seen]
         try:
             self._retry_moved(lambda: self._run_merge(blobs, seen_keys))
+        except redis.RedisError as exc:
+            raise _wrap(exc) from exc
+
+    def write_columns(
+        self, family: str, rows: Sequence[str], columns: Mapping[str, Any], ts: float
+    ) -> None:
+        """Encoded column by column with numpy (`codec.encode_columns`), merged on the server
+        like any write; rows named twice, or values the columnar encoder does not take, go
+        through `write`."""
+        if not rows:
+            return
+        keys = [self._key(row, family) for row in rows]
+        names = tuple(columns)
+        flag, ids = self._schema.column_bytes(names)
+        blobs = None
+        if len(set(keys)) == len(keys):
+            blobs = encode_columns(flag, ids, [columns[c] for c in names], ts, len(rows))
+        if blobs is None:
+            self.write(columns_to_mutations(family, rows, columns, ts))
+            return
+        ttl_ms = self._ttl_ms[family]
+        merged = {key: (ttl_ms, blob) for key, blob in zip(keys, blobs, strict=True)}
+        try:
+            self._retry_moved(lambda: self._run_merge(merged, []))
         except redis.RedisError as exc:
             raise _wrap(exc) from exc
 
