@@ -26,7 +26,6 @@ so every retriever has data.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import tempfile
 import time
@@ -46,7 +45,7 @@ from tastemaker.offline.scheduler import run_offline
 from tastemaker.ranking import FEATURE_NAMES, LightGBMScorer, LinearScorer, assemble
 from tastemaker.retrieval import Candidates, merge
 from tastemaker.serving.pipeline import RecommendPipeline
-from tastemaker.serving.runtime import Runtime
+from tastemaker.serving.runtime import Runtime, freeze_loaded_heap
 from tastemaker.testing.servers import redis_server
 
 
@@ -218,9 +217,7 @@ def main() -> None:
             config, toml, user_ids = prepare(root, users, url)
             rt = Runtime.from_config(config)
             rt.watch_artifacts()  # the batch retrievers' artifacts, as a server loads them
-            # As every server process does once loaded (tastemaker.cli._freeze_heap).
-            gc.collect()
-            gc.freeze()
+            freeze_loaded_heap()  # as every server process does once loaded
             result.update(ranking(rt.pipeline, user_ids, root))
             result.update(retrieval(rt.pipeline, user_ids))
             rt.close()

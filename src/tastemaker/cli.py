@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import shutil
@@ -34,7 +33,7 @@ def _serve(
     import uvicorn
 
     from tastemaker.serving.api import build_app
-    from tastemaker.serving.runtime import Runtime
+    from tastemaker.serving.runtime import Runtime, freeze_loaded_heap
 
     s = runtime_config.serving
     run_stream = runtime_config.stream.run_in_server
@@ -62,7 +61,7 @@ def _serve(
             if run_stream:
                 runtime.start_stream()
                 runtime.start_scheduler()
-            _freeze_heap()
+            freeze_loaded_heap()
             try:
                 uvicorn.run(
                     build_app(runtime),
@@ -91,14 +90,6 @@ def _serve(
             stream.wait(timeout=15)
 
 
-def _freeze_heap() -> None:
-    """Move everything loaded so far (the catalog's id index, the models) out of the garbage
-    collector's reach: a full collection no longer walks them, which takes milliseconds off
-    the requests (and stream batches) it would have stalled."""
-    gc.collect()
-    gc.freeze()
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.host or args.port is not None:
@@ -118,7 +109,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:
-    from tastemaker.serving.runtime import Runtime
+    from tastemaker.serving.runtime import Runtime, freeze_loaded_heap
 
     runtime = Runtime.from_config(load_config(args.config))
     runtime.watch_catalog()  # items added through POST /v1/items in the API processes
@@ -126,7 +117,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     processor = runtime.processor
     signal.signal(signal.SIGTERM, lambda *_: processor.stop())
     signal.signal(signal.SIGINT, lambda *_: processor.stop())
-    _freeze_heap()  # the catalog's index: full collections between batches skip it
+    freeze_loaded_heap()  # the catalog's index: full collections between batches skip it
     try:
         processor.run()
     finally:

@@ -109,14 +109,14 @@ def _raw_reply(response: Any, **_: Any) -> Any:
     return response
 
 
-def _stream_entries(reply: Any) -> list[Any]:
+def _stream_entries(reply: Any) -> Sequence[Any]:
     """The entries of a one-stream XREADGROUP reply: a map under RESP3, a list of
     [key, entries] pairs under RESP2, None when there is nothing new."""
     if not reply:
-        return []
+        return ()
     if isinstance(reply, dict):
-        return list(next(iter(reply.values())))
-    return list(reply[0][1])
+        return next(iter(reply.values()))
+    return reply[0][1]  # type: ignore[no-any-return]
 
 
 def _field(fields: Sequence[bytes], name: bytes) -> bytes:
@@ -353,7 +353,7 @@ class RedisStreamsConsumer:
             p = owned[(self._next + i) % len(owned)]
             key = log.key(p)
             try:
-                entries: list[Any] = []
+                entries: Sequence[Any] = ()
                 if p in self._claiming:
                     reply = log.client.xautoclaim(
                         key, self.group, self.member, 0, self._claiming[p], count=limit

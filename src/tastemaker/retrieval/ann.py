@@ -48,11 +48,11 @@ class AnnRetriever:
         self.nprobe = 0
         self.measured_recall = 1.0
         if len(catalog) >= exact_below:
-            import faiss  # only this module imports faiss, and only for large catalogs
-
-            faiss.omp_set_num_threads(1)  # one request, one core: processes scale, not threads
             vectors = np.ascontiguousarray(catalog.embedding, dtype=np.float32)
             if index == "hnsw":
+                import faiss  # imported only where an index is built
+
+                faiss.omp_set_num_threads(1)  # one request, one core: processes scale
                 hnsw = faiss.IndexHNSWFlat(catalog.dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
                 hnsw.hnsw.efConstruction = 80
                 hnsw.add(vectors)

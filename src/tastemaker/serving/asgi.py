@@ -5,14 +5,12 @@ scheduler when `offline.schedule_interval_s` > 0."""
 
 from __future__ import annotations
 
-import gc
-
 import msgspec
 from starlette.applications import Starlette
 
 from tastemaker.config import load_config
 from tastemaker.serving.api import build_app
-from tastemaker.serving.runtime import Runtime
+from tastemaker.serving.runtime import Runtime, freeze_loaded_heap
 
 __all__ = ["create_app"]
 
@@ -26,7 +24,5 @@ def create_app() -> Starlette:
     runtime.watch_artifacts()  # each worker picks up new artifact versions itself
     runtime.watch_catalog()  # and the item changes other workers accepted
     app = build_app(runtime)
-    # Loaded state out of the garbage collector's reach (see cli._freeze_heap).
-    gc.collect()
-    gc.freeze()
+    freeze_loaded_heap()
     return app

@@ -163,7 +163,7 @@ class RecommendPipeline:
         self.scorer = scorer or LinearScorer(config.ranking.weights)
         self.linear = LinearScorer(config.ranking.weights)  # the rank stage's fallback
         s = config.serving
-        # Items' co-visitation neighbours, cached like the global lists.
+        # Items' co-visitation neighbours, cached per process for neighbour_cache_s.
         neighbours = NeighbourCache(store, ttl_s=s.neighbour_cache_s)
         # The first retriever is the fallback when the store fails: it needs no user data.
         self.retrievers: list[tuple[Retriever, int]] = [

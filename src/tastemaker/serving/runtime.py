@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Sequence
@@ -29,7 +30,17 @@ from tastemaker.serving.pipeline import RecommendPipeline
 from tastemaker.store import OnlineStore, open_store
 from tastemaker.stream.processor import StreamProcessor
 
-__all__ = ["ItemsError", "Runtime"]
+__all__ = ["ItemsError", "Runtime", "freeze_loaded_heap"]
+
+
+def freeze_loaded_heap() -> None:
+    """Move everything loaded so far (the catalog's id index, the models) out of the garbage
+    collector's reach: a full collection no longer walks them, which takes milliseconds off
+    the requests (and stream batches) it would have stalled. Server and stream processes call
+    it once loaded."""
+    gc.collect()
+    gc.freeze()
+
 
 log = logging.getLogger(__name__)
 

@@ -94,18 +94,15 @@ def _array_header(n: int) -> bytes:
 
 
 def _encode_values(values: list[Any]) -> list[bytes]:
-    """msgpack of each value: msgspec encodes (it always writes float64), then one numpy pass
-    rewrites every float that float32 holds exactly as msgpack float32, 5 bytes instead of 9."""
+    """msgpack of each value: msgspec encodes (it always writes float64), then the floats are
+    encoded again, all at once, by `_floats` (float32 where it holds them exactly)."""
     encoded = list(map(_encode, values))
     where = [i for i, v in enumerate(values) if type(v) is float]
     if where:
-        f64 = np.fromiter((values[i] for i in where), np.float64, len(where))
-        with np.errstate(over="ignore"):
-            f32 = f64.astype(np.float32)
-        exact = np.flatnonzero(f32.astype(np.float64) == f64).tolist()
-        packed = f32.astype(">f4").tobytes()
-        for j in exact:
-            encoded[where[j]] = b"\xca" + packed[4 * j : 4 * j + 4]
+        matrix, sizes = _floats([values[i] for i in where])
+        flat = matrix.tobytes()
+        for j, (i, size) in enumerate(zip(where, sizes.tolist(), strict=True)):
+            encoded[i] = flat[9 * j : 9 * j + size]
     return encoded
 
 

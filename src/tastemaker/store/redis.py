@@ -63,7 +63,6 @@ class _Schema:
         self._assign = writer.register_script(_lua("assign_id.lua"))  # a write: the write pool
         self._ids: dict[str, int] = {}
         self._names: dict[int, str] = {}
-        self._tuples: dict[tuple[str, ...], list[int]] = {}
         self._packed: dict[tuple[str, ...], tuple[int, bytes]] = {}
         self._lock = threading.Lock()
         self.reload()
@@ -90,19 +89,12 @@ class _Schema:
                     self._names[cid] = name
         return cid
 
-    def column_ids(self, names: tuple[str, ...]) -> list[int]:
-        """Ids of a family's columns; cached per name tuple, as rows of one feature set repeat
-        the same columns."""
-        ids = self._tuples.get(names)
-        if ids is None:
-            ids = self._tuples[names] = [self.id("c", n) for n in names]
-        return ids
-
     def column_bytes(self, names: tuple[str, ...]) -> tuple[int, bytes]:
-        """(id width flag, the ids as bytes) of a family's columns, cached per name tuple."""
+        """(id width flag, the ids as bytes) of a family's columns; cached per name tuple, as
+        rows of one feature set repeat the same columns."""
         packed = self._packed.get(names)
         if packed is None:
-            packed = self._packed[names] = id_bytes(self.column_ids(names))
+            packed = self._packed[names] = id_bytes([self.id("c", n) for n in names])
         return packed
 
     def column(self, cid: int) -> str:
@@ -247,11 +239,7 @@ class RedisStore:
         blobs = {
             key: (ttl_ms, blob) for (key, ttl_ms, _, _), blob in zip(families, encoded, strict=True)
         }
-        seen_keys = [self._seen_key(k) for k in seen]
-        try:
-            self._retry_moved(lambda: self._run_merge(blobs, seen_keys))
-        except redis.RedisError as exc:
-            raise _wrap(exc) from exc
+        self._submit(blobs, [self._seen_key(k) for k in seen])
 
     def write_columns(
         self, family: str, rows: Sequence[str], columns: Mapping[str, Any], ts: float
@@ -271,11 +259,7 @@ class RedisStore:
             self.write(columns_to_mutations(family, rows, columns, ts))
             return
         ttl_ms = self._ttl_ms[family]
-        merged = {key: (ttl_ms, blob) for key, blob in zip(keys, blobs, strict=True)}
-        try:
-            self._retry_moved(lambda: self._run_merge(merged, []))
-        except redis.RedisError as exc:
-            raise _wrap(exc) from exc
+        self._submit({key: (ttl_ms, blob) for key, blob in zip(keys, blobs, strict=True)}, [])
 
     def seen(self, keys: Sequence[str]) -> set[str]:
         if not keys:
@@ -335,6 +319,13 @@ class RedisStore:
             for row_keys, values in zip(wanted, pipe.execute(), strict=True):
                 found.update(zip(row_keys, values, strict=True))
         return [found[k] for k in keys]
+
+    def _submit(self, blobs: Mapping[str, tuple[int, bytes]], seen_keys: list[str]) -> None:
+        """Merge encoded families (key -> (TTL ms, value)) and record idempotency keys."""
+        try:
+            self._retry_moved(lambda: self._run_merge(blobs, seen_keys))
+        except redis.RedisError as exc:
+            raise _wrap(exc) from exc
 
     def _run_merge(self, blobs: Mapping[str, tuple[int, bytes]], seen_keys: list[str]) -> None:
         # Standalone: cells and idempotency keys in one MULTI/EXEC, all or nothing. A cluster

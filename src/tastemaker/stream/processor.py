@@ -438,7 +438,7 @@ class StreamProcessor:
         pairs: _Pairs,
     ) -> None:
         """Each engaged item is linked both ways to the previous `covis_window` items of its
-        session, as catalog rows (summed per pair over the batch in `_apply_items`)."""
+        session, as catalog rows (summed per pair over the batch in `_covisitation`)."""
         window = self.config.stream.covis_window
         index = self.catalog.index
         src, dst, weights = pairs
@@ -515,8 +515,8 @@ class StreamProcessor:
         s = self.config.stream
         cat = self.catalog
         n = len(cat)
-        key = np.asarray(pairs.src, np.int64) * n + np.asarray(pairs.dst, np.int64)
-        uniq, inverse = np.unique(key, return_inverse=True)
+        pair = np.asarray(pairs.src, np.int64) * n + np.asarray(pairs.dst, np.int64)
+        uniq, inverse = np.unique(pair, return_inverse=True)
         sums = np.bincount(inverse, weights=np.asarray(pairs.weights, np.float64)).tolist()
         items, others = np.divmod(uniq, n)
         starts = np.flatnonzero(np.r_[True, items[1:] != items[:-1]])
@@ -526,14 +526,14 @@ class StreamProcessor:
         stored = self.store.get(keys, [COVIS])
         col = self._col("neighbours")
         out = []
-        for key_, a, b in zip(keys, starts.tolist(), ends, strict=True):
-            old = stored.get(key_, {}).get(COVIS, {}).get(col)
+        for key, a, b in zip(keys, starts.tolist(), ends, strict=True):
+            old = stored.get(key, {}).get(COVIS, {}).get(col)
             merged = update_covisitation(
                 None if old is None else old.value,
                 zip(other_ids[a:b], sums[a:b], strict=True),
                 s.covis_max_neighbours,
             )
-            out.append(Mutation(key_, COVIS, {col: Cell(now_ts, merged)}))
+            out.append(Mutation(key, COVIS, {col: Cell(now_ts, merged)}))
         return out
 
     def _popular_lists(
