@@ -34,6 +34,7 @@ def _serve(
 
     from tastemaker.serving.api import build_app
     from tastemaker.serving.runtime import Runtime, freeze_loaded_heap
+    from tastemaker.serving.workers import serve_workers
 
     s = runtime_config.serving
     run_stream = runtime_config.stream.run_in_server
@@ -73,16 +74,8 @@ def _serve(
             finally:
                 runtime.close()
             return
-        os.environ["TASTEMAKER_CONFIG"] = str(Path(str(config_path)).resolve())
-        uvicorn.run(
-            "tastemaker.serving.asgi:create_app",
-            factory=True,
-            host=s.host,
-            port=s.port,
-            workers=workers,
-            log_level="warning",
-            access_log=False,
-        )
+        env = {**os.environ, "TASTEMAKER_CONFIG": str(Path(str(config_path)).resolve())}
+        serve_workers(s.host, s.port, workers, env)
     finally:
         for stream in streams:
             stream.send_signal(signal.SIGTERM)

@@ -6,6 +6,7 @@ Why Starlette and not a bigger framework: the endpoints are few and hot, and mea
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -220,7 +221,7 @@ def build_app(runtime: Runtime) -> Starlette:
         end = sum(runtime.log.end_offsets().values())
         lag = sum(runtime.log.lag(runtime.config.stream.group).values())
         served = {k: v for k, v in runtime.artifact_versions().items() if v is not None}
-        return _json(Health("ok", end, lag, len(runtime.catalog), served))
+        return _json(Health("ok", end, lag, len(runtime.catalog), served, os.getpid()))
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(METRICS.registry), media_type=CONTENT_TYPE_LATEST)

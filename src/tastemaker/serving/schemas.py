@@ -111,3 +111,4 @@ class Health(msgspec.Struct, frozen=True):
     stream_lag: int
     items: int
     artifacts: dict[str, int] = {}  # artifact name -> version served
+    pid: int = 0  # the API process that answered (one of several with `serve --workers N`)

@@ -1,0 +1,289 @@
+"""Several API worker processes behind one listening socket, connections dealt round-robin.
+
+`tastemaker serve --workers N` (N > 1) runs this supervisor. It binds the port, starts N
+worker processes (`python -m tastemaker.serving.workers FD`, each a uvicorn server over the
+app of `serving/asgi.py`), accepts every connection itself and hands it to the next ready
+worker over a Unix socket pair (SCM_RIGHTS), as Node's `cluster` module does by default.
+
+Why not uvicorn's own `workers=N`: there the workers share the listening socket, and the one
+that wakes first accepts every connection pending at that moment. A client holding a few
+keep-alive connections (a load balancer, a backend's connection pool) then often has all of
+them on one worker while the other idles: measured with `benchmarks/bench_serving.py`'s 16
+connections, one worker used 16 s of CPU and the other 1 s in an 18 s run, and the server
+held 665 of the 900 requests/s asked. No library we use deals accepted connections out to
+processes, so this is written here (about a hundred lines over the standard library).
+
+What happens when a part is down:
+- a worker that dies is started again within a second; until it reports ready, new
+  connections go to the others (its open connections are lost with it);
+- a worker that exits before it ever became ready (a bad config, a store that is down at
+  start) stops the whole server with exit status 1: nothing would serve;
+- when the supervisor dies its workers see the pair close, finish their open requests and
+  exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+__all__ = ["serve_workers"]
+
+log = logging.getLogger(__name__)
+
+_READY = b"R"
+_CONN = b"C"
+_RESTART_EVERY_S = 1.0
+
+
+@dataclass
+class _Slot:
+    """One worker: its process, the supervisor's end of its socket pair, whether it said it
+    is ready, and whether it ever was."""
+
+    index: int
+    proc: subprocess.Popen[bytes] | None = None
+    channel: socket.socket | None = None
+    ready: bool = False
+    was_ready: bool = False
+    started_at: float = 0.0
+
+
+class _Supervisor:
+    def __init__(self, host: str, port: int, workers: int, env: Mapping[str, str]) -> None:
+        self.listener = socket.create_server((host, port), backlog=2048)
+        self.listener.setblocking(False)
+        self.env = dict(env)
+        self.slots = [_Slot(i) for i in range(workers)]
+        self.selector = selectors.DefaultSelector()
+        self.accepting = False
+        self.stopping = False
+        self.next = 0
+
+    # -- workers -------------------------------------------------------------------------
+
+    def start(self, slot: _Slot) -> None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        slot.proc = subprocess.Popen(
+            [sys.executable, "-m", "tastemaker.serving.workers", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            env=self.env,
+        )
+        theirs.close()
+        mine.setblocking(False)
+        slot.channel = mine
+        slot.ready = False
+        slot.started_at = time.monotonic()
+        self.selector.register(mine, selectors.EVENT_READ, slot)
+
+    def lost(self, slot: _Slot) -> None:
+        """The worker's pair closed or refused a connection: no more connections for it."""
+        slot.ready = False
+        if slot.channel is not None:
+            self.selector.unregister(slot.channel)
+            slot.channel.close()
+            slot.channel = None
+
+    def check(self) -> None:
+        """Start again any worker that exited; fail if one exits before it was ever ready."""
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.proc is None or slot.proc.poll() is None:
+                continue
+            code = slot.proc.returncode
+            self.lost(slot)
+            if not slot.was_ready:
+                raise SystemExit(f"API worker {slot.index} exited with status {code} at start")
+            if now - slot.started_at < _RESTART_EVERY_S:
+                continue  # a worker dying at once again: not more than one start a second
+            log.warning("API worker %d exited with status %s; starting it again", slot.index, code)
+            self.start(slot)
+
+    def on_channel(self, slot: _Slot) -> None:
+        assert slot.channel is not None
+        try:
+            message = slot.channel.recv(16)
+        except BlockingIOError:
+            return
+        except OSError:
+            message = b""
+        if message == _READY:
+            slot.ready = slot.was_ready = True
+            if not self.accepting and all(s.ready for s in self.slots):
+                # Start accepting once every worker is up, so the first connections are
+                # spread over all of them and not all given to the first one loaded.
+                self.accepting = True
+                self.selector.register(self.listener, selectors.EVENT_READ, None)
+        elif message == b"":
+            self.lost(slot)
+
+    # -- connections ---------------------------------------------------------------------
+
+    def on_accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                log.warning("accept failed", exc_info=True)
+                return
+            with conn:
+                self.deal(conn)
+
+    def deal(self, conn: socket.socket) -> None:
+        """Hand `conn` to the next ready worker; closed (the client retries) if none is."""
+        n = len(self.slots)
+        for _ in range(n):
+            slot = self.slots[self.next % n]
+            self.next += 1
+            if not slot.ready or slot.channel is None:
+                continue
+            try:
+                socket.send_fds(slot.channel, [_CONN], [conn.fileno()])
+            except OSError:
+                self.lost(slot)
+                continue
+            return
+        log.warning("no API worker is ready; a connection was closed")
+
+    # -- running -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        def stop(*_: Any) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        try:
+            for slot in self.slots:
+                self.start(slot)
+            while not self.stopping:
+                for key, _ in self.selector.select(timeout=0.25):
+                    if key.data is None:
+                        self.on_accept()
+                    else:
+                        self.on_channel(key.data)
+                self.check()
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        self.listener.close()
+        procs = [s.proc for s in self.slots if s.proc is not None and s.proc.poll() is None]
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for slot in self.slots:
+            if slot.channel is not None:
+                slot.channel.close()
+        self.selector.close()
+
+
+def serve_workers(host: str, port: int, workers: int, env: Mapping[str, str]) -> None:
+    """Serve the app of `serving/asgi.py` (its config named by `TASTEMAKER_CONFIG` in `env`)
+    from `workers` processes until SIGTERM or SIGINT."""
+    _Supervisor(host, port, workers, env).run()
+
+
+# -- the worker side -------------------------------------------------------------------------
+
+
+class _Worker(uvicorn.Server):
+    """A uvicorn server that takes its connections from the supervisor's socket pair instead
+    of accepting them from a listening socket."""
+
+    def __init__(self, config: uvicorn.Config, channel: socket.socket) -> None:
+        super().__init__(config)
+        self.channel = channel
+        self.opening: set[asyncio.Task[Any]] = set()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:  # noqa: ARG002
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            sys.exit(3)
+        config, state, app_state = self.config, self.server_state, self.lifespan.state
+
+        def protocol() -> asyncio.Protocol:
+            made: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=state, app_state=app_state
+            )
+            return made
+
+        loop = asyncio.get_running_loop()
+        self.channel.setblocking(False)
+        loop.add_reader(self.channel.fileno(), self._take, loop, protocol)
+        self.servers = []
+        self.started = True
+        self.channel.send(_READY)
+
+    def _take(self, loop: asyncio.AbstractEventLoop, protocol: Any) -> None:
+        while True:
+            try:
+                _, fds, _, _ = socket.recv_fds(self.channel, 16, 1)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._orphaned(loop)
+                return
+            if not fds:
+                self._orphaned(loop)
+                return
+            sock = socket.socket(fileno=fds[0])
+            sock.setblocking(False)
+            task = loop.create_task(loop.connect_accepted_socket(protocol, sock))
+            self.opening.add(task)
+            task.add_done_callback(self.opening.discard)
+
+    def _orphaned(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The supervisor is gone: finish what is open and exit."""
+        loop.remove_reader(self.channel.fileno())
+        self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        with contextlib.suppress(ValueError, OSError):  # the pair is already gone
+            asyncio.get_running_loop().remove_reader(self.channel.fileno())
+        await super().shutdown(sockets)
+
+
+def _worker_main(fd: int) -> None:
+    channel = socket.socket(fileno=fd)
+    config = uvicorn.Config(
+        "tastemaker.serving.asgi:create_app",
+        factory=True,
+        log_level="warning",
+        access_log=False,
+    )
+    _Worker(config, channel).run()
+
+
+if __name__ == "__main__":
+    # Exit at once when uvicorn is done: the runtime's watcher threads are not joined, and
+    # waiting for them at interpreter exit would keep a stopped worker alive.
+    code = 0
+    try:
+        _worker_main(int(sys.argv[1]))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
