@@ -41,12 +41,13 @@ async def _connection(
     requests: Sequence[bytes],
     until: float,
     interval: float,
+    offset: float,
     latencies: list[float],
     errors: list[int],
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     i = 0
-    next_at = time.perf_counter()
+    next_at = time.perf_counter() + offset
     try:
         while (now := time.perf_counter()) < until:
             if interval > 0:
@@ -97,6 +98,9 @@ def run_load(
                     requests=requests[c::connections] or requests,
                     until=until,
                     interval=interval,
+                    # Paced connections start a slot apart, so that the requests arrive
+                    # evenly spread, not as bursts of `connections` at once.
+                    offset=c / rate if rate else 0.0,
                     latencies=latencies,
                     errors=errors,
                 )

@@ -250,6 +250,9 @@ class _Worker(uvicorn.Server):
                 return
             sock = socket.socket(fileno=fds[0])
             sock.setblocking(False)
+            # As asyncio does for the sockets its servers accept: a response written in two
+            # parts must not wait for the client's delayed ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = loop.create_task(loop.connect_accepted_socket(protocol, sock))
             self.opening.add(task)
             task.add_done_callback(self.opening.discard)
