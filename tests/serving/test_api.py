@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,6 +91,7 @@ def test_recommend_features_health_metrics_openapi(
         "stream_lag": 0,
         "items": len(catalog),
         "artifacts": {},
+        "pid": os.getpid(),  # the process answering (a worker's, with `serve --workers N`)
     }
     metrics = client.get("/metrics").text
     assert "tastemaker_events_accepted_total" in metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 import pytest
@@ -110,4 +111,33 @@ def test_batch_writes_have_their_own_longer_timeout(redis_url: str) -> None:
     assert time.monotonic() - started >= 0.3
     assert store.get(["u:99"], ["profile"])["u:99"]["profile"]["a"] == Cell(1.0, 99)
     admin.close()
+    store.close()
+
+
+def test_reads_survive_the_server_dropping_their_connection(redis_url: str) -> None:
+    """Each thread reads on its own connection; one the server closed (an idle timeout, a
+    restart, CLIENT KILL) is replaced on the next read instead of failing it."""
+    store = RedisStore.from_url(redis_url, FAMILIES, prefix="drop:")
+    store.write([Mutation("u:1", "profile", {"a": Cell(1.0, 5)})])
+    assert store.get(["u:1"], ["profile"])["u:1"]["profile"]["a"].value == 5
+    admin = redis.Redis.from_url(redis_url)
+    assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+    assert store.get(["u:1"], ["profile"])["u:1"]["profile"]["a"].value == 5
+    admin.close()
+    store.close()
+
+
+def test_threads_read_on_their_own_connections(redis_url: str) -> None:
+    store = RedisStore.from_url(redis_url, FAMILIES, prefix="threads:")
+    store.write([Mutation(f"u:{i}", "profile", {"a": Cell(1.0, i)}) for i in range(50)])
+
+    def reads(offset: int) -> list[int]:
+        return [
+            store.get([f"u:{i}"], ["profile"])[f"u:{i}"]["profile"]["a"].value
+            for i in range(offset, 50)
+        ]
+
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(reads, range(4)))
+    assert got == [list(range(offset, 50)) for offset in range(4)]
     store.close()

@@ -3,6 +3,7 @@ built with numpy over all candidates at once."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -62,6 +63,17 @@ def _shares(cell_value: Any, index: dict[str, int], size: int) -> npt.NDArray[np
     return out / total if total > 0 else out
 
 
+@functools.cache
+def _score_columns(names: tuple[str, ...]) -> slice | list[int]:
+    """The matrix columns of the retrievers' scores, in the candidate set's order: one slice
+    when they are contiguous (the pipeline's retrievers come in the order of `FEATURE_NAMES`),
+    a block written at once; else the columns one by one."""
+    cols = [_COL[_RETRIEVER_COLUMNS[name]] for name in names]
+    if cols == list(range(cols[0], cols[0] + len(cols))):
+        return slice(cols[0], cols[0] + len(cols))
+    return cols
+
+
 def _value(user: RowData, family: str, column: str) -> Any:
     cell = user.get(family, {}).get(column)
     return None if cell is None else cell.value
@@ -86,15 +98,17 @@ def assemble(
     age = x[:, _COL["item_age_days"]]
     age[:] = -1.0
     if item_first_ts is not None and item_first_ts.shape[0] <= len(catalog):
-        inside = rows < item_first_ts.shape[0]  # items added since the artifact: unknown
-        first = np.full(rows.size, np.inf)
-        first[inside] = item_first_ts[rows[inside]]
+        if rows.max() < item_first_ts.shape[0]:
+            first = item_first_ts[rows]
+        else:  # items added since the artifact: unknown
+            inside = rows < item_first_ts.shape[0]
+            first = np.full(rows.size, np.inf)
+            first[inside] = item_first_ts[rows[inside]]
         known = np.isfinite(first)
         age[known] = np.maximum(0.0, (now - first[known]) / 86400.0)
-    for i, name in enumerate(cands.names):
-        col = cands.scores[:, i]
-        top = col.max()
-        x[:, _COL[_RETRIEVER_COLUMNS[name]]] = col / top if top > 0 else col
+    if cands.names:  # each retriever's scores over its best, all columns in one go
+        top = cands.scores.max(axis=0)
+        x[:, _score_columns(tuple(cands.names))] = cands.scores / np.where(top > 0, top, 1)
     hour = (now % 86400.0) / 3600.0
     x[:, _COL["hour_sin"]] = math.sin(2 * math.pi * hour / 24.0)
     x[:, _COL["hour_cos"]] = math.cos(2 * math.pi * hour / 24.0)

@@ -444,15 +444,16 @@ class RecommendPipeline:
         because: list[list[Contribution]] | list[None] = [None] * top.size
         if req.explain:
             because = top_contributions(scorer.contributions(x[top], FEATURE_NAMES), FEATURE_NAMES)
-        names = cands.names
+        names = list(enumerate(cands.names))
         return [
-            RecommendedItem(
-                str(ids[j]),
-                round(float(scores[i]), 6),
-                [names[b] for b in range(len(names)) if cands.sources[i] >> b & 1],
-                because[j],
+            RecommendedItem(str(item), round(score, 6), [n for b, n in names if bits >> b & 1], why)
+            for item, score, bits, why in zip(
+                ids.tolist(),
+                scores[top].tolist(),
+                cands.sources[top].tolist(),
+                because,
+                strict=True,
             )
-            for j, i in enumerate(top.tolist())
         ]
 
     def _new_item_slots(

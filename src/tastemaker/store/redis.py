@@ -20,6 +20,7 @@ writers. Reads decode in Python. Every call has a socket timeout and raises
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
@@ -126,6 +127,8 @@ class RedisStore:
         self._cluster = isinstance(client, RedisCluster)
         self._families = {f.name: f for f in families}
         self._prefix = prefix
+        self._local = threading.local()  # each thread's read connection (`_read`)
+        self._own: weakref.WeakSet[Any] = weakref.WeakSet()  # all of them, for `close`
         self._seen_ttl_ms = max(1, int(seen_ttl_s * 1000))
         try:
             self._schema = _Schema(client, self._writer, f"{prefix}tm:schema")
@@ -308,7 +311,8 @@ class RedisStore:
 
     def _mget(self, keys: list[str], per_row: int) -> list[bytes | None]:
         if not self._cluster:
-            return list(self._client.mget(keys))
+            values: list[bytes | None] = self._read("MGET", *keys)
+            return values
         found: dict[str, bytes | None] = {}
         rows = {keys[i]: keys[i : i + per_row] for i in range(0, len(keys), per_row)}
         for client, slots in self._by_node(rows).values():
@@ -319,6 +323,31 @@ class RedisStore:
             for row_keys, values in zip(wanted, pipe.execute(), strict=True):
                 found.update(zip(row_keys, values, strict=True))
         return [found[k] for k in keys]
+
+    def _read(self, *command: str) -> Any:
+        """One read command on this thread's own connection. A request's reads skip
+        redis-py's per-call pool checkout, connection health check and retry wrapper: about
+        35 µs of CPU of the ~75 µs an MGET costs through `Redis.mget` (measured on loopback).
+        The connection is the thread's for its life, outside the pool (closed with it); one
+        the server dropped while idle is replaced once, a timeout raises at once."""
+        conn = getattr(self._local, "conn", None)
+        for attempt in (0, 1):
+            if conn is None:
+                pool = self._client.connection_pool
+                conn = self._local.conn = pool.connection_class(**pool.connection_kwargs)
+                self._own.add(conn)
+            try:
+                conn.send_command(*command)
+                return conn.read_response()
+            except redis.TimeoutError:
+                conn.disconnect()
+                raise
+            except redis.ConnectionError:
+                conn.disconnect()
+                conn = self._local.conn = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     def _submit(self, blobs: Mapping[str, tuple[int, bytes]], seen_keys: list[str]) -> None:
         """Merge encoded families (key -> (TTL ms, value)) and record idempotency keys."""
@@ -375,6 +404,8 @@ class RedisStore:
             raise _wrap(exc) from exc
 
     def close(self) -> None:
+        for conn in list(self._own):
+            conn.disconnect()
         self._client.close()
         if self._writer is not self._client:
             self._writer.close()
