@@ -50,7 +50,10 @@ def test_mips_finds_the_largest_inner_products_at_the_tuned_recall() -> None:
     valid = rows >= 0
     true = np.einsum("qkd,qd->qk", x[np.where(valid, rows, 0)], queries)
     np.testing.assert_allclose(sims[valid], true[valid], rtol=1e-4, atol=1e-4)
-    assert (np.diff(np.where(valid, sims, -np.inf), axis=1) <= 1e-5).all()
+    assert all((np.diff(s[v]) <= 1e-5).all() for s, v in zip(sims, valid, strict=True))
+    # Slots the probed lists could not fill (rows -1, at the end) score -inf.
+    assert np.isneginf(sims[~valid]).all()
+    assert all((~v[np.argmin(v) :]).all() for v in valid if not v.all())
 
 
 def test_the_transform_finds_more_while_probing_fewer_lists() -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from tastemaker.arrays import member
 from tastemaker.features.layout import PROFILE
 from tastemaker.retrieval.base import Candidates, RetrievalContext
 
@@ -123,7 +124,7 @@ class ItemKnnRetriever:
         weights = s.data[take] * np.repeat(w, lengths)
         found, inverse = np.unique(neighbours, return_inverse=True)
         scores = np.bincount(inverse, weights=weights).astype(np.float32)
-        drop = np.isin(found, rows)
+        drop = member(found, rows)
         found, scores = found[~drop], scores[~drop]
         if found.size > k:
             best = np.argpartition(-scores, k - 1)[:k]
@@ -155,7 +156,7 @@ class EmbeddingRetriever:
             # The seeds themselves are near the query: ask for a few more than k.
             want = k + min(rows.size, 10)
             sims, found = index.search(user[None, :].astype(np.float32), want)
-            keep = (found[0] >= 0) & ~np.isin(found[0], rows)
+            keep = (found[0] >= 0) & ~member(found[0], rows)
             got, s = found[0][keep][:k].astype(np.int64), sims[0][keep][:k]
             return Candidates(got, (s - s.min() + 1e-6).astype(np.float32) if s.size else s)
         scores = f @ user

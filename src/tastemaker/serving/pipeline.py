@@ -33,6 +33,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from tastemaker.arrays import member
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config
 from tastemaker.features import Histogram
@@ -325,7 +326,7 @@ class RecommendPipeline:
         rows, scores = popular
         keep = filter_mask(self.catalog, rows, req.filters) & self.catalog.active[rows]
         if req.exclude:
-            keep &= ~np.isin(rows, self.catalog.rows(list(req.exclude)))
+            keep &= ~member(rows, self.catalog.rows(list(req.exclude)))
         ids = self.catalog.ids[rows[keep][: req.n]]
         return [
             RecommendedItem(str(i), round(float(v), 6), ["popular_batch"])
@@ -408,15 +409,15 @@ class RecommendPipeline:
         catalog = ctx.catalog
         keep = filter_mask(catalog, cands.rows, req.filters) & catalog.active[cands.rows]
         if given is not None:
-            keep &= np.isin(cands.rows, given)
+            keep &= member(cands.rows, given)
         scores[~keep] = -np.inf
         if given is None:
             for column in self.excluded_columns:
                 cell = ctx.user.get(PROFILE, {}).get(column)
                 if cell is not None:
-                    scores[np.isin(cands.rows, self.catalog.rows(cell.value))] = -np.inf
+                    scores[member(cands.rows, self.catalog.rows(cell.value))] = -np.inf
         if req.exclude:
-            scores[np.isin(cands.rows, self.catalog.rows(list(req.exclude)))] = -np.inf
+            scores[member(cands.rows, self.catalog.rows(list(req.exclude)))] = -np.inf
         s = self.config.serving
         top = diversify(
             cands.rows,
