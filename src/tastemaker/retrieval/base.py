@@ -73,15 +73,22 @@ def merge(names: Sequence[str], results: Sequence[Candidates]) -> CandidateSet:
             np.empty(0, np.uint32),
             list(names),
         )
+    n = len(names)
     all_rows = np.concatenate([r.rows for r in results])
-    which = np.concatenate([np.full(r.rows.size, i, np.int64) for i, r in enumerate(results)])
-    all_scores = np.concatenate([r.scores for r in results]).astype(np.float32)
+    which = np.repeat(np.arange(len(results), dtype=np.int64), [r.rows.size for r in results])
+    all_scores = np.concatenate([r.scores for r in results]).astype(np.float32, copy=False)
     rows, inverse = np.unique(all_rows, return_inverse=True)
-    scores = np.zeros((rows.size, len(names)), np.float32)
-    np.maximum.at(scores, (inverse, which), all_scores)
-    sources = np.zeros(rows.size, np.uint32)
-    np.bitwise_or.at(sources, inverse, (np.uint32(1) << which.astype(np.uint32)))
-    return CandidateSet(rows, scores, sources, list(names))
+    # Cells of the flat (row, retriever) matrix: the best score where a retriever proposed a
+    # row more than once, and a bit per retriever that proposed it, packed into `sources`
+    # with one product (the bits are distinct, so their sum is their OR).
+    cell = inverse * n + which
+    scores = np.zeros(rows.size * n, np.float32)
+    np.maximum.at(scores, cell, all_scores)
+    proposed = np.zeros(rows.size * n, bool)
+    proposed[cell] = True
+    bit = np.uint32(1) << np.arange(n, dtype=np.uint32)
+    sources = (proposed.reshape(rows.size, n) @ bit).astype(np.uint32, copy=False)
+    return CandidateSet(rows, scores.reshape(rows.size, n), sources, list(names))
 
 
 def with_rows(cands: CandidateSet, rows: npt.NDArray[np.int64]) -> CandidateSet:

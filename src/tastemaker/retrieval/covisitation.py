@@ -115,17 +115,21 @@ class CovisitationRetriever:
             got = ctx.shared["covis"] = self.cache.get(ctx.catalog, wanted)
         rows_parts: list[IntArray] = []
         parts: list[FloatArray] = []
+        ranks: list[int] = []
         for rank, seed in enumerate(seeds):
             hit = got.get(seed)
-            if hit is None:
-                continue
-            rows_parts.append(hit[0])
-            parts.append(hit[1] * np.float32(1.0 / (1.0 + rank)))
+            if hit is not None:
+                rows_parts.append(hit[0])
+                parts.append(hit[1])
+                ranks.append(rank)
         if not rows_parts:
             return Candidates.empty()
-        # Sum each neighbour's weights over the seeds, vectorized over catalog rows.
+        # Each seed's weights times 1 / (1 + its rank), then summed per neighbour, vectorized
+        # over catalog rows.
+        factor = (1.0 / (1.0 + np.asarray(ranks, np.float64))).astype(np.float32)
+        weights = np.concatenate(parts) * np.repeat(factor, [p.size for p in parts])
         cand_rows, inverse = np.unique(np.concatenate(rows_parts), return_inverse=True)
-        scores = np.bincount(inverse, weights=np.concatenate(parts)).astype(np.float32)
+        scores = np.bincount(inverse, weights=weights).astype(np.float32)
         if cand_rows.size > k:
             best = np.argpartition(-scores, k - 1)[:k]
             cand_rows, scores = cand_rows[best], scores[best]
