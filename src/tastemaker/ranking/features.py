@@ -99,16 +99,22 @@ def assemble(
     age[:] = -1.0
     if item_first_ts is not None and item_first_ts.shape[0] <= len(catalog):
         if rows.max() < item_first_ts.shape[0]:
-            first = item_first_ts[rows]
+            first = item_first_ts.take(rows)
         else:  # items added since the artifact: unknown
             inside = rows < item_first_ts.shape[0]
             first = np.full(rows.size, np.inf)
             first[inside] = item_first_ts[rows[inside]]
-        known = np.isfinite(first)
-        age[known] = np.maximum(0.0, (now - first[known]) / 86400.0)
+        with np.errstate(invalid="ignore"):  # inf - inf where the first time is unknown
+            days = np.maximum(0.0, (now - first) / 86400.0)
+        age[:] = np.where(np.isfinite(first), days, -1.0)
     if cands.names:  # each retriever's scores over its best, all columns in one go
         top = cands.scores.max(axis=0)
-        x[:, _score_columns(tuple(cands.names))] = cands.scores / np.where(top > 0, top, 1)
+        top[top <= 0] = 1
+        cols = _score_columns(tuple(cands.names))
+        if isinstance(cols, slice):
+            np.divide(cands.scores, top, out=x[:, cols])
+        else:
+            x[:, cols] = cands.scores / top
     hour = (now % 86400.0) / 3600.0
     x[:, _COL["hour_sin"]] = math.sin(2 * math.pi * hour / 24.0)
     x[:, _COL["hour_cos"]] = math.cos(2 * math.pi * hour / 24.0)
@@ -121,7 +127,7 @@ def assemble(
         c = np.asarray(centroid, np.float32)
         norm = float(np.linalg.norm(c))
         if norm > 0 and c.shape[0] == catalog.dim:
-            x[:, _COL["emb_click_sim"]] = catalog.embedding[rows] @ (c / norm)
+            x[:, _COL["emb_click_sim"]] = catalog.embedding.take(rows, axis=0) @ (c / norm)
     n_cat, n_brand = len(catalog.category_names), len(catalog.brand_names)
     cats, brands = catalog.category[rows], catalog.brand[rows]
     affinity = _shares(_value(user, PROFILE, "category_intensity"), catalog.category_index, n_cat)

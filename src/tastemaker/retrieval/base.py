@@ -78,17 +78,19 @@ def merge(names: Sequence[str], results: Sequence[Candidates]) -> CandidateSet:
     which = np.repeat(np.arange(len(results), dtype=np.int64), [r.rows.size for r in results])
     all_scores = np.concatenate([r.scores for r in results]).astype(np.float32, copy=False)
     rows, inverse = np.unique(all_rows, return_inverse=True)
-    # Cells of the flat (row, retriever) matrix: the best score where a retriever proposed a
+    # Cells of the flat (retriever, row) matrix: the best score where a retriever proposed a
     # row more than once, and a bit per retriever that proposed it, packed into `sources`
-    # with one product (the bits are distinct, so their sum is their OR).
-    cell = inverse * n + which
-    scores = np.zeros(rows.size * n, np.float32)
-    np.maximum.at(scores, cell, all_scores)
-    proposed = np.zeros(rows.size * n, bool)
+    # with one product (the bits are distinct, so their sum is their OR). Retriever-major,
+    # so each retriever's column of `scores` (a column-major view) is contiguous for the
+    # per-column work of `assemble`.
+    cell = which * rows.size + inverse
+    flat = np.zeros(n * rows.size, np.float32)
+    np.maximum.at(flat, cell, all_scores)
+    proposed = np.zeros(n * rows.size, bool)
     proposed[cell] = True
     bit = np.uint32(1) << np.arange(n, dtype=np.uint32)
-    sources = (proposed.reshape(rows.size, n) @ bit).astype(np.uint32, copy=False)
-    return CandidateSet(rows, scores.reshape(rows.size, n), sources, list(names))
+    sources = (proposed.reshape(n, rows.size).T @ bit).astype(np.uint32, copy=False)
+    return CandidateSet(rows, flat.reshape(n, rows.size).T, sources, list(names))
 
 
 def with_rows(cands: CandidateSet, rows: npt.NDArray[np.int64]) -> CandidateSet:
