@@ -154,6 +154,8 @@ class _Supervisor:
                 continue
             try:
                 socket.send_fds(slot.channel, [_CONN], [conn.fileno()])
+            except (BlockingIOError, InterruptedError):
+                continue  # its pair is full (a worker stuck for long): the next one
             except OSError:
                 self.lost(slot)
                 continue

@@ -215,11 +215,28 @@ class RedisStore:
     def write(self, mutations: Sequence[Mutation], *, seen: Sequence[str] = ()) -> None:
         if not mutations and not seen:
             return
-        # Merge mutations of one (row, family) first: one key, one blob, one script argument.
+        key_of, ttl_ms = self._key, self._ttl_ms
+        keys = [key_of(m.row, m.family) for m in mutations]
+        if len(set(keys)) == len(keys):  # the usual batch: each (row, family) once
+            ttls = [ttl_ms[m.family] for m in mutations]
+            cells_of: list[Mapping[str, Cell]] = [m.cells for m in mutations]
+        else:
+            keys, ttls, cells_of = self._merged(keys, mutations)
+        column_bytes = self._schema.column_bytes
+        encoded = encode_families(
+            [(*column_bytes(tuple(cells)), list(cells.values())) for cells in cells_of]
+        )
+        blobs = dict(zip(keys, zip(ttls, encoded, strict=True), strict=True))
+        self._submit(blobs, [self._seen_key(k) for k in seen])
+
+    def _merged(
+        self, keys: list[str], mutations: Sequence[Mutation]
+    ) -> tuple[list[str], list[int], list[Mapping[str, Cell]]]:
+        """Mutations of one (row, family) merged (the newer cell of a column kept): one key,
+        one blob, one script argument."""
         merged: dict[str, tuple[int, dict[str, Cell]]] = {}
         copied: set[str] = set()  # keys whose cells are our copy, not a caller's dict
-        for m in mutations:
-            key = self._key(m.row, m.family)
+        for key, m in zip(keys, mutations, strict=True):
             entry = merged.get(key)
             if entry is None:
                 merged[key] = (self._ttl_ms[m.family], m.cells)
@@ -233,16 +250,7 @@ class RedisStore:
                 old = cells.get(col)
                 if old is None or cell.ts >= old.ts:
                     cells[col] = cell
-        column_bytes = self._schema.column_bytes
-        families = [
-            (key, ttl_ms, list(cells.values()), column_bytes(tuple(cells)))
-            for key, (ttl_ms, cells) in merged.items()
-        ]
-        encoded = encode_families([(flag, ids, cells) for _, _, cells, (flag, ids) in families])
-        blobs = {
-            key: (ttl_ms, blob) for (key, ttl_ms, _, _), blob in zip(families, encoded, strict=True)
-        }
-        self._submit(blobs, [self._seen_key(k) for k in seen])
+        return list(merged), [t for t, _ in merged.values()], [c for _, c in merged.values()]
 
     def write_columns(
         self, family: str, rows: Sequence[str], columns: Mapping[str, Any], ts: float
@@ -359,23 +367,36 @@ class RedisStore:
     def _run_merge(self, blobs: Mapping[str, tuple[int, bytes]], seen_keys: list[str]) -> None:
         # Standalone: cells and idempotency keys in one MULTI/EXEC, all or nothing. A cluster
         # cannot make keys of several nodes atomic; there each node's share is one pipeline.
+        if not self._cluster:
+            pipe = self._writer.pipeline(transaction=True)
+            self._queue_merge(pipe, list(blobs), seen_keys, blobs)
+            pipe.execute()
+            return
         targets = self._by_node([*blobs, *seen_keys], write=True)
         seen_set = set(seen_keys)
         for client, slots in targets.values():
-            pipe = client.pipeline(transaction=not self._cluster)
+            pipe = client.pipeline(transaction=False)
             for keys in slots.values():
                 seen_here = [k for k in keys if k in seen_set]
-                for i in range(0, len(seen_here), _SEEN_PER_SCRIPT):
-                    chunk = seen_here[i : i + _SEEN_PER_SCRIPT]
-                    self._mark_seen(keys=chunk, args=[self._seen_ttl_ms], client=pipe)
                 cell_keys = [k for k in keys if k not in seen_set]
-                for i in range(0, len(cell_keys), _KEYS_PER_SCRIPT):
-                    chunk = cell_keys[i : i + _KEYS_PER_SCRIPT]
-                    args: list[Any] = []
-                    for key in chunk:
-                        args.extend(blobs[key])
-                    self._merge(keys=chunk, args=args, client=pipe)
+                self._queue_merge(pipe, cell_keys, seen_here, blobs)
             pipe.execute()
+
+    def _queue_merge(
+        self,
+        pipe: Any,
+        cell_keys: list[str],
+        seen_keys: list[str],
+        blobs: Mapping[str, tuple[int, bytes]],
+    ) -> None:
+        """Queue on `pipe` the scripts that mark `seen_keys` and merge `cell_keys`' blobs."""
+        for i in range(0, len(seen_keys), _SEEN_PER_SCRIPT):
+            chunk = seen_keys[i : i + _SEEN_PER_SCRIPT]
+            self._mark_seen(keys=chunk, args=[self._seen_ttl_ms], client=pipe)
+        for i in range(0, len(cell_keys), _KEYS_PER_SCRIPT):
+            chunk = cell_keys[i : i + _KEYS_PER_SCRIPT]
+            args = [part for key in chunk for part in blobs[key]]
+            self._merge(keys=chunk, args=args, client=pipe)
 
     def _retry_moved(self, call: Callable[[], _T]) -> _T:
         try:
