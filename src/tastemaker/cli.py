@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -43,6 +44,8 @@ def _serve(
             "--stream-workers > 1 needs a partitioned log shared by processes "
             "(log.url = redis://... or kafka://...): the embedded log has one stream process"
         )
+    if workers > 1 and not hasattr(socket, "send_fds"):
+        raise ConfigError("--workers > 1 deals connections to processes over Unix sockets")
     if config_path is None and (workers > 1 or (run_stream and stream_workers > 1)):
         raise ConfigError("--workers or --stream-workers > 1 needs --config FILE")
     # Stream processes beside the API processes (with one API process, the first stream
