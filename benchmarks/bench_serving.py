@@ -15,6 +15,9 @@ progress, then one JSON object as the last line:
                                          generator holding a steady rate (--rate, default
                                          1,000/s) for 60 s (30 s with --quick), with the
                                          answer cache off: every request runs the pipeline
+    http_recommend_p99_scheduled_ms      the p99 counted from when each request was due,
+                                         not sent (includes waits a slow answer causes
+                                         the connection's next requests)
     http_cached_*                        the same with the cache on, for half as long
 
 The batch artifacts (popularity, co-visitation, ALS embeddings, segments) are built first,
@@ -187,6 +190,7 @@ def http(
     return {
         f"{prefix}_recommend_p50_ms": got.p50_ms,
         f"{prefix}_recommend_p99_ms": got.p99_ms,
+        f"{prefix}_recommend_p99_scheduled_ms": got.p99_scheduled_ms,
         f"{prefix}_rps": got.rps,
         f"{prefix}_errors": got.errors,
         f"{prefix}_target_rps": rate,
