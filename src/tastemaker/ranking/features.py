@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,34 @@ def _shares(cell_value: Any, index: dict[str, int], size: int) -> npt.NDArray[np
         if code is not None:
             out[code] = v
     return out / total if total > 0 else out
+
+
+# Weak references: a table must not keep an old catalog version alive.
+_CODES: list[tuple[weakref.ref[Catalog], tuple[float, ...], npt.NDArray[np.int32]]] = []
+
+
+def _item_codes(catalog: Catalog, price_edges: list[float]) -> npt.NDArray[np.int32]:
+    """(category, brand, price band) of every item as one (n, 3) table, built once per
+    catalog version (a living catalog is a new object after each change) and price bands."""
+    edges = tuple(price_edges)
+    for cached, cached_edges, table in _CODES:
+        if cached() is catalog and cached_edges == edges:
+            return table
+    table = np.stack(
+        [
+            catalog.category.astype(np.int32),
+            catalog.brand.astype(np.int32),
+            np.searchsorted(edges, catalog.price, side="right").astype(np.int32),
+        ],
+        axis=1,
+    )
+    # The newest few (a process may assemble for more than one catalog, as the offline
+    # replay does); older versions of a living catalog are not served again.
+    _CODES[:] = [
+        *(c for c in _CODES[-3:] if c[0]() is not None),
+        (weakref.ref(catalog), edges, table),
+    ]
+    return table
 
 
 @functools.cache
@@ -129,7 +158,10 @@ def assemble(
         if norm > 0 and c.shape[0] == catalog.dim:
             x[:, _COL["emb_click_sim"]] = catalog.embedding.take(rows, axis=0) @ (c / norm)
     n_cat, n_brand = len(catalog.category_names), len(catalog.brand_names)
-    cats, brands = catalog.category[rows], catalog.brand[rows]
+    # Category, brand and price band of each candidate in one gather: rows are scattered
+    # over the catalog, so each separate lookup misses the cache once per candidate.
+    codes = _item_codes(catalog, price_edges).take(rows, axis=0)
+    cats, brands = codes[:, 0], codes[:, 1]
     affinity = _shares(_value(user, PROFILE, "category_intensity"), catalog.category_index, n_cat)
     x[:, _COL["category_affinity"]] = affinity[cats]
     brand = _shares(_value(user, PROFILE, "brand_intensity"), catalog.brand_index, n_brand)
@@ -139,6 +171,5 @@ def assemble(
     hist = _value(user, PROFILE, "price_hist")
     if hist is not None and len(hist) == len(price_edges) + 1 and sum(hist) > 0:
         dist = np.asarray(hist, np.float32) / float(sum(hist))
-        bands = np.searchsorted(price_edges, catalog.price[rows], side="right")
-        x[:, _COL["price_fit"]] = dist[bands]
+        x[:, _COL["price_fit"]] = dist[codes[:, 2]]
     return x
