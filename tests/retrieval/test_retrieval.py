@@ -24,6 +24,31 @@ def test_merge_unions_rows_keeps_a_column_per_retriever_and_sources() -> None:
     assert c.sources.tolist() == [1, 3, 1, 2]
 
 
+def test_merge_matches_a_reference_over_random_candidate_sets() -> None:
+    """Repeated rows within and across retrievers, catalogs growing past the scratch array,
+    and a stray -1: the best score per (row, retriever) and the source bits of each row."""
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        size = 10 + 50 * trial  # each catalog larger than the last
+        low = -1 if trial % 50 == 0 else 0
+        parts = []
+        for _ in range(4):
+            rows = rng.integers(low, size, rng.integers(0, 40))
+            parts.append(Candidates(rows, rng.random(rows.size).astype(np.float32)))
+        got = merge(list("abcd"), parts)
+        want: dict[int, list[float]] = {}
+        for j, p in enumerate(parts):
+            for row, score in zip(p.rows.tolist(), p.scores.tolist(), strict=True):
+                cells = want.setdefault(row, [0.0] * 4)
+                cells[j] = max(cells[j], score)
+        assert got.rows.tolist() == sorted(want)
+        np.testing.assert_array_equal(
+            got.scores, np.array([want[r] for r in sorted(want)]).reshape(-1, 4).astype(np.float32)
+        )
+        bits = [sum(1 << j for j, p in enumerate(parts) if r in p.rows) for r in sorted(want)]
+        assert got.sources.tolist() == bits
+
+
 def test_merge_of_nothing_is_empty() -> None:
     c = merge(["a"], [Candidates.empty()])
     assert c.rows.size == 0
