@@ -11,7 +11,7 @@ keep-alive connections (a load balancer, a backend's connection pool) then often
 them on one worker while the other idles: measured with `benchmarks/bench_serving.py`'s 16
 connections, one worker used 16 s of CPU and the other 1 s in an 18 s run, and the server
 held 665 of the 900 requests/s asked. No library we use deals accepted connections out to
-processes (uvicorn and granian both share one socket), so this is written here over the
+processes in the order they are accepted, so this is written here over the
 standard library; the workers are uvicorn's own server, adopting the sockets they are
 handed (`loop.connect_accepted_socket`).
 
