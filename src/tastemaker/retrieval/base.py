@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -10,6 +9,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from tastemaker.arrays import unique_rows
 from tastemaker.catalog import Catalog
 from tastemaker.store import Cell, RowData
 
@@ -78,7 +78,7 @@ def merge(names: Sequence[str], results: Sequence[Candidates]) -> CandidateSet:
     all_rows = np.concatenate([r.rows for r in results])
     which = np.repeat(np.arange(len(results), dtype=np.int64), [r.rows.size for r in results])
     all_scores = np.concatenate([r.scores for r in results]).astype(np.float32, copy=False)
-    rows, inverse = _unique_rows(all_rows)
+    rows, inverse = unique_rows(all_rows)
     # Cells of the flat (retriever, row) matrix: the best score where a retriever proposed a
     # row more than once, and a bit per retriever that proposed it, packed into `sources`
     # with one product (the bits are distinct, so their sum is their OR). Retriever-major,
@@ -92,31 +92,6 @@ def merge(names: Sequence[str], results: Sequence[Candidates]) -> CandidateSet:
     bit = np.uint32(1) << np.arange(n, dtype=np.uint32)
     sources = (proposed.reshape(n, rows.size).T @ bit).astype(np.uint32, copy=False)
     return CandidateSet(rows, flat.reshape(n, rows.size).T, sources, list(names))
-
-
-_SCRATCH = threading.local()
-
-
-def _unique_rows(all_rows: IntArray) -> tuple[IntArray, IntArray]:
-    """`np.unique(all_rows, return_inverse=True)` for catalog rows, through a per-thread
-    array over the catalog's rows: one scatter marks each row's last position, the rows at
-    their marked position are the distinct ones, sorted, then scattered their rank. Only
-    the distinct rows are sorted, not all of them (74 -> 53 us for the merge of a request
-    of the serving benchmark)."""
-    if all_rows.size == 0 or all_rows.min() < 0:
-        rows, inverse = np.unique(all_rows, return_inverse=True)
-        return rows, inverse
-    mark: IntArray | None = getattr(_SCRATCH, "mark", None)
-    top = int(all_rows.max())
-    if mark is None or mark.size <= top:
-        mark = _SCRATCH.mark = np.empty(
-            max(top + 1, 2 * (0 if mark is None else mark.size)), np.int64
-        )
-    pos = np.arange(all_rows.size)
-    mark[all_rows] = pos
-    rows = np.sort(all_rows[mark[all_rows] == pos])
-    mark[rows] = np.arange(rows.size)
-    return rows, mark[all_rows]
 
 
 def with_rows(cands: CandidateSet, rows: npt.NDArray[np.int64]) -> CandidateSet:

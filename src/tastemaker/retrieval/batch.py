@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from tastemaker.arrays import member
+from tastemaker.arrays import member, unique_rows
 from tastemaker.features.layout import PROFILE
 from tastemaker.retrieval.base import Candidates, RetrievalContext
 
@@ -122,7 +122,7 @@ class ItemKnnRetriever:
         )
         neighbours = s.indices[take].astype(np.int64)
         weights = s.data[take] * np.repeat(w, lengths)
-        found, inverse = np.unique(neighbours, return_inverse=True)
+        found, inverse = unique_rows(neighbours)
         scores = np.bincount(inverse, weights=weights).astype(np.float32)
         drop = member(found, rows)
         found, scores = found[~drop], scores[~drop]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from tastemaker.arrays import unique_rows
 from tastemaker.catalog import Catalog
 from tastemaker.features.layout import COVIS, PROFILE, SESSION, item_row, merge_shards
 from tastemaker.retrieval.base import Candidates, RetrievalContext
@@ -128,7 +129,7 @@ class CovisitationRetriever:
         # over catalog rows.
         factor = (1.0 / (1.0 + np.asarray(ranks, np.float64))).astype(np.float32)
         weights = np.concatenate(parts) * np.repeat(factor, [p.size for p in parts])
-        cand_rows, inverse = np.unique(np.concatenate(rows_parts), return_inverse=True)
+        cand_rows, inverse = unique_rows(np.concatenate(rows_parts))
         scores = np.bincount(inverse, weights=weights).astype(np.float32)
         if cand_rows.size > k:
             best = np.argpartition(-scores, k - 1)[:k]
