@@ -308,6 +308,8 @@ def test_idempotency_keys_are_recorded_with_the_write(store: OnlineStore) -> Non
     store.write([], seen=["e3"])
     assert store.seen(["e3", "e4"]) == {"e3"}
     assert store.seen([]) == set()
+    # An id asked twice (an event delivered twice into one batch) is answered once.
+    assert store.seen(["e3", "e4", "e3", "e4"]) == {"e3"}
 
 
 def test_idempotency_keys_expire(store: OnlineStore, clock: Clock) -> None:

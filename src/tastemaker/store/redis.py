@@ -278,8 +278,8 @@ class RedisStore:
         wanted = {self._seen_key(k): k for k in keys}
         try:
             if not self._cluster:
-                found = self._client.mget(list(wanted))
-                return {k for k, v in zip(keys, found, strict=True) if v is not None}
+                found = self._read("MGET", *wanted)
+                return {k for k, v in zip(wanted.values(), found, strict=True) if v is not None}
             present: set[str] = set()
             for client, slots in self._by_node(wanted).values():
                 pipe = client.pipeline(transaction=False)
