@@ -51,10 +51,7 @@ def server(tmp_path: Path, catalog: Catalog) -> Iterator[httpx.Client]:
         )
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
     try:
-        try:
-            wait_for_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=30)
-        except RuntimeError as exc:
-            raise AssertionError(stderr.read_text()) from exc
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=30, log=stderr)
         yield client
     finally:
         client.close()

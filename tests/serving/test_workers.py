@@ -57,10 +57,7 @@ def served(tmp_path: Path, catalog: Catalog) -> Iterator[int]:
     with log.open("wb") as err:
         server = serve(write_config(tmp_path, catalog, port), 2, stderr=err.fileno())
     try:
-        try:
-            wait_for_http(f"http://127.0.0.1:{port}/healthz", server, timeout=60)
-        except RuntimeError as exc:
-            raise AssertionError(log.read_text()) from exc
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", server, timeout=60, log=log)
         yield port
     finally:
         server.send_signal(signal.SIGTERM)

@@ -34,10 +34,13 @@ def free_port() -> int:
 
 
 def wait_for_http(
-    url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30.0
+    url: str,
+    proc: subprocess.Popen[bytes] | None = None,
+    timeout: float = 30.0,
+    log: Path | None = None,
 ) -> None:
     """Return once GET `url` answers 200; raise `RuntimeError` if `proc` (the server) exits
-    first or `timeout` seconds pass."""
+    first or `timeout` seconds pass, with the text of `log` (the server's output) if given."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -46,10 +49,14 @@ def wait_for_http(
                     return
         except OSError:  # refused, reset, timed out: not up yet
             pass
+        problem = None
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode} before {url} answered")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not answer within {timeout} s")
+            problem = f"the server exited with {proc.returncode} before {url} answered"
+        elif time.monotonic() > deadline:
+            problem = f"{url} did not answer within {timeout} s"
+        if problem is not None:
+            output = "" if log is None else f"; its output:\n{log.read_text(errors='replace')}"
+            raise RuntimeError(problem + output)
         time.sleep(0.05)
 
 
