@@ -68,6 +68,8 @@ def test_scores_are_the_boosters_predictions(
     assert got.shape == (1000,)
     want = lightgbm.Booster(model_file=str(model_path)).predict(x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # `assemble` builds its matrix column by column (Fortran order): the same scores.
+    np.testing.assert_allclose(scorer.score(np.asfortranarray(x), FEATURE_NAMES), got)
     if compiled:  # built once per model content, then reused by every process
         assert len(list((tmp_path / "models").glob("*.so"))) == 1
         again = LightGBMScorer(model_path, FEATURE_NAMES)

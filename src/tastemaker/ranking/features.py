@@ -121,7 +121,7 @@ def assemble(
     """The (len(cands.rows), len(FEATURE_NAMES)) matrix for one user, as of time `now`
     (which only the item age depends on; it is -1 without `item_first_ts`)."""
     rows = cands.rows
-    x = np.zeros((rows.size, len(FEATURE_NAMES)), np.float32)
+    x = np.zeros((rows.size, len(FEATURE_NAMES)), np.float32, order="F")
     if rows.size == 0:
         return x
     age = x[:, _COL["item_age_days"]]

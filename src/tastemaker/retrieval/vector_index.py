@@ -48,6 +48,7 @@ class IvfIndex:
         base = np.ascontiguousarray(vectors, dtype=np.float32)
         n = base.shape[0]
         self.mips = mips
+        self._swig_ptr = faiss.swig_ptr
         self._max_norm = float(np.linalg.norm(base, axis=1).max()) if mips and n else 0.0
         data = self._augment(base)
         dim = data.shape[1]
@@ -139,11 +140,26 @@ class IvfIndex:
         """(inner products, rows) of the `k` best rows for each query, best first; rows are
         -1 where fewer were found."""
         q = np.asarray(queries, dtype=np.float32)
-        sims, rows = self._index.search(self._query(q), k)
+        n, dim = q.shape
+        # One request asks for one query: the query is built in place and faiss's C++ search
+        # called on our own output arrays, without its Python wrapper's checks and copies
+        # (~14 of ~80 us an ALS search).
+        x = np.zeros((n, dim + 1 if self.mips else dim), np.float32)
+        norms = np.ones(n, np.float32)
         if self.mips:  # <(x, e), (q, 0) / |q|> = <x, q> / |q|
+            norms = np.sqrt(np.einsum("ij,ij->i", q, q))
+            x[:, :dim] = q / np.where(norms > 0, norms, 1.0)[:, None]
+        else:
+            x[:] = q
+        sims = np.empty((n, k), np.float32)
+        rows = np.empty((n, k), np.int64)
+        ptr = self._swig_ptr
+        self._index.search_c(n, ptr(x), k, ptr(sims), ptr(rows))
+        if self.mips:
             # Slots with no row (fewer than k in the probed lists) hold faiss's -FLT_MAX,
             # which scaling would overflow: they are -inf.
             missing = rows < 0
-            sims = np.where(missing, 0.0, sims) * np.linalg.norm(q, axis=1, keepdims=True)
+            sims[missing] = 0.0
+            sims *= norms[:, None]
             sims[missing] = -np.inf
-        return sims.astype(np.float32), rows.astype(np.int64)
+        return sims, rows
