@@ -141,3 +141,31 @@ def test_threads_read_on_their_own_connections(redis_url: str) -> None:
         got = list(pool.map(reads, range(4)))
     assert got == [list(range(offset, 50)) for offset in range(4)]
     store.close()
+
+
+def test_a_write_after_the_server_lost_its_scripts_or_our_connection_lands_whole(
+    redis_url: str,
+) -> None:
+    """Batch writes are one MULTI/EXEC of script calls: a script the server no longer holds
+    (SCRIPT FLUSH, a restart) is loaded first, and a write connection the server closed is
+    replaced. Either way every cell and idempotency key of the batch lands, merged
+    newer-wins with what was stored (rows and event ids in UTF-8)."""
+    store = RedisStore.from_url(redis_url, FAMILIES, prefix="reload:")
+    store.write([Mutation("u:1", "profile", {"a": Cell(1.0, 1), "b": Cell(9.0, "kept")})])
+    admin = redis.Redis.from_url(redis_url)
+    admin.script_flush()
+    batch = [
+        Mutation("u:1", "profile", {"a": Cell(2.0, 2), "b": Cell(3.0, "older")}),
+        Mutation("ü:2", "profile", {"a": Cell(2.0, [1.5, "x"])}),
+    ]
+    store.write(batch, seen=["e1", "é2"])
+    got = store.get(["u:1", "ü:2"], ["profile"])
+    assert got["u:1"]["profile"] == {"a": Cell(2.0, 2), "b": Cell(9.0, "kept")}
+    assert got["ü:2"]["profile"] == {"a": Cell(2.0, [1.5, "x"])}
+    assert store.seen(["e1", "é2", "e3"]) == {"e1", "é2"}
+    assert admin.client_kill_filter(_type="normal", skipme=True) >= 1
+    store.write([Mutation("u:1", "profile", {"a": Cell(4.0, 4)})], seen=["e4"])
+    assert store.get(["u:1"], ["profile"])["u:1"]["profile"]["a"] == Cell(4.0, 4)
+    assert store.seen(["e4"]) == {"e4"}
+    admin.close()
+    store.close()
