@@ -37,6 +37,17 @@ def _column_of(kind: str, rnd: random.Random) -> Any:
         return rnd.choice(
             [0.5, -0.0, 0.1, 1e300, -1e-300, math.inf, -math.inf, 3.4e38, 1.7e9 + 0.25, 0.0]
         )
+    # Columns of one kind throughout, which take the uniform-width fast paths.
+    if kind == "f32":
+        return float(np.float32(rnd.uniform(-10, 10)))
+    if kind == "f64":
+        return 1.7e9 + rnd.random()
+    if kind == "fixint":
+        return rnd.randint(0, 127)
+    if kind == "u16":
+        return rnd.randint(256, 65535)
+    if kind == "negfix":
+        return rnd.randint(-32, -1)
     if kind == "str":
         return rnd.choice(["", "brand042", "grüße ✓", "x" * rnd.randint(0, 40)])
     if kind == "mixed":
@@ -70,6 +81,8 @@ def _families(rows: int, kinds: list[str], seed: int) -> list[tuple[int, bytes, 
         ["long", "float"],
         ["bigint", "int"],
         ["int"] * 300,  # 300 columns: two-byte array header
+        ["f32", "f64", "fixint", "u16", "negfix"],
+        ["f32", "fixint"],  # every column fills its width: nothing to drop
     ],
 )
 def test_the_vectorized_path_writes_the_same_bytes(

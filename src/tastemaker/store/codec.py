@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import operator
 import struct
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import msgspec
@@ -100,13 +100,13 @@ def _encode_values(values: list[Any]) -> list[bytes]:
     where = [i for i, v in enumerate(values) if type(v) is float]
     if where:
         matrix, sizes = _floats([values[i] for i in where])
-        flat = matrix.tobytes()
+        flat, width = matrix.tobytes(), matrix.shape[1]
         for j, (i, size) in enumerate(zip(where, sizes.tolist(), strict=True)):
-            encoded[i] = flat[9 * j : 9 * j + size]
+            encoded[i] = flat[width * j : width * j + size]
     return encoded
 
 
-def _encode_one(id_flag: int, ids: bytes, cells: Sequence[Cell], values: list[bytes]) -> bytes:
+def _encode_one(id_flag: int, ids: bytes, cells: Collection[Cell], values: list[bytes]) -> bytes:
     n = len(cells)
     ts = list(map(_cell_ts, cells))
     base = max(ts, default=0.0)  # no cells: a write that only restarts the family's TTL
@@ -132,12 +132,27 @@ def _floats(col: Any) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     with np.errstate(over="ignore"):
         f32 = f64.astype(np.float32)
     exact = f32.astype(np.float64) == f64
-    out = np.zeros((len(col), 9), np.uint8)
+    n = len(f64)
+    if exact.all():  # rates, intensities: all float32, a 5-byte matrix and no masks
+        out = np.empty((n, 5), np.uint8)
+        out[:, 0] = 0xCA
+        out[:, 1:] = f32.astype(">f4").view(np.uint8).reshape(-1, 4)
+        return out, np.full(n, 5)
+    if not exact.any():  # timestamps: all float64
+        out = np.empty((n, 9), np.uint8)
+        out[:, 0] = 0xCB
+        out[:, 1:] = f64.astype(">f8").view(np.uint8).reshape(-1, 8)
+        return out, np.full(n, 9)
+    out = np.zeros((n, 9), np.uint8)
     out[:, 0] = np.where(exact, 0xCA, 0xCB)
     out[exact, 1:5] = f32[exact].astype(">f4").view(np.uint8).reshape(-1, 4)
     out[~exact, 1:9] = f64[~exact].astype(">f8").view(np.uint8).reshape(-1, 8)
     return out, np.where(exact, 5, 9)
 
+
+_Column = tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]  # (bytes matrix, sizes)
+_FLOAT = {float}
+_INT = {int}
 
 # msgpack's smallest framing of an int, as msgspec writes it: (low, high, tag, payload bytes).
 _INT_CLASSES = (
@@ -154,25 +169,33 @@ _INT_CLASSES = (
 )
 
 
+_INT_LOWS = np.array([c[0] for c in _INT_CLASSES], np.int64)
+_INT_PAYLOAD = np.array([c[3] for c in _INT_CLASSES], np.int64)
+_INT_TAG = np.array([c[2] or 0 for c in _INT_CLASSES], np.uint8)
+_INT_FIXINT = np.array([c[2] is None for c in _INT_CLASSES])
+
+
 def _ints(col: Any) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None:
     try:
         v = np.asarray(col, dtype=np.int64)
     except OverflowError:
         return None  # beyond int64: the per-value path
+    n = len(v)
+    if n == 0 or (v.min() >= 0 and v.max() <= 127):  # counts: positive fixints, a byte each
+        return v.astype(np.uint8)[:, None], np.ones(n, np.int64)
     be = v.astype(">i8").view(np.uint8).reshape(-1, 8)
-    out = np.zeros((len(col), 9), np.uint8)
-    sizes = np.ones(len(col), np.int64)
-    for low, high, tag, k in _INT_CLASSES:
-        rows = (v >= low) & (v <= high)
-        if not rows.any():
-            continue
-        if tag is None:
-            out[rows, 0] = be[rows, 7]
-        else:
-            out[rows, 0] = tag
-            out[rows, 1 : 1 + k] = be[rows, 8 - k :]
-            sizes[rows] = 1 + k
-    return out, sizes
+    # Each value's class gives its tag and payload size k; the payload is the last k of
+    # its 8 big-endian bytes, gathered into a matrix as wide as the widest (bytes past a
+    # value's own size are dropped by `_assemble`).
+    classes = np.searchsorted(_INT_LOWS, v, side="right") - 1
+    k = _INT_PAYLOAD[classes]
+    width = 1 + int(k.max())
+    out = np.empty((n, width), np.uint8)
+    out[:, 0] = np.where(_INT_FIXINT[classes], be[:, 7], _INT_TAG[classes])
+    if width > 1:
+        at = np.minimum(8 - k[:, None] + np.arange(width - 1), 7)
+        out[:, 1:] = np.take_along_axis(be, at, axis=1)
+    return out, 1 + k
 
 
 def _others(col: list[Any]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None:
@@ -222,32 +245,95 @@ def _assemble(
     ]
     fixed_width = sum(a.shape[1] for a in fixed)
     matrix = np.concatenate(fixed + [m for m, _ in columns], axis=1)
-    keep = np.concatenate(
-        [np.ones((r, fixed_width), bool)]
-        + [np.arange(m.shape[1]) < s[:, None] for m, s in columns],
-        axis=1,
-    )
-    blob = matrix[keep].tobytes()
+    # Bytes past a value's size are dropped; a column whose values all fill its width (a
+    # float32 column, a one-class int column) keeps all of them.
+    keep = np.ones(matrix.shape, bool)
+    masked = False
+    at = fixed_width
+    for m, s in columns:
+        width = m.shape[1]
+        if int(s.min()) < width:
+            keep[:, at : at + width] = np.arange(width) < s[:, None]
+            masked = True
+        at += width
+    blob = matrix[keep].tobytes() if masked else matrix.tobytes()
     ends = np.cumsum(fixed_width + sizes.sum(axis=1)).tolist()
     return [blob[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
 
-def _encode_group(id_flag: int, ids: bytes, rows: Sequence[Sequence[Cell]]) -> list[bytes | None]:
+def _float_block(cols: list[list[Any]]) -> list[_Column]:
+    """The float columns of a group at once: those whose every value is a float32 in one
+    5-byte matrix, those with none in one 9-byte matrix (numpy's per-call cost paid once,
+    not per column); columns of both column by column."""
+    f64 = np.asarray(cols, dtype=np.float64)  # (columns, rows)
+    with np.errstate(over="ignore"):
+        f32 = f64.astype(np.float32)
+    exact = f32.astype(np.float64) == f64
+    k, r = f64.shape
+    out: list[_Column | None] = [None] * k
+    for which, tag, width, source, dtype in (
+        (exact.all(axis=1), 0xCA, 5, f32, ">f4"),
+        (~exact.any(axis=1), 0xCB, 9, f64, ">f8"),
+    ):
+        picked = np.flatnonzero(which)
+        if picked.size == 0:
+            continue
+        block = np.empty((picked.size, r, width), np.uint8)
+        block[..., 0] = tag
+        block[..., 1:] = source[picked].astype(dtype).view(np.uint8).reshape(-1, r, width - 1)
+        sizes = np.full(r, width)
+        for i, c in enumerate(picked.tolist()):
+            out[c] = (block[i], sizes)
+    return [got if got is not None else _floats(f64[c]) for c, got in enumerate(out)]
+
+
+def _int_block(cols: list[list[Any]]) -> list[_Column] | None:
+    """The int columns of a group at once, as `_ints` frames them, each column as wide as
+    its widest value; None when one holds a value beyond int64."""
+    try:
+        v = np.asarray(cols, dtype=np.int64)  # (columns, rows)
+    except OverflowError:
+        return None
+    k, r = v.shape
+    be = v.astype(">i8").view(np.uint8).reshape(k, r, 8)
+    classes = np.searchsorted(_INT_LOWS, v, side="right") - 1
+    payload = _INT_PAYLOAD[classes]
+    widths = (1 + payload.max(axis=1)).tolist()
+    out = np.empty((k, r, max(widths)), np.uint8)
+    out[..., 0] = np.where(_INT_FIXINT[classes], be[..., 7], _INT_TAG[classes])
+    if max(widths) > 1:
+        at = np.minimum(8 - payload[..., None] + np.arange(max(widths) - 1), 7)
+        out[..., 1:] = np.take_along_axis(be, at, axis=2)
+    sizes = 1 + payload
+    return [(out[c, :, : widths[c]], sizes[c]) for c in range(k)]
+
+
+def _encode_group(id_flag: int, ids: bytes, rows: Sequence[Collection[Cell]]) -> list[bytes | None]:
     """The values of families that share one column layout; None for a family this path
     leaves to the per-value one (cells with their own timestamps)."""
-    r, n = len(rows), len(rows[0])
+    r, n = len(rows), len(next(iter(rows)))
     flat = [cell for row in rows for cell in row]
     ts = np.fromiter(map(_cell_ts, flat), np.float64, r * n).reshape(r, n)
     values = list(map(_cell_value, flat))
-    columns = []
+    cols = [values[j::n] for j in range(n)]
+    kinds = [set(map(type, col)) for col in cols]
+    columns: list[_Column | None] = [None] * n
+    floats = [j for j, kind in enumerate(kinds) if kind == _FLOAT]
+    if floats:
+        for j, got in zip(floats, _float_block([cols[j] for j in floats]), strict=True):
+            columns[j] = got
+    ints = [j for j, kind in enumerate(kinds) if kind == _INT]
+    if ints and (block := _int_block([cols[j] for j in ints])) is not None:
+        for j, got in zip(ints, block, strict=True):
+            columns[j] = got
     for j in range(n):
-        got = _column(values[j::n])
-        if got is None:
-            return [None] * r
-        columns.append(got)
+        if columns[j] is None:
+            columns[j] = _column(cols[j])  # strings, mixed, beyond int64
+            if columns[j] is None:
+                return [None] * r
     base = ts.max(axis=1)
     own = (ts != base[:, None]).any(axis=1).tolist()
-    blobs = _assemble(id_flag, ids, columns, base)
+    blobs = _assemble(id_flag, ids, [c for c in columns if c is not None], base)
     return [None if has_own else blob for blob, has_own in zip(blobs, own, strict=True)]
 
 
@@ -285,7 +371,7 @@ def encode_columns(
     return _assemble(id_flag, ids, encoded, np.full(rows, float(ts)))
 
 
-def encode_families(families: Sequence[tuple[int, bytes, Sequence[Cell]]]) -> list[bytes]:
+def encode_families(families: Sequence[tuple[int, bytes, Collection[Cell]]]) -> list[bytes]:
     """Encode each (id flag, id bytes, cells) family: families sharing a layout together,
     column by column; the rest value by value. Both give the same bytes."""
     out: list[bytes | None] = [None] * len(families)

@@ -224,7 +224,7 @@ class RedisStore:
             keys, ttls, cells_of = self._merged(keys, mutations)
         column_bytes = self._schema.column_bytes
         encoded = encode_families(
-            [(*column_bytes(tuple(cells)), list(cells.values())) for cells in cells_of]
+            [(*column_bytes(tuple(cells)), cells.values()) for cells in cells_of]
         )
         blobs = dict(zip(keys, zip(ttls, encoded, strict=True), strict=True))
         self._submit(blobs, [self._seen_key(k) for k in seen])
