@@ -18,6 +18,11 @@ progress, then one JSON object as the last line:
     http_recommend_p99_scheduled_ms      the p99 counted from when each request was due,
                                          not sent (includes waits a slow answer causes
                                          the connection's next requests)
+    http_server_cpu_ms_per_request       CPU (user + system) a request cost the server (the
+                                         supervisor and its workers), the load generator and
+                                         Valkey, over the timed run: the three share the
+    http_loadgen_cpu_ms_per_request      machine's cores, so their sum times the rate is how
+    http_valkey_cpu_ms_per_request       busy the machine was
     http_cached_*                        the same with the cache on, for half as long
 
 The batch artifacts (popularity, co-visitation, ALS embeddings, segments) are built first,
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -38,8 +44,9 @@ from typing import Any
 import lightgbm
 import msgspec
 import numpy as np
+import redis
 
-from benchmarks.common import free_port, server
+from benchmarks.common import free_port, server, tree_cpu_seconds
 from benchmarks.loadgen import run_load
 from tastemaker.catalog import save_catalog
 from tastemaker.config import Config, StoreConfig, dump_config, local_config
@@ -171,8 +178,25 @@ def retrieval(pipe: RecommendPipeline, users: list[str]) -> dict[str, float]:
     return out
 
 
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _valkey_cpu_seconds(url: str) -> float:
+    with redis.Redis.from_url(url) as client:
+        info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def http(
-    toml: Path, users: list[str], seconds: float, rate: float, prefix: str = "http"
+    toml: Path,
+    users: list[str],
+    seconds: float,
+    rate: float,
+    *,
+    redis_url: str,
+    prefix: str = "http",
 ) -> dict[str, Any]:
     port = free_port()
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
@@ -181,12 +205,25 @@ def http(
         ["tastemaker", "serve", "--config", str(toml), "--port", str(port), "--workers", "2"],
         port,
         env,
-    ):
+    ) as proc:
         run_load("127.0.0.1", port, "/v1/recommend", bodies, seconds=3, connections=16)
+        cpu = (tree_cpu_seconds(proc.pid), _own_cpu_seconds(), _valkey_cpu_seconds(redis_url))
         got = run_load(
             "127.0.0.1", port, "/v1/recommend", bodies, seconds=seconds, connections=16, rate=rate
         )
-    print(f"{prefix}: {got}", flush=True)
+        used = [
+            1000 * (after - before) / max(1, got.requests)
+            for before, after in zip(
+                cpu,
+                (tree_cpu_seconds(proc.pid), _own_cpu_seconds(), _valkey_cpu_seconds(redis_url)),
+                strict=True,
+            )
+        ]
+    print(
+        f"{prefix}: {got}; CPU a request: server {used[0]:.3f} ms, load generator "
+        f"{used[1]:.3f} ms, Valkey {used[2]:.3f} ms",
+        flush=True,
+    )
     return {
         f"{prefix}_recommend_p50_ms": got.p50_ms,
         f"{prefix}_recommend_p99_ms": got.p99_ms,
@@ -194,6 +231,9 @@ def http(
         f"{prefix}_rps": got.rps,
         f"{prefix}_errors": got.errors,
         f"{prefix}_target_rps": rate,
+        f"{prefix}_server_cpu_ms_per_request": round(used[0], 3),
+        f"{prefix}_loadgen_cpu_ms_per_request": round(used[1], 3),
+        f"{prefix}_valkey_cpu_ms_per_request": round(used[2], 3),
     }
 
 
@@ -227,10 +267,14 @@ def main() -> None:
             rt.close()
             seconds = 30.0 if args.quick else 60.0
             # The answer cache off: every request runs the whole pipeline (the target).
-            result.update(http(with_cache(config, toml, 0), user_ids, seconds, args.rate))
+            result.update(
+                http(with_cache(config, toml, 0), user_ids, seconds, args.rate, redis_url=url)
+            )
             # The cache on (each user is asked for about 10 times in the run).
             cached = with_cache(config, toml, 300)
-            result.update(http(cached, user_ids, seconds / 2, args.rate, "http_cached"))
+            result.update(
+                http(cached, user_ids, seconds / 2, args.rate, redis_url=url, prefix="http_cached")
+            )
     print(msgspec.json.encode(result).decode())
 
 

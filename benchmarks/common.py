@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from tastemaker.data.synthetic import ShopSpec, generate_shop
 from tastemaker.serving.runtime import Runtime
 from tastemaker.testing.servers import free_port, wait_for_http
 
-__all__ = ["free_port", "prepare_shop", "server"]
+__all__ = ["free_port", "prepare_shop", "server", "tree_cpu_seconds"]
 
 
 def prepare_shop(directory: Path, spec: ShopSpec) -> tuple[Path, list[str]]:
@@ -33,15 +34,35 @@ def prepare_shop(directory: Path, spec: ShopSpec) -> tuple[Path, list[str]]:
     return config_path, [str(u) for u in shop.user_ids]
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its children (a server's supervisor and
+    its workers), from /proc (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        # Fields after the command (which may hold spaces) start at its closing parenthesis:
+        # state, ppid, ..., utime and stime are the 12th and 13th after it.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 @contextlib.contextmanager
-def server(argv: list[str], port: int, env: dict[str, str]) -> Iterator[None]:
+def server(argv: list[str], port: int, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     """Run a server command until the block ends; wait until /healthz answers."""
     proc = subprocess.Popen(
         [sys.executable, "-m", *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=60)
-        yield
+        yield proc
     finally:
         proc.terminate()
         proc.wait(timeout=15)
