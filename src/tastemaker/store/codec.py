@@ -127,30 +127,13 @@ def _encode_one(id_flag: int, ids: bytes, cells: Collection[Cell], values: list[
 # keeping the bytes under each size gives every family's value, in order, in one buffer.
 
 
-def _floats(col: Any) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    f64 = np.asarray(col, dtype=np.float64)
-    with np.errstate(over="ignore"):
-        f32 = f64.astype(np.float32)
-    exact = f32.astype(np.float64) == f64
-    n = len(f64)
-    if exact.all():  # rates, intensities: all float32, a 5-byte matrix and no masks
-        out = np.empty((n, 5), np.uint8)
-        out[:, 0] = 0xCA
-        out[:, 1:] = f32.astype(">f4").view(np.uint8).reshape(-1, 4)
-        return out, np.full(n, 5)
-    if not exact.any():  # timestamps: all float64
-        out = np.empty((n, 9), np.uint8)
-        out[:, 0] = 0xCB
-        out[:, 1:] = f64.astype(">f8").view(np.uint8).reshape(-1, 8)
-        return out, np.full(n, 9)
-    out = np.zeros((n, 9), np.uint8)
-    out[:, 0] = np.where(exact, 0xCA, 0xCB)
-    out[exact, 1:5] = f32[exact].astype(">f4").view(np.uint8).reshape(-1, 4)
-    out[~exact, 1:9] = f64[~exact].astype(">f8").view(np.uint8).reshape(-1, 8)
-    return out, np.where(exact, 5, 9)
-
-
 _Column = tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]  # (bytes matrix, sizes)
+
+
+def _floats(col: Any) -> _Column:
+    return _float_block([col])[0]
+
+
 _FLOAT = {float}
 _INT = {int}
 
@@ -175,27 +158,9 @@ _INT_TAG = np.array([c[2] or 0 for c in _INT_CLASSES], np.uint8)
 _INT_FIXINT = np.array([c[2] is None for c in _INT_CLASSES])
 
 
-def _ints(col: Any) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None:
-    try:
-        v = np.asarray(col, dtype=np.int64)
-    except OverflowError:
-        return None  # beyond int64: the per-value path
-    n = len(v)
-    if n == 0 or (v.min() >= 0 and v.max() <= 127):  # counts: positive fixints, a byte each
-        return v.astype(np.uint8)[:, None], np.ones(n, np.int64)
-    be = v.astype(">i8").view(np.uint8).reshape(-1, 8)
-    # Each value's class gives its tag and payload size k; the payload is the last k of
-    # its 8 big-endian bytes, gathered into a matrix as wide as the widest (bytes past a
-    # value's own size are dropped by `_assemble`).
-    classes = np.searchsorted(_INT_LOWS, v, side="right") - 1
-    k = _INT_PAYLOAD[classes]
-    width = 1 + int(k.max())
-    out = np.empty((n, width), np.uint8)
-    out[:, 0] = np.where(_INT_FIXINT[classes], be[:, 7], _INT_TAG[classes])
-    if width > 1:
-        at = np.minimum(8 - k[:, None] + np.arange(width - 1), 7)
-        out[:, 1:] = np.take_along_axis(be, at, axis=1)
-    return out, 1 + k
+def _ints(col: Any) -> _Column | None:
+    got = _int_block([col])
+    return None if got is None else got[0]
 
 
 def _others(col: list[Any]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None:
@@ -261,19 +226,22 @@ def _assemble(
     return [blob[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
 
-def _float_block(cols: list[list[Any]]) -> list[_Column]:
-    """The float columns of a group at once: those whose every value is a float32 in one
-    5-byte matrix, those with none in one 9-byte matrix (numpy's per-call cost paid once,
-    not per column); columns of both column by column."""
+def _float_block(cols: Sequence[Any]) -> list[_Column]:
+    """Float columns (sequences of one length) as msgpack frames their values: float32 where
+    it holds a value exactly, else float64. The columns whose every value is float32
+    (rates, intensities) become one 5-byte matrix, those with none (timestamps) one 9-byte
+    matrix, each in one numpy pass over all such columns; the rest are masked column by
+    column."""
     f64 = np.asarray(cols, dtype=np.float64)  # (columns, rows)
     with np.errstate(over="ignore"):
         f32 = f64.astype(np.float32)
     exact = f32.astype(np.float64) == f64
     k, r = f64.shape
+    every, some = exact.all(axis=1), exact.any(axis=1)
     out: list[_Column | None] = [None] * k
     for which, tag, width, source, dtype in (
-        (exact.all(axis=1), 0xCA, 5, f32, ">f4"),
-        (~exact.any(axis=1), 0xCB, 9, f64, ">f8"),
+        (every, 0xCA, 5, f32, ">f4"),
+        (~some, 0xCB, 9, f64, ">f8"),
     ):
         picked = np.flatnonzero(which)
         if picked.size == 0:
@@ -284,17 +252,30 @@ def _float_block(cols: list[list[Any]]) -> list[_Column]:
         sizes = np.full(r, width)
         for i, c in enumerate(picked.tolist()):
             out[c] = (block[i], sizes)
-    return [got if got is not None else _floats(f64[c]) for c, got in enumerate(out)]
+    for c in np.flatnonzero(some & ~every).tolist():
+        e = exact[c]
+        mixed = np.zeros((r, 9), np.uint8)
+        mixed[:, 0] = np.where(e, 0xCA, 0xCB)
+        mixed[e, 1:5] = f32[c, e].astype(">f4").view(np.uint8).reshape(-1, 4)
+        mixed[~e, 1:9] = f64[c, ~e].astype(">f8").view(np.uint8).reshape(-1, 8)
+        out[c] = (mixed, np.where(e, 5, 9))
+    return [got for got in out if got is not None]
 
 
-def _int_block(cols: list[list[Any]]) -> list[_Column] | None:
-    """The int columns of a group at once, as `_ints` frames them, each column as wide as
-    its widest value; None when one holds a value beyond int64."""
+def _int_block(cols: Sequence[Any]) -> list[_Column] | None:
+    """Int columns (sequences of one length) in msgpack's smallest framing of each value, as
+    msgspec writes it, each column a matrix as wide as its widest value; None when one holds
+    a value beyond int64 (the per-value path takes those)."""
     try:
         v = np.asarray(cols, dtype=np.int64)  # (columns, rows)
     except OverflowError:
         return None
     k, r = v.shape
+    if v.size == 0 or (v.min() >= 0 and v.max() <= 127):  # counts: positive fixints, a byte
+        return [(col.astype(np.uint8)[:, None], np.ones(r, np.int64)) for col in v]
+    # Each value's class gives its tag and payload size; the payload is the last bytes of
+    # its 8 big-endian ones, gathered into a matrix as wide as the widest (bytes past a
+    # value's own size are dropped by `_assemble`).
     be = v.astype(">i8").view(np.uint8).reshape(k, r, 8)
     classes = np.searchsorted(_INT_LOWS, v, side="right") - 1
     payload = _INT_PAYLOAD[classes]
@@ -327,8 +308,8 @@ def _encode_group(id_flag: int, ids: bytes, rows: Sequence[Collection[Cell]]) ->
         for j, got in zip(ints, block, strict=True):
             columns[j] = got
     for j in range(n):
-        if columns[j] is None:
-            columns[j] = _column(cols[j])  # strings, mixed, beyond int64
+        if columns[j] is None:  # strings, mixed, beyond int64: msgspec value by value
+            columns[j] = _others(cols[j])
             if columns[j] is None:
                 return [None] * r
     base = ts.max(axis=1)
