@@ -178,15 +178,17 @@ def retrieval(pipe: RecommendPipeline, users: list[str]) -> dict[str, float]:
     return out
 
 
-def _own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _valkey_cpu_seconds(url: str) -> float:
-    with redis.Redis.from_url(url) as client:
-        info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+def _cpu_seconds(server_pid: int, redis_url: str) -> tuple[float, float, float]:
+    """CPU (user + system) seconds so far of the server's processes, this process (the load
+    generator) and the Valkey server."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    with redis.Redis.from_url(redis_url) as client:
+        valkey = client.info("cpu")
+    return (
+        tree_cpu_seconds(server_pid),
+        own.ru_utime + own.ru_stime,
+        float(valkey["used_cpu_user"]) + float(valkey["used_cpu_sys"]),
+    )
 
 
 def http(
@@ -207,18 +209,12 @@ def http(
         env,
     ) as proc:
         run_load("127.0.0.1", port, "/v1/recommend", bodies, seconds=3, connections=16)
-        cpu = (tree_cpu_seconds(proc.pid), _own_cpu_seconds(), _valkey_cpu_seconds(redis_url))
+        before = _cpu_seconds(proc.pid, redis_url)
         got = run_load(
             "127.0.0.1", port, "/v1/recommend", bodies, seconds=seconds, connections=16, rate=rate
         )
-        used = [
-            1000 * (after - before) / max(1, got.requests)
-            for before, after in zip(
-                cpu,
-                (tree_cpu_seconds(proc.pid), _own_cpu_seconds(), _valkey_cpu_seconds(redis_url)),
-                strict=True,
-            )
-        ]
+        after = _cpu_seconds(proc.pid, redis_url)
+    used = [1000 * (b - a) / max(1, got.requests) for a, b in zip(before, after, strict=True)]
     print(
         f"{prefix}: {got}; CPU a request: server {used[0]:.3f} ms, load generator "
         f"{used[1]:.3f} ms, Valkey {used[2]:.3f} ms",
