@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from tastemaker.catalog import CatalogError, CatalogFeed, ItemChange, open_feed
-from tastemaker.catalog.feed import SqliteCatalogFeed
 
 
 @pytest.fixture(params=["embedded", "redis", "redis_cluster"])
@@ -58,21 +56,3 @@ def test_changes_come_back_in_order_to_every_reader(feed_url: str) -> None:
 def test_an_unknown_feed_url_is_a_clear_error() -> None:
     with pytest.raises(CatalogError, match="feed_url"):
         open_feed("ftp://somewhere")
-
-
-def _open_feed(directory: str) -> str:
-    try:
-        SqliteCatalogFeed(directory).close()
-    except Exception as exc:  # reported to the test, which names it
-        return repr(exc)
-    return "ok"
-
-
-def test_processes_opening_a_new_sqlite_feed_at_once_all_succeed(tmp_path: Path) -> None:
-    """The API workers of one `serve` open the same new feed together; SQLite refuses the
-    losers of the switch to WAL at once (seen 1 time in 120 opens before the retry)."""
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(4) as pool:
-        for round_ in range(15):
-            directory = str(tmp_path / f"r{round_}")
-            assert pool.map(_open_feed, [directory] * 4) == ["ok"] * 4

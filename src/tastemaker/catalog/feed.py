@@ -24,6 +24,7 @@ import numpy as np
 
 from tastemaker.catalog.catalog import Catalog, CatalogError, ItemChange
 from tastemaker.events import EventProblem
+from tastemaker.sqlite import connect_wal
 from tastemaker.urls import parse_url
 
 __all__ = ["CatalogFeed", "ItemProblem", "SqliteCatalogFeed", "check_items", "open_feed"]
@@ -77,6 +78,10 @@ class CatalogFeed(Protocol):
     def close(self) -> None: ...
 
 
+def _create_schema(db: sqlite3.Connection) -> None:
+    db.executescript(_SCHEMA)
+
+
 class SqliteCatalogFeed:
     """The feed on one SQLite file (`<directory>/catalog-changes.sqlite3`)."""
 
@@ -85,23 +90,7 @@ class SqliteCatalogFeed:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path / "catalog-changes.sqlite3"
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
-        # Processes that open a new feed at once (the API workers of one `serve`) race to
-        # switch it to WAL, and SQLite answers the loser "database is locked" at once rather
-        # than through the busy timeout: such a set-up is tried again.
-        deadline = time.monotonic() + 30.0
-        while True:
-            try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=FULL")
-                self._db.executescript(_SCHEMA)
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        self._db = connect_wal(self.path, synchronous="FULL", setup=_create_schema)
         self._enc = msgspec.msgpack.Encoder()
         self._dec = msgspec.msgpack.Decoder(ItemChange)
 

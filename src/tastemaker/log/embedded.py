@@ -24,6 +24,7 @@ import msgspec
 
 from tastemaker.events import Event
 from tastemaker.log.base import LogError, LogRecord, partition_of
+from tastemaker.sqlite import connect_wal
 
 __all__ = ["EmbeddedConsumer", "EmbeddedEventLog", "FsyncPolicy"]
 
@@ -42,6 +43,14 @@ CREATE TABLE IF NOT EXISTS group_offsets (
     PRIMARY KEY (grp, partition)
 );
 """
+
+
+def _create_schema(db: sqlite3.Connection) -> None:
+    db.executescript(_SCHEMA)
+    columns = {r[1] for r in db.execute("PRAGMA table_info(events)")}
+    if "partition" not in columns:  # a log written before partitions existed
+        db.execute("ALTER TABLE events ADD COLUMN partition INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE INDEX IF NOT EXISTS events_by_partition ON events(partition, offset)")
 
 
 class EmbeddedEventLog:
@@ -69,18 +78,12 @@ class EmbeddedEventLog:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path / "events.sqlite3"
         self._lock = threading.Lock()
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves so an append is one transaction.
-        self._db = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={'FULL' if fsync == 'always' else 'NORMAL'}")
-        self._db.executescript(_SCHEMA)
-        columns = {r[1] for r in self._db.execute("PRAGMA table_info(events)")}
-        if "partition" not in columns:  # a log written before partitions existed
-            self._db.execute("ALTER TABLE events ADD COLUMN partition INTEGER NOT NULL DEFAULT 0")
-        self._db.execute(
-            "CREATE INDEX IF NOT EXISTS events_by_partition ON events(partition, offset)"
+        # Transactions are ours (BEGIN/COMMIT) so an append is one transaction.
+        self._db = connect_wal(
+            self.path,
+            synchronous="FULL" if fsync == "always" else "NORMAL",
+            setup=_create_schema,
+            timeout_s=busy_timeout_s,
         )
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(list[Event])
