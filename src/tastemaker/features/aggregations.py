@@ -3,20 +3,24 @@ declared in the TOML config and decoded straight into these classes.
 
 States are plain JSON-able values so every backend stores them and the features endpoint
 shows them as they are.
+
+Each kind computes its update for all users of a microbatch at once (`apply_batch`): the
+per-fact work (masks, weights, decays, group sums per user and key) is numpy over the whole
+batch; what is left per user is building its new state from the sums.
 """
 
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from tastemaker.events import EventType
-from tastemaker.features.base import Fact
+from tastemaker.features.base import TYPES, Fact, FactBatch, type_table
 
 __all__ = [
     "Centroid",
@@ -54,71 +58,103 @@ ENGAGED: list[EventType] = [
     EventType.LIKE,
     EventType.RATE,
 ]
+_TYPE_NAMES = [str(t.value) for t in TYPES]
+
+IntArray = npt.NDArray[np.int64]
 
 
-_ATTR: dict[str, Any] = {f: operator.attrgetter(f) for f in ("category", "brand", "item_id")}
+def _runs(users: IntArray) -> list[tuple[int, int, int]]:
+    """(user, start, end) of each run of equal values in `users` (sorted or grouped)."""
+    if users.size == 0:
+        return []
+    cuts = np.flatnonzero(users[1:] != users[:-1]) + 1
+    lo = np.concatenate([[0], cuts])
+    hi = np.concatenate([cuts, [users.size]])
+    return list(zip(users[lo].tolist(), lo.tolist(), hi.tolist(), strict=True))
 
 
-def _attr(fact: Fact, field: Field) -> str | None:
-    value: str | None = _ATTR[field](fact)
-    return value
+def _pairs(users: IntArray, codes: IntArray, n_codes: int) -> tuple[IntArray, IntArray]:
+    """The distinct (user, code) pairs, sorted by user then code, and for each fact the
+    index of its pair."""
+    uniq, inverse = np.unique(users * max(n_codes, 1) + codes, return_inverse=True)
+    return uniq, inverse.reshape(-1)
 
 
 class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind"):
     name: str
     family: str = "profile"
 
+    def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
+        """New state from the previous one (None at first) and one user's new facts."""
+        return self.apply_batch([state], FactBatch.from_facts(facts))[0]
+
+    def apply_batch(self, states: Sequence[Any], batch: FactBatch) -> list[Any]:
+        raise NotImplementedError
+
 
 class CountByType(_Base, frozen=True, tag="count_by_type"):
     """Number of events of each type: `{"view": 12, "click": 3}`."""
 
-    def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
-        counts: dict[str, int] = dict(state or {})
-        for f in facts:
-            counts[f.type] = counts.get(f.type, 0) + 1
-        return counts
+    def apply_batch(self, states: Sequence[Any], batch: FactBatch) -> list[Any]:
+        n = len(TYPES)
+        counts = np.bincount(batch.user * n + batch.type, minlength=batch.n_users * n)
+        out = list(states)
+        pairs = np.flatnonzero(counts)
+        for user, code, count in zip(
+            (pairs // n).tolist(), (pairs % n).tolist(), counts[pairs].tolist(), strict=True
+        ):
+            if out[user] is states[user]:
+                out[user] = dict(states[user] or {})
+            key = _TYPE_NAMES[code]
+            out[user][key] = out[user].get(key, 0) + count
+        return out
 
 
 class DecayedIntensity(_Base, frozen=True, tag="decayed"):
     """Exponentially decayed, weighted interest per value of `field`:
-    `{"t": ref_ts, "v": {"shoes": 7.5}}`; each score is as of time `t`."""
+    `{"t": ref_ts, "v": {"shoes": 7.5}}`; each score is as of time `t`, the newest event
+    (or the stored `t`, whichever is later: late events simply weigh less)."""
 
     field: Field = "category"
     half_life_s: Annotated[float, msgspec.Meta(gt=0)] = 7 * 86400.0
     weights: dict[str, float] = msgspec.field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     max_keys: int = 50
 
-    def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
+    def apply_batch(self, states: Sequence[Any], batch: FactBatch) -> list[Any]:
         rate = math.log(2) / self.half_life_s
-        # Scores are accumulated as of a fixed `anchor` time (one exp per event) and decayed
-        # to the newest event's time once at the end. Late events simply weigh less.
-        anchor = float(state["t"]) if state else None
-        values: dict[str, float] = dict(state["v"]) if state else {}
-        newest = anchor
-        get_key, weights = _ATTR[self.field], self.weights
-        for f in facts:
-            key = get_key(f)
-            w = weights.get(f.type, 0.0)
-            if key is None or w == 0.0:
-                continue
-            if anchor is None:
-                anchor = newest = f.ts
-            elif rate * (f.ts - anchor) > 50.0:  # keep exp() far from overflow: re-anchor
-                decay = math.exp(-rate * (f.ts - anchor))
-                values = {k: v * decay for k, v in values.items()}
-                anchor = f.ts
-            values[key] = values.get(key, 0.0) + w * math.exp(rate * (f.ts - anchor))
-            if newest is None or f.ts > newest:
-                newest = f.ts
-        if anchor is None or newest is None:
-            return state
-        ref = max(anchor, newest)
-        if ref != anchor:
-            decay = math.exp(-rate * (ref - anchor))
-            values = {k: v * decay for k, v in values.items()}
-        if len(values) > self.max_keys:
-            values = dict(sorted(values.items(), key=lambda kv: -kv[1])[: self.max_keys])
-        return {"t": ref, "v": values}
+        codes, vocab = batch.keys[self.field]
+        weight = np.array([self.weights.get(t, 0.0) for t in _TYPE_NAMES])[batch.type]
+        picked = np.flatnonzero((codes >= 0) & (weight != 0.0))
+        out = list(states)
+        if picked.size == 0:
+            return out
+        users, ts = batch.user[picked], batch.ts[picked]
+        old_t = np.array([float(s["t"]) if s else -np.inf for s in states])
+        ref = old_t.copy()
+        np.maximum.at(ref, users, ts)
+        # Every score decayed to the user's reference time: a new fact's weight by its age
+        # there (never above 1, so no overflow however far apart the events are), the stored
+        # scores by the time since their own reference.
+        contribution = weight[picked] * np.exp(-rate * (ref[users] - ts))
+        pairs, inverse = _pairs(users, codes[picked], len(vocab))
+        sums = np.bincount(inverse, weights=contribution).tolist()
+        keys = [vocab[c] for c in (pairs % max(len(vocab), 1)).tolist()]
+        with np.errstate(invalid="ignore"):  # -inf - -inf for users without a stored state
+            old_decay = np.exp(-rate * (ref - old_t)).tolist()
+        refs = ref.tolist()
+        for user, lo, hi in _runs(pairs // max(len(vocab), 1)):
+            state = states[user]
+            if state:
+                decay = old_decay[user]
+                values = {k: v * decay for k, v in state["v"].items()}
+            else:
+                values = {}
+            for key, add in zip(keys[lo:hi], sums[lo:hi], strict=True):
+                values[key] = values.get(key, 0.0) + add
+            if len(values) > self.max_keys:
+                values = dict(sorted(values.items(), key=lambda kv: -kv[1])[: self.max_keys])
+            out[user] = {"t": refs[user], "v": values}
+        return out
 
 
 class LastN(_Base, frozen=True, tag="last_n"):
@@ -128,22 +164,26 @@ class LastN(_Base, frozen=True, tag="last_n"):
     n: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 20
     types: list[EventType] = msgspec.field(default_factory=lambda: list(ENGAGED))
 
-    def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
-        # The new values by their latest occurrence (newest first), then the stored ones not
-        # seen again, in their order: the same list as moving each value to the front in
-        # turn, in one pass with set lookups instead of list scans.
-        newest: dict[str, None] = {}
-        get_key, types = _ATTR[self.field], self.types
-        for f in reversed(facts):
-            key = get_key(f)
-            if key is not None and key not in newest and f.type in types:
-                newest[key] = None
-        if not newest:
-            return state
-        items = list(newest)
-        if len(items) < self.n:
-            items.extend(x for x in (state or ()) if x not in newest)
-        return items[: self.n]
+    def apply_batch(self, states: Sequence[Any], batch: FactBatch) -> list[Any]:
+        codes, vocab = batch.keys[self.field]
+        picked = np.flatnonzero(type_table(self.types)[batch.type] & (codes >= 0))
+        out = list(states)
+        if picked.size == 0:
+            return out
+        # Newest first: each (user, value) at its latest fact, users in descending order.
+        newest_first = picked[::-1]
+        _, first = np.unique(
+            batch.user[newest_first] * len(vocab) + codes[newest_first], return_index=True
+        )
+        latest = newest_first[np.sort(first)]
+        values = [vocab[c] for c in codes[latest].tolist()]
+        for user, lo, hi in _runs(batch.user[latest]):
+            items = values[lo : min(hi, lo + self.n)]
+            if len(items) < self.n:
+                new = set(items)
+                items.extend(x for x in (states[user] or ()) if x not in new)
+            out[user] = items[: self.n]
+        return out
 
 
 class LastValue(_Base, frozen=True, tag="last_value"):
@@ -152,12 +192,15 @@ class LastValue(_Base, frozen=True, tag="last_value"):
     field: Field = "brand"
     types: list[EventType] = msgspec.field(default_factory=lambda: [EventType.CLICK])
 
-    def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
-        for f in reversed(facts):
-            key = _attr(f, self.field)
-            if key is not None and f.type in self.types:
-                return key
-        return state
+    def apply_batch(self, states: Sequence[Any], batch: FactBatch) -> list[Any]:
+        codes, vocab = batch.keys[self.field]
+        picked = np.flatnonzero(type_table(self.types)[batch.type] & (codes >= 0))
+        out = list(states)
+        last = np.full(batch.n_users, -1, dtype=np.int64)
+        np.maximum.at(last, batch.user[picked], picked)
+        for user in np.flatnonzero(last >= 0).tolist():
+            out[user] = vocab[int(codes[last[user]])]
+        return out
 
 
 class Histogram(_Base, frozen=True, tag="histogram"):
@@ -167,20 +210,25 @@ class Histogram(_Base, frozen=True, tag="histogram"):
     edges: list[float] = msgspec.field(default_factory=lambda: [10.0, 25, 50, 100, 250, 500])
     types: list[EventType] = msgspec.field(default_factory=lambda: list(ENGAGED))
 
-    def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
-        prices = [f.price for f in facts if f.price is not None and f.type in self.types]
-        if not prices:
-            return state
+    def apply_batch(self, states: Sequence[Any], batch: FactBatch) -> list[Any]:
+        picked = type_table(self.types)[batch.type] & ~np.isnan(batch.price)
+        bands = len(self.edges) + 1
+        band = np.searchsorted(self.edges, batch.price[picked], side="right")
         counts = np.bincount(
-            np.searchsorted(self.edges, prices, side="right"), minlength=len(self.edges) + 1
-        )
-        old = state or [0] * (len(self.edges) + 1)
-        return [int(a) + int(b) for a, b in zip(old, counts, strict=True)]
+            batch.user[picked] * bands + band, minlength=batch.n_users * bands
+        ).reshape(batch.n_users, bands)
+        out = list(states)
+        changed = np.flatnonzero(counts.any(axis=1))
+        for user, added in zip(changed.tolist(), counts[changed].tolist(), strict=True):
+            old = states[user] or [0] * bands
+            out[user] = [int(a) + b for a, b in zip(old, added, strict=True)]
+        return out
 
 
 class Centroid(_Base, frozen=True, tag="centroid"):
     """Exponential moving average of the embeddings of items in events of `types`:
-    the user's short-term taste vector (the `EmbClickSim` feature dots candidates with it)."""
+    the user's short-term taste vector (the `EmbClickSim` feature dots candidates with it).
+    The first embedding a user has starts the average."""
 
     alpha: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.2
     types: list[EventType] = msgspec.field(
@@ -193,16 +241,36 @@ class Centroid(_Base, frozen=True, tag="centroid"):
         ]
     )
 
-    def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
-        vec = None if state is None else np.asarray(state, dtype=np.float64)
-        for f in facts:
-            if f.embedding is None or f.type not in self.types:
-                continue
-            e = f.embedding.astype(np.float64)
-            vec = e if vec is None else (1 - self.alpha) * vec + self.alpha * e
-        if vec is None:
-            return state
-        return np.round(vec, 6).tolist()
+    def apply_batch(self, states: Sequence[Any], batch: FactBatch) -> list[Any]:
+        rows = batch.embedding_rows
+        picked = np.flatnonzero(type_table(self.types)[batch.type] & (rows >= 0))
+        out = list(states)
+        if picked.size == 0:
+            return out
+        # The EMA unrolled: after m embeddings e_1..e_m the average is
+        # (1-a)^m * old + sum_j a (1-a)^(m-j) e_j, and with no old state e_1 weighs
+        # (1-a)^(m-1) instead (it starts the average).
+        a = self.alpha
+        users = batch.user[picked]
+        runs = _runs(users)
+        run_users = np.array([u for u, _, _ in runs], dtype=np.int64)
+        run_lo = np.array([lo for _, lo, _ in runs], dtype=np.int64)
+        run_len = np.array([hi - lo for _, lo, hi in runs], dtype=np.int64)
+        slot = np.searchsorted(run_users, users)
+        age = (run_lo[slot] + run_len[slot] - 1) - np.arange(picked.size)  # 0 for the newest
+        weight = a * (1.0 - a) ** age.astype(np.float64)
+        fresh = np.array([states[u] is None for u in run_users.tolist()], dtype=np.bool_)
+        firsts = run_lo[fresh]
+        weight[firsts] = (1.0 - a) ** (run_len[fresh] - 1).astype(np.float64)
+        vectors = batch.embeddings[rows[picked]].astype(np.float64) * weight[:, None]
+        sums = np.add.reduceat(vectors, run_lo, axis=0)
+        keep = (1.0 - a) ** run_len.astype(np.float64)
+        for i, user in enumerate(run_users.tolist()):
+            vec = sums[i]
+            if states[user] is not None:
+                vec = vec + keep[i] * np.asarray(states[user], dtype=np.float64)
+            out[user] = np.round(vec, 6).tolist()
+        return out
 
 
 class WindowedCount(_Base, frozen=True, tag="windowed_count"):
@@ -218,19 +286,32 @@ class WindowedCount(_Base, frozen=True, tag="windowed_count"):
     bucket_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
     types: list[EventType] = msgspec.field(default_factory=lambda: list(ENGAGED))
 
-    def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
-        picked = [f.ts for f in facts if f.type in self.types]
-        if not picked:
-            return state
-        buckets: dict[str, int] = dict(state["buckets"]) if state else {}
-        for ts in picked:
-            key = str(int(ts // self.bucket_s * self.bucket_s))
-            buckets[key] = buckets.get(key, 0) + 1
-        newest = max([*picked, float(state["t"]) if state else -math.inf])
-        horizon = newest - max(self.windows_s) - self.bucket_s
-        buckets = {k: v for k, v in buckets.items() if float(k) > horizon}
-        out = {"t": newest, "buckets": buckets}
-        return {**out, "counts": windowed_counts(out, newest, self.windows_s, self.bucket_s)}
+    def apply_batch(self, states: Sequence[Any], batch: FactBatch) -> list[Any]:
+        picked = np.flatnonzero(type_table(self.types)[batch.type])
+        out = list(states)
+        if picked.size == 0:
+            return out
+        users, ts = batch.user[picked], batch.ts[picked]
+        bucket = np.floor(ts / self.bucket_s).astype(np.int64)
+        low = int(bucket.min())
+        pairs, inverse = _pairs(users, bucket - low, int(bucket.max()) - low + 1)
+        counts = np.bincount(inverse).tolist()
+        span = int(bucket.max()) - low + 1
+        starts = [str(int((b + low) * self.bucket_s)) for b in (pairs % span).tolist()]
+        newest = np.full(batch.n_users, -np.inf)
+        np.maximum.at(newest, users, ts)
+        newest_ts = newest.tolist()
+        longest = max(self.windows_s) + self.bucket_s
+        for user, lo, hi in _runs(pairs // span):
+            state = states[user]
+            buckets: dict[str, int] = dict(state["buckets"]) if state else {}
+            for key, count in zip(starts[lo:hi], counts[lo:hi], strict=True):
+                buckets[key] = buckets.get(key, 0) + count
+            t = max(newest_ts[user], float(state["t"]) if state else -math.inf)
+            buckets = {k: v for k, v in buckets.items() if float(k) > t - longest}
+            new = {"t": t, "buckets": buckets}
+            out[user] = {**new, "counts": windowed_counts(new, t, self.windows_s, self.bucket_s)}
+        return out
 
 
 def windowed_counts(
@@ -257,45 +338,60 @@ class Ratio(_Base, frozen=True, tag="ratio"):
     prior_num: Annotated[float, msgspec.Meta(ge=0)] = 1.0
     prior_den: Annotated[float, msgspec.Meta(gt=0)] = 20.0
 
-    def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
-        dn = sum(1 for f in facts if f.type in self.numerator)
-        dd = sum(1 for f in facts if f.type in self.denominator)
-        if dn == 0 and dd == 0:
-            return state
-        num = (state["num"] if state else 0) + dn
-        den = (state["den"] if state else 0) + dd
-        value = (num + self.prior_num) / (den + self.prior_den)
-        return {"num": num, "den": den, "value": round(value, 6)}
+    def apply_batch(self, states: Sequence[Any], batch: FactBatch) -> list[Any]:
+        n_users = batch.n_users
+        num = np.bincount(batch.user[type_table(self.numerator)[batch.type]], minlength=n_users)
+        den = np.bincount(batch.user[type_table(self.denominator)[batch.type]], minlength=n_users)
+        out = list(states)
+        changed = np.flatnonzero((num > 0) | (den > 0))
+        for user, dn, dd in zip(
+            changed.tolist(), num[changed].tolist(), den[changed].tolist(), strict=True
+        ):
+            state = states[user]
+            n = (state["num"] if state else 0) + dn
+            d = (state["den"] if state else 0) + dd
+            value = (n + self.prior_num) / (d + self.prior_den)
+            out[user] = {"num": n, "den": d, "value": round(value, 6)}
+        return out
 
 
 class DistinctCount(_Base, frozen=True, tag="distinct_count"):
     """How many distinct values of `field` the user engaged with (events of `types`):
-    `{"n": count, "seen": [values]}`. Exact up to `max_values` tracked values; past that the
-    count goes on for values not tracked and is an upper bound."""
+    `{"n": count, "seen": [values]}`. Exact up to `max_values` tracked values; past that
+    each batch's new values not tracked are counted (once a batch), so the count is an upper
+    bound."""
 
     field: Field = "category"
     types: list[EventType] = msgspec.field(default_factory=lambda: list(ENGAGED))
     max_values: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
 
-    def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
-        keys = [
-            k for f in facts if f.type in self.types and (k := _attr(f, self.field)) is not None
-        ]
-        if not keys:
-            return state
-        seen: list[str] = list(state["seen"]) if state else []
-        known = set(seen)
-        n = int(state["n"]) if state else 0
-        changed = False
-        for key in keys:
-            if key in known:
-                continue
-            n += 1
-            changed = True
-            if len(seen) < self.max_values:
-                seen.append(key)
-                known.add(key)
-        return {"n": n, "seen": seen} if changed else state
+    def apply_batch(self, states: Sequence[Any], batch: FactBatch) -> list[Any]:
+        codes, vocab = batch.keys[self.field]
+        picked = np.flatnonzero(type_table(self.types)[batch.type] & (codes >= 0))
+        out = list(states)
+        if picked.size == 0:
+            return out
+        # Each (user, value) once, at its first fact, in the order of those first facts.
+        _, first = np.unique(batch.user[picked] * len(vocab) + codes[picked], return_index=True)
+        firsts = picked[np.sort(first)]
+        values = [vocab[c] for c in codes[firsts].tolist()]
+        for user, lo, hi in _runs(batch.user[firsts]):
+            state = states[user]
+            seen: list[str] = list(state["seen"]) if state else []
+            known = set(seen)
+            n = int(state["n"]) if state else 0
+            changed = False
+            for key in values[lo:hi]:
+                if key in known:
+                    continue
+                n += 1
+                changed = True
+                if len(seen) < self.max_values:
+                    seen.append(key)
+                    known.add(key)
+            if changed:
+                out[user] = {"n": n, "seen": seen}
+        return out
 
 
 FeatureKind = (

@@ -22,12 +22,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config
 from tastemaker.events import Event
-from tastemaker.features import Fact, Popularity, update_covisitation
+from tastemaker.features import Popularity, update_covisitation
 from tastemaker.features.aggregations import DEFAULT_WEIGHTS
+from tastemaker.features.base import TYPES, FactBatch, factorize
 from tastemaker.features.layout import (
     COVIS,
     GLOBAL_ROW,
@@ -44,7 +46,7 @@ from tastemaker.features.layout import (
 )
 from tastemaker.log import EventLog, LogConsumer, LogRecord
 from tastemaker.metrics import METRICS
-from tastemaker.store import Cell, Mutation, OnlineStore, RowData
+from tastemaker.store import Cell, Mutation, OnlineStore
 from tastemaker.stream.sessions import assign_sessions
 
 __all__ = ["BatchResult", "StreamProcessor"]
@@ -53,6 +55,11 @@ log = logging.getLogger(__name__)
 
 # Session bookkeeping columns live beside the declared session features.
 _SESSION_STATE = "_session"
+_TYPE_CODE = {t: i for i, t in enumerate(TYPES)}
+
+
+def _ts(event: Event) -> float:
+    return event.ts
 
 
 class BatchResult:
@@ -180,11 +187,9 @@ class StreamProcessor:
             np.flatnonzero(catalog.category == c).astype(np.int64)
             for c in range(len(catalog.category_names))
         ]
-        # Per catalog row, as Python objects: a fact's attributes are list lookups, not numpy
-        # scalar indexing (about 1 us an event less on the stream's hot path).
-        self._row_category = catalog.category_names[catalog.category].tolist()
-        self._row_brand = catalog.brand_names[catalog.brand].tolist()
-        self._row_price = catalog.price.astype(np.float64).tolist()
+        # The vocabularies of the catalog's category and brand codes, as the facts' keys.
+        self._category_names = [str(c) for c in catalog.category_names.tolist()]
+        self._brand_names = [str(b) for b in catalog.brand_names.tolist()]
 
     def _col(self, name: str) -> str:
         return shard_column(name, self._current().partition, self.partitions)
@@ -354,80 +359,105 @@ class StreamProcessor:
         by_user: dict[str, list[Event]] = defaultdict(list)
         for e in events:
             by_user[e.user_id].append(e)
-        self._newest_ts = {u: max(e.ts for e in evs) for u, evs in by_user.items()}
-        states = self.store.get([user_row(u) for u in by_user], [PROFILE, SESSION])
-        mutations: list[Mutation] = []
+        users = list(by_user)
+        rows = [user_row(u) for u in users]
+        states = self.store.get(rows, [PROFILE, SESSION])
+        s = self.config.stream
+        # Per user (in Python: one pass over a user's few events): time order, sessions and
+        # the co-visitation pairs of its session. Then every declared feature over the whole
+        # batch at once, users' facts as contiguous columns.
+        ordered: list[Event] = []
+        starts = [0]
+        in_session: list[bool] = []
+        same_session: list[bool] = []
+        session_cells: list[dict[str, Cell]] = []
+        profile_cells: list[dict[str, Cell]] = []
+        session_mutations: list[dict[str, Cell]] = []
+        newest: list[float] = []
         covis_pairs = _Pairs([], [], [])
-        for user_id, user_events in by_user.items():
-            user_events.sort(key=lambda e: e.ts)
-            state = states.get(user_row(user_id), {})
-            mutations.extend(self._apply_user(user_id, user_events, state, covis_pairs))
+        for user_id, row in zip(users, rows, strict=True):
+            user_events = by_user[user_id]
+            user_events.sort(key=_ts)
+            state = states.get(row, {})
+            session = state.get(SESSION, {})
+            old = session.get(_SESSION_STATE)
+            session_ids, new_session = assign_sessions(
+                user_id, user_events, None if old is None else old.value, s.session_gap_s
+            )
+            current = new_session["id"] if new_session else None
+            same = old is not None and current == old.value["id"]
+            ordered.extend(user_events)
+            starts.append(len(ordered))
+            in_session.extend([sid == current for sid in session_ids])
+            same_session.append(same)
+            session_cells.append(session)
+            profile_cells.append(state.get(PROFILE, {}))
+            ts = user_events[-1].ts
+            newest.append(ts)
+            session_mutations.append(
+                {} if new_session is None else {_SESSION_STATE: Cell(ts, new_session)}
+            )
+            self._collect_covisits(
+                user_events, session_ids, session if same else {}, current, covis_pairs
+            )
+        self._newest_ts = dict(zip(users, newest, strict=True))
+        batch = self._fact_batch(ordered, np.asarray(starts, dtype=np.int64))
+        # Session features only see the facts of the session the user is in now; a new
+        # session starts them from nothing.
+        session_batch = batch.take(np.asarray(in_session, dtype=np.bool_))
+        out: dict[str, list[dict[str, Cell]]] = {
+            PROFILE: [{} for _ in users],
+            SESSION: session_mutations,
+        }
+        for agg in self.config.features:
+            if agg.family == PROFILE:
+                olds = [cells.get(agg.name) for cells in profile_cells]
+                news = agg.apply_batch([None if c is None else c.value for c in olds], batch)
+            else:
+                olds = [
+                    cells.get(agg.name) if same else None
+                    for cells, same in zip(session_cells, same_session, strict=True)
+                ]
+                news = agg.apply_batch(
+                    [None if c is None else c.value for c in olds], session_batch
+                )
+            family = out[agg.family]
+            for i, (old_cell, new) in enumerate(zip(olds, news, strict=True)):
+                if new is None:
+                    continue
+                if old_cell is None:
+                    family[i][agg.name] = Cell(newest[i], new)
+                elif new is not old_cell.value and new != old_cell.value:
+                    family[i][agg.name] = Cell(max(newest[i], old_cell.ts), new)
+        mutations = [
+            Mutation(row, family, cells[i])
+            for family, cells in out.items()
+            for i, row in enumerate(rows)
+            if cells[i]
+        ]
         mutations.extend(self._apply_items(events, covis_pairs))
         return mutations
 
-    def _facts(self, events: Sequence[Event], session_ids: Sequence[str]) -> list[Fact]:
-        index, embedding = self.catalog.index, self.catalog.embedding
-        categories, brands, prices = self._row_category, self._row_brand, self._row_price
-        facts = []
-        for e, sid in zip(events, session_ids, strict=True):
-            row = index.get(e.item_id)
-            if row is None:
-                facts.append(Fact(e.ts, e.type, e.item_id, sid, e.value))
-            else:
-                facts.append(
-                    Fact(
-                        e.ts,
-                        e.type,
-                        e.item_id,
-                        sid,
-                        e.value,
-                        categories[row],
-                        brands[row],
-                        prices[row],
-                        embedding[row],
-                    )
-                )
-        return facts
-
-    def _apply_user(
-        self,
-        user_id: str,
-        events: list[Event],
-        state: RowData,
-        covis_pairs: _Pairs,
-    ) -> list[Mutation]:
-        s = self.config.stream
-        session_cells = state.get(SESSION, {})
-        old_session = session_cells.get(_SESSION_STATE)
-        session_ids, new_session = assign_sessions(
-            user_id, events, None if old_session is None else old_session.value, s.session_gap_s
+    def _fact_batch(self, events: list[Event], starts: npt.NDArray[np.int64]) -> FactBatch:
+        """The events (grouped by user, `starts` apart) joined with the catalog, as columns."""
+        cat = self.catalog
+        rows = cat.rows([e.item_id for e in events])
+        known = rows >= 0
+        safe = np.where(known, rows, 0)
+        category = np.where(known, cat.category[safe], -1).astype(np.int64)
+        brand = np.where(known, cat.brand[safe], -1).astype(np.int64)
+        return FactBatch(
+            starts,
+            ts=np.fromiter((e.ts for e in events), np.float64, len(events)),
+            type_=np.fromiter((_TYPE_CODE[e.type] for e in events), np.int64, len(events)),
+            keys={
+                "category": (category, self._category_names),
+                "brand": (brand, self._brand_names),
+                "item_id": factorize([e.item_id for e in events]),
+            },
+            price=np.where(known, cat.price[safe].astype(np.float64), np.nan),
+            embedding_rows=(rows, cat.embedding),
         )
-        facts = self._facts(events, session_ids)
-        ts = events[-1].ts
-        profile_cells = state.get(PROFILE, {})
-        out: dict[str, dict[str, Cell]] = {PROFILE: {}, SESSION: {}}
-        current_id = new_session["id"] if new_session else None
-        same_session = old_session is not None and current_id == old_session.value["id"]
-        # Session features only see the facts of the session the user is in now; a new
-        # session starts them from nothing.
-        session_facts = [f for f in facts if f.session_id == current_id]
-        for agg in self.config.features:
-            if agg.family == PROFILE:
-                old = profile_cells.get(agg.name)
-                new = agg.apply(None if old is None else old.value, facts)
-            else:
-                old = session_cells.get(agg.name) if same_session else None
-                new = agg.apply(None if old is None else old.value, session_facts)
-            if new is not None and (old is None or new != old.value):
-                prev_ts = 0.0 if old is None else old.ts
-                out[agg.family][agg.name] = Cell(max(ts, prev_ts), new)
-        if new_session is not None:
-            out[SESSION][_SESSION_STATE] = Cell(ts, new_session)
-        self._collect_covisits(
-            events, session_ids, session_cells if same_session else {}, current_id, covis_pairs
-        )
-        row = user_row(user_id)
-        return [Mutation(row, fam, cells) for fam, cells in out.items() if cells]
 
     def _collect_covisits(
         self,
