@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import time
 import uuid
 from pathlib import Path
@@ -233,3 +234,34 @@ def test_a_failed_store_write_is_retried_with_nothing_lost_or_doubled(
         snapshots.append(all_rows(rt, catalog, users))
         rt.close()
     assert snapshots[0] == snapshots[1]
+
+
+def test_the_garbage_collector_is_paused_for_a_batch_and_restored_after(
+    runtime: Runtime, catalog: Catalog
+) -> None:
+    item = str(catalog.ids[0])
+    enabled_during: list[bool] = []
+    write = runtime.store.write
+
+    def spy(*args: Any, **kw: Any) -> None:
+        enabled_during.append(gc.isenabled())
+        if len(enabled_during) == 2:
+            raise StoreError("injected")
+        write(*args, **kw)
+
+    runtime.store.write = spy  # type: ignore[method-assign]
+    assert gc.isenabled()
+    runtime.ingestor.ingest([event("g1", "u1", item, EventType.CLICK)])
+    assert runtime.processor.process_once() is not None
+    assert gc.isenabled()
+    runtime.ingestor.ingest([event("g2", "u1", item, EventType.CLICK)])
+    with pytest.raises(StoreError):
+        runtime.processor.process_once()
+    assert gc.isenabled()  # restored after a failed batch too
+    gc.disable()
+    try:  # a caller that had paused it keeps it paused
+        assert runtime.processor.process_once() is not None
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    assert enabled_during == [False, False, False]
