@@ -202,6 +202,36 @@ def test_columns_merge_and_older_writes_never_win(store: OnlineStore) -> None:
     }
 
 
+def test_a_family_sent_whole_keeps_every_cell_newer_than_what_it_sends(
+    store: OnlineStore,
+) -> None:
+    """A writer that read a family sends it back whole: changed cells at a new time, the
+    others with the times it read (the stream does). The Redis merge script takes such a
+    value as it is only when every cell is newer or equal; here it must merge cell by cell."""
+    store.write([Mutation("r", "profile", {"a": Cell(10.0, 1), "b": Cell(20.0, 2)})])
+    whole = {"a": Cell(15.0, 10), "b": Cell(10.0, 20)}  # a newer, b older than stored
+    store.write([Mutation("r", "profile", whole)])
+    assert store.get(["r"], ["profile"])["r"]["profile"] == {
+        "a": Cell(15.0, 10),
+        "b": Cell(20.0, 2),
+    }
+    store.write([Mutation("r", "profile", {"a": Cell(30.0, 3), "b": Cell(20.0, 4)})])
+    assert store.get(["r"], ["profile"])["r"]["profile"] == {"a": Cell(30.0, 3), "b": Cell(20.0, 4)}
+    many = {f"c{i}": Cell(40.0 + (i % 3), i) for i in range(300)}  # two-byte column ids
+    store.write([Mutation("r", "profile", many)])
+    stored = store.get(["r"], ["profile"])["r"]["profile"]
+    assert list(stored)[:2] == ["a", "b"]
+    older = {k: Cell(c.ts - 1.0 if k == "c7" else c.ts + 1.0, -1) for k, c in stored.items()}
+    store.write([Mutation("r", "profile", older)])
+    cells = store.get(["r"], ["profile"])["r"]["profile"]
+    assert cells["c7"] == many["c7"]
+    assert cells["c8"] == Cell(many["c8"].ts + 1.0, -1)
+    assert cells["a"] == Cell(31.0, -1)
+    newer = {k: Cell(c.ts + 1.0, -2) for k, c in cells.items()}
+    store.write([Mutation("r", "profile", newer)])
+    assert store.get(["r"], ["profile"])["r"]["profile"] == newer
+
+
 def test_mutations_of_one_batch_merge_newest_first(store: OnlineStore) -> None:
     store.write(
         [

@@ -470,8 +470,14 @@ class StreamProcessor:
                     family[i][agg.name] = Cell(newest[i], new)
                 elif new is not old_cell.value and new != old_cell.value:
                     family[i][agg.name] = Cell(max(newest[i], old_cell.ts), new)
+        # A changed family is written whole: the stored cells as read (their own times) with
+        # the changed ones over them. The stored result is what merging only the changed
+        # cells gives, and the Redis merge script takes a family whose cells are all newer
+        # or equal without splicing it cell by cell (about a third of a drain's time on
+        # Redis went to that splicing).
+        stored = {PROFILE: profile_cells, SESSION: session_cells}
         mutations = [
-            Mutation(row, family, cells[i])
+            Mutation(row, family, {**stored[family][i], **cells[i]})
             for family, cells in out.items()
             for i, row in enumerate(rows)
             if cells[i]

@@ -10,7 +10,7 @@
 -- written. Version 3 values (msgpack headers, tastemaker < 0.4) are read and rewritten as 4.
 -- For each column the cell with the newer ts is kept (equal: the new one); the family's TTL
 -- restarts at every write. A key that does not exist yet is set as sent, and so is a value
--- whose columns are the stored ones and all newer (a whole family rewritten).
+-- whose columns are the stored ones, each newer or equal (a family rewritten whole).
 
 local CHUNK = 4000  -- values unpacked onto the Lua stack at a time (its limit is ~8000)
 local WIDTH = {1, 2, 4}
@@ -92,20 +92,45 @@ local function array_header(n)
   return '\221' .. struct.pack('>I4', n)
 end
 
-local function merge(old, new)
-  if string.byte(old, 1) == 4 then
-    -- The same columns, all newer (a whole family rewritten): the new value as sent, found
-    -- from the two headers alone.
-    local _, of, on, ob, om = struct.unpack('>BBHdH', old)
-    local _, nf, nn, nb, nm = struct.unpack('>BBHdH', new)
-    if nm == 0 and on == nn and nb >= ob and of % 2 == nf % 2 then
-      local w = (nf % 2 == 1) and 2 or 1
-      local o_from = 15 + 10 * om
-      if string.sub(old, o_from, o_from + nn * w - 1) == string.sub(new, 15, 14 + nn * w) then
-        return new
-      end
-    end
+-- The timestamps of a version 4 value's n cells (the m pairs read from byte 15 on).
+local function cell_ts(s, n, base, m)
+  local ts = {}
+  for i = 1, n do ts[i] = base end
+  local k, pos = 0, 15
+  while k < m do
+    local c = math.min(CHUNK / 2, m - k)
+    local got = {struct.unpack('>' .. string.rep('Hd', c), s, pos)}
+    for q = 1, 2 * c, 2 do ts[got[q] + 1] = got[q + 1] end
+    pos = got[2 * c + 1]
+    k = k + c
   end
+  return ts
+end
+
+-- Whether `new` replaces `old` whole: the same columns in the same order, each cell newer
+-- or equal. Found from the headers and the timestamps alone, without the values: a family
+-- rewritten whole (all cells at one newer time), or sent whole by a writer that read it
+-- (the stream: changed cells at the batch's time, the others with their stored time).
+local function replaces(old, new)
+  if string.byte(old, 1) ~= 4 then return false end
+  local _, of, on, ob, om = struct.unpack('>BBHdH', old)
+  local _, nf, nn, nb, nm = struct.unpack('>BBHdH', new)
+  if on ~= nn or of % 2 ~= nf % 2 then return false end
+  local w = (nf % 2 == 1) and 2 or 1
+  local o_from, n_from = 15 + 10 * om, 15 + 10 * nm
+  if string.sub(old, o_from, o_from + nn * w - 1) ~= string.sub(new, n_from, n_from + nn * w - 1) then
+    return false
+  end
+  if om == 0 and nm == 0 then return nb >= ob end
+  local ots, nts = cell_ts(old, on, ob, om), cell_ts(new, nn, nb, nm)
+  for i = 1, nn do
+    if nts[i] < ots[i] then return false end
+  end
+  return true
+end
+
+local function merge(old, new)
+  if replaces(old, new) then return new end
   local o = parse(old)
   if o == nil then return new end
   local c = parse4(new)
