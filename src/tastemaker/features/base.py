@@ -55,9 +55,10 @@ class FactBatch:
       the fact has no such value;
     - `embedding_rows` into `embeddings` (-1 where the item has none).
 
-    Why a class of parallel arrays rather than a DataFrame: the aggregations need integer
-    codes per categorical field and segment offsets per user, and pay nothing per call for
-    them here (pandas or pyarrow group-bys cost more than these batches' whole update)."""
+    Why plain parallel numpy arrays rather than a DataFrame: the aggregations need integer
+    codes per categorical field and each user's segment, which numpy gives directly
+    (`np.bincount`, `np.unique`, `np.add.reduceat` over codes); a DataFrame would add a
+    conversion per batch for no operation the aggregations use."""
 
     __slots__ = ("embedding_rows", "embeddings", "keys", "price", "starts", "ts", "type", "user")
 

@@ -473,8 +473,8 @@ class StreamProcessor:
         # A changed family is written whole: the stored cells as read (their own times) with
         # the changed ones over them. The stored result is what merging only the changed
         # cells gives, and the Redis merge script takes a family whose cells are all newer
-        # or equal without splicing it cell by cell (about a third of a drain's time on
-        # Redis went to that splicing).
+        # or equal as sent instead of splicing it cell by cell (a profile key: 9.4 -> 6.8 us
+        # of server time).
         stored = {PROFILE: profile_cells, SESSION: session_cells}
         mutations = [
             Mutation(row, family, {**stored[family][i], **cells[i]})
