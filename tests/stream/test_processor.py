@@ -265,3 +265,49 @@ def test_the_garbage_collector_is_paused_for_a_batch_and_restored_after(
     finally:
         gc.enable()
     assert enabled_during == [False, False, False]
+
+
+def _close(a: Any, b: Any) -> bool:
+    """Equal, floats to 1e-9 relative or 1.01e-6 absolute (sums in another order, the
+    centroid's rounding to 6 decimals)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= max(1e-9 * abs(b), 1.01e-6)
+    return bool(a == b)
+
+
+def test_user_features_do_not_depend_on_how_the_events_are_cut_into_batches(
+    tmp_path: Path, shop: Shop
+) -> None:
+    """The features are computed over whole microbatches; the same events in batches of
+    5,000 and of 37 give the same user features (floats summed in another order agree to
+    1e-9)."""
+    catalog = shop.catalog()
+    events = shop_events(shop, 3000)
+    users = sorted({e.user_id for e in events})
+    snapshots = []
+    for size in (5000, 37):
+        config = make_config(tmp_path / str(size), catalog)
+        config = msgspec.structs.replace(
+            config, stream=msgspec.structs.replace(config.stream, batch_size=size)
+        )
+        rt = Runtime(config, catalog)
+        rt.ingestor.ingest(events)
+        rt.processor.drain()
+        rows = rt.store.get([f"u:{u}" for u in users], [PROFILE, SESSION])
+        snapshots.append(
+            {
+                (row, fam, col): cell.value
+                for row, data in rows.items()
+                for fam, cells in data.items()
+                for col, cell in cells.items()
+            }
+        )
+        rt.close()
+    whole, pieces = snapshots
+    assert whole.keys() == pieces.keys()
+    different = [k for k in whole if not _close(whole[k], pieces[k])]
+    assert not different, [(k, whole[k], pieces[k]) for k in different[:3]]
