@@ -184,22 +184,6 @@ def _random_facts(rng: random.Random, n: int, start: float) -> list[Fact]:
     return facts
 
 
-def _batch(users: list[list[Fact]]) -> FactBatch:
-    """The users' facts as one batch, built the way the stream processor builds it: shared
-    vocabularies and one embedding matrix for all users."""
-    facts = [f for user in users for f in user]
-    starts = np.cumsum([0] + [len(u) for u in users]).astype(np.int64)
-    single = FactBatch.from_facts(facts)
-    return FactBatch(
-        starts,
-        ts=single.ts,
-        type_=single.type,
-        keys=single.keys,
-        price=single.price,
-        embedding_rows=(single.embedding_rows, single.embeddings),
-    )
-
-
 def _same(got: Any, want: Any) -> bool:
     """Equal, floats to 1e-9 relative (the batch sums in another order), the centroid's
     6-decimal rounding to one unit of the last place."""
@@ -229,7 +213,7 @@ def test_a_batch_of_users_gives_each_user_its_reference_state(
     users = [_random_facts(rng, rng.choice([0, 1, 2, 5, 12]), T + 10_000 * u) for u in range(25)]
     history = [_random_facts(rng, rng.choice([0, 3]), T - 20_000 + 10_000 * u) for u in range(25)]
     states = [reference(agg, None, h) for h in history]
-    got = agg.apply_batch(states, _batch(users))
+    got = agg.apply_batch(states, FactBatch.from_users(users))
     for u, (state, facts) in enumerate(zip(states, users, strict=True)):
         want = reference(agg, state, facts)
         assert _same(got[u], want), (u, state, got[u], want)
@@ -243,7 +227,7 @@ def test_a_batch_of_users_gives_each_user_its_reference_state(
 def test_the_session_view_of_a_batch_keeps_every_user() -> None:
     rng = random.Random(7)
     users = [_random_facts(rng, n, T) for n in (3, 0, 4, 2)]
-    batch = _batch(users)
+    batch = FactBatch.from_users(users)
     mask = np.array([i % 2 == 0 for i in range(len(batch))])
     part = batch.take(mask)
     assert part.n_users == 4

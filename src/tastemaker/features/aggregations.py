@@ -80,13 +80,28 @@ def _pairs(users: IntArray, codes: IntArray, n_codes: int) -> tuple[IntArray, In
     return uniq, inverse.reshape(-1)
 
 
+def _keyed(
+    batch: FactBatch, field: Field, types: Sequence[EventType]
+) -> tuple[IntArray, list[str], IntArray]:
+    """`field`'s codes and vocabulary, and the facts of `types` that have a value of it."""
+    codes, vocab = batch.keys[field]
+    return codes, vocab, np.flatnonzero(type_table(types)[batch.type] & (codes >= 0))
+
+
+def _once_per_value(batch: FactBatch, facts: IntArray, codes: IntArray, n: int) -> IntArray:
+    """The first of `facts` (in their order) for each (user, value), in that order."""
+    _, first = np.unique(batch.user[facts] * n + codes[facts], return_index=True)
+    kept: IntArray = facts[np.sort(first)]
+    return kept
+
+
 class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind"):
     name: str
     family: str = "profile"
 
     def apply(self, state: Any, facts: Sequence[Fact]) -> Any:
         """New state from the previous one (None at first) and one user's new facts."""
-        return self.apply_batch([state], FactBatch.from_facts(facts))[0]
+        return self.apply_batch([state], FactBatch.from_users([facts]))[0]
 
     def apply_batch(self, states: Sequence[Any], batch: FactBatch) -> list[Any]:
         raise NotImplementedError
@@ -165,17 +180,12 @@ class LastN(_Base, frozen=True, tag="last_n"):
     types: list[EventType] = msgspec.field(default_factory=lambda: list(ENGAGED))
 
     def apply_batch(self, states: Sequence[Any], batch: FactBatch) -> list[Any]:
-        codes, vocab = batch.keys[self.field]
-        picked = np.flatnonzero(type_table(self.types)[batch.type] & (codes >= 0))
+        codes, vocab, picked = _keyed(batch, self.field, self.types)
         out = list(states)
         if picked.size == 0:
             return out
         # Newest first: each (user, value) at its latest fact, users in descending order.
-        newest_first = picked[::-1]
-        _, first = np.unique(
-            batch.user[newest_first] * len(vocab) + codes[newest_first], return_index=True
-        )
-        latest = newest_first[np.sort(first)]
+        latest = _once_per_value(batch, picked[::-1], codes, len(vocab))
         values = [vocab[c] for c in codes[latest].tolist()]
         for user, lo, hi in _runs(batch.user[latest]):
             items = values[lo : min(hi, lo + self.n)]
@@ -193,8 +203,7 @@ class LastValue(_Base, frozen=True, tag="last_value"):
     types: list[EventType] = msgspec.field(default_factory=lambda: [EventType.CLICK])
 
     def apply_batch(self, states: Sequence[Any], batch: FactBatch) -> list[Any]:
-        codes, vocab = batch.keys[self.field]
-        picked = np.flatnonzero(type_table(self.types)[batch.type] & (codes >= 0))
+        codes, vocab, picked = _keyed(batch, self.field, self.types)
         out = list(states)
         last = np.full(batch.n_users, -1, dtype=np.int64)
         np.maximum.at(last, batch.user[picked], picked)
@@ -366,14 +375,12 @@ class DistinctCount(_Base, frozen=True, tag="distinct_count"):
     max_values: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
 
     def apply_batch(self, states: Sequence[Any], batch: FactBatch) -> list[Any]:
-        codes, vocab = batch.keys[self.field]
-        picked = np.flatnonzero(type_table(self.types)[batch.type] & (codes >= 0))
+        codes, vocab, picked = _keyed(batch, self.field, self.types)
         out = list(states)
         if picked.size == 0:
             return out
         # Each (user, value) once, at its first fact, in the order of those first facts.
-        _, first = np.unique(batch.user[picked] * len(vocab) + codes[picked], return_index=True)
-        firsts = picked[np.sort(first)]
+        firsts = _once_per_value(batch, picked, codes, len(vocab))
         values = [vocab[c] for c in codes[firsts].tolist()]
         for user, lo, hi in _runs(batch.user[firsts]):
             state = states[user]

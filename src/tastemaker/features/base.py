@@ -89,19 +89,18 @@ class FactBatch:
         return int(self.ts.size)
 
     @classmethod
-    def from_facts(cls, facts: Sequence[Fact]) -> Self:
-        """One user's facts as a batch of one."""
+    def from_users(cls, users: Sequence[Sequence[Fact]]) -> Self:
+        """Each user's facts, user after user, as one batch (vocabularies and an embedding
+        matrix shared by all)."""
+        facts = [f for user in users for f in user]
         n = len(facts)
-        keys: dict[str, tuple[npt.NDArray[np.int64], list[str]]] = {}
-        for field in KEY_FIELDS:
-            values = [getattr(f, field) for f in facts]
-            keys[field] = factorize(values)
+        keys = {field: factorize([getattr(f, field) for f in facts]) for field in KEY_FIELDS}
         embedded = [f.embedding for f in facts if f.embedding is not None]
         rows = np.full(n, -1, dtype=np.int64)
         rows[[i for i, f in enumerate(facts) if f.embedding is not None]] = np.arange(len(embedded))
         matrix = np.stack(embedded) if embedded else np.zeros((0, 0), dtype=np.float32)
         return cls(
-            np.array([0, n], dtype=np.int64),
+            np.cumsum([0, *(len(user) for user in users)], dtype=np.int64),
             ts=np.array([f.ts for f in facts], dtype=np.float64),
             type_=np.array([_TYPE_CODE[f.type] for f in facts], dtype=np.int64),
             keys=keys,

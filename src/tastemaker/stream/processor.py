@@ -62,8 +62,14 @@ _TYPE_CODE = {t: i for i, t in enumerate(TYPES)}
 _TYPE_WEIGHT = np.array([DEFAULT_WEIGHTS.get(t, 0.0) for t in TYPES])
 
 
-def _ts(event: Event) -> float:
-    return event.ts
+class _Columns(NamedTuple):
+    """A batch's events as columns, in log order: item ids, their catalog rows (-1 for items
+    not in the catalog), times and event-type codes."""
+
+    item_ids: list[str]
+    rows: npt.NDArray[np.int64]
+    ts: npt.NDArray[np.float64]
+    type: npt.NDArray[np.int64]
 
 
 class BatchResult:
@@ -390,9 +396,18 @@ class StreamProcessor:
         return fresh
 
     def _apply(self, events: list[Event]) -> list[Mutation]:
-        by_user: dict[str, list[Event]] = defaultdict(list)
-        for e in events:
-            by_user[e.user_id].append(e)
+        # The events' columns, once, in log order: the item statistics take them as they
+        # are, the features in user order (`order`).
+        columns = _Columns(
+            item_ids=[e.item_id for e in events],
+            rows=self.catalog.rows([e.item_id for e in events]),
+            ts=np.fromiter((e.ts for e in events), np.float64, len(events)),
+            type=np.fromiter((_TYPE_CODE[e.type] for e in events), np.int64, len(events)),
+        )
+        ts_of = columns.ts.tolist().__getitem__
+        by_user: dict[str, list[int]] = defaultdict(list)
+        for i, e in enumerate(events):
+            by_user[e.user_id].append(i)
         users = list(by_user)
         rows = [user_row(u) for u in users]
         states = self.store.get(rows, [PROFILE, SESSION])
@@ -400,7 +415,7 @@ class StreamProcessor:
         # Per user (in Python: one pass over a user's few events): time order, sessions and
         # the co-visitation pairs of its session. Then every declared feature over the whole
         # batch at once, users' facts as contiguous columns.
-        ordered: list[Event] = []
+        order: list[int] = []
         starts = [0]
         in_session: list[bool] = []
         same_session: list[bool] = []
@@ -410,8 +425,9 @@ class StreamProcessor:
         newest: list[float] = []
         covis_sessions: list[_Sessions] = []
         for user_id, row in zip(users, rows, strict=True):
-            user_events = by_user[user_id]
-            user_events.sort(key=_ts)
+            indexes = by_user[user_id]
+            indexes.sort(key=ts_of)
+            user_events = [events[i] for i in indexes]
             state = states.get(row, {})
             session = state.get(SESSION, {})
             old = session.get(_SESSION_STATE)
@@ -420,8 +436,8 @@ class StreamProcessor:
             )
             current = new_session["id"] if new_session else None
             same = old is not None and current == old.value["id"]
-            ordered.extend(user_events)
-            starts.append(len(ordered))
+            order.extend(indexes)
+            starts.append(len(order))
             in_session.extend([sid == current for sid in session_ids])
             same_session.append(same)
             session_cells.append(session)
@@ -433,8 +449,8 @@ class StreamProcessor:
             )
             covis_sessions.append((session_ids, session if same else {}, current))
         self._newest_ts = dict(zip(users, newest, strict=True))
-        item_rows = self.catalog.rows([e.item_id for e in ordered])
-        batch = self._fact_batch(ordered, np.asarray(starts, dtype=np.int64), item_rows)
+        batch = self._fact_batch(np.asarray(starts, dtype=np.int64), order, columns)
+        item_rows = batch.embedding_rows  # the catalog rows, in user order
         # Co-visitation: the engaged facts' catalog rows (-1 for the others) and weights.
         weight = _TYPE_WEIGHT[batch.type]
         engaged = np.where((weight > 0) & (item_rows >= 0), item_rows, -1).tolist()
@@ -482,27 +498,29 @@ class StreamProcessor:
             for i, row in enumerate(rows)
             if cells[i]
         ]
-        mutations.extend(self._apply_items(events, covis_pairs))
+        mutations.extend(self._apply_items(events, columns, covis_pairs))
         return mutations
 
     def _fact_batch(
-        self, events: list[Event], starts: npt.NDArray[np.int64], rows: npt.NDArray[np.int64]
+        self, starts: npt.NDArray[np.int64], order: list[int], columns: _Columns
     ) -> FactBatch:
-        """The events (grouped by user, `starts` apart; `rows` their items' catalog rows)
-        joined with the catalog, as columns."""
+        """The events taken in `order` (grouped by user, `starts` apart) joined with the
+        catalog, as columns."""
         cat = self.catalog
+        take = np.asarray(order, dtype=np.int64)
+        rows = columns.rows[take]
         known = rows >= 0
         safe = np.where(known, rows, 0)
         category = np.where(known, cat.category[safe], -1).astype(np.int64)
         brand = np.where(known, cat.brand[safe], -1).astype(np.int64)
         return FactBatch(
             starts,
-            ts=np.fromiter((e.ts for e in events), np.float64, len(events)),
-            type_=np.fromiter((_TYPE_CODE[e.type] for e in events), np.int64, len(events)),
+            ts=columns.ts[take],
+            type_=columns.type[take],
             keys={
                 "category": (category, self._category_names),
                 "brand": (brand, self._brand_names),
-                "item_id": factorize([e.item_id for e in events]),
+                "item_id": factorize([columns.item_ids[i] for i in order]),
             },
             price=np.where(known, cat.price[safe].astype(np.float64), np.nan),
             embedding_rows=(rows, cat.embedding),
@@ -548,14 +566,13 @@ class StreamProcessor:
             if len(items) > window:
                 del items[0]
 
-    def _apply_items(self, events: list[Event], covis_pairs: _Pairs) -> list[Mutation]:
+    def _apply_items(
+        self, events: list[Event], columns: _Columns, covis_pairs: _Pairs
+    ) -> list[Mutation]:
         s = self.config.stream
         cat = self.catalog
-        rows = cat.rows([e.item_id for e in events])
-        ts = np.fromiter((e.ts for e in events), np.float64, len(events))
-        weights = np.fromiter(
-            (DEFAULT_WEIGHTS.get(e.type, 0.0) for e in events), np.float64, len(events)
-        )
+        rows, ts = columns.rows, columns.ts
+        weights = _TYPE_WEIGHT[columns.type]
         shard = self._current()
         shard.popularity.add(rows, ts, weights)
         shard.trending.add(rows, ts, weights)

@@ -48,19 +48,25 @@ local function skip_array_header(s, pos)
   return pos + 5
 end
 
--- A parsed family: ids and sizes (arrays), base ts and the cells with their own ts (by
--- index), and where in `s` the values start. Values stay in `s` until written out.
-local function parse4(s)
-  local _, flags, n, base, m, pos = struct.unpack('>BBHdH', s)
-  local own = {}
-  local k = 0
-  while k < m do  -- the (index, ts) pairs, read a chunk per struct.unpack
+-- The m (index, ts) pairs of a version 4 value from byte 15 on, read a chunk per
+-- struct.unpack: the cells with their own ts, by index (1-based), and where they end.
+local function read_own(s, m)
+  local own, k, pos = {}, 0, 15
+  while k < m do
     local c = math.min(CHUNK / 2, m - k)
     local got = {struct.unpack('>' .. string.rep('Hd', c), s, pos)}
     for q = 1, 2 * c, 2 do own[got[q] + 1] = got[q + 1] end
     pos = got[2 * c + 1]
     k = k + c
   end
+  return own, pos
+end
+
+-- A parsed family: ids and sizes (arrays), base ts and the cells with their own ts (by
+-- index), and where in `s` the values start. Values stay in `s` until written out.
+local function parse4(s)
+  local _, flags, n, base, m = struct.unpack('>BBHdH', s)
+  local own, pos = read_own(s, m)
   local ids, lens
   ids, pos = read_uints(s, pos, n, (flags % 2 == 1) and 2 or 1)
   lens, pos = read_uints(s, pos, n, WIDTH[math.floor(flags / 2) % 4 + 1])
@@ -92,21 +98,6 @@ local function array_header(n)
   return '\221' .. struct.pack('>I4', n)
 end
 
--- The timestamps of a version 4 value's n cells (the m pairs read from byte 15 on).
-local function cell_ts(s, n, base, m)
-  local ts = {}
-  for i = 1, n do ts[i] = base end
-  local k, pos = 0, 15
-  while k < m do
-    local c = math.min(CHUNK / 2, m - k)
-    local got = {struct.unpack('>' .. string.rep('Hd', c), s, pos)}
-    for q = 1, 2 * c, 2 do ts[got[q] + 1] = got[q + 1] end
-    pos = got[2 * c + 1]
-    k = k + c
-  end
-  return ts
-end
-
 -- Whether `new` replaces `old` whole: the same columns in the same order, each cell newer
 -- or equal. Found from the headers and the timestamps alone, without the values: a family
 -- rewritten whole (all cells at one newer time), or sent whole by a writer that read it
@@ -122,9 +113,9 @@ local function replaces(old, new)
     return false
   end
   if om == 0 and nm == 0 then return nb >= ob end
-  local ots, nts = cell_ts(old, on, ob, om), cell_ts(new, nn, nb, nm)
+  local oown, nown = read_own(old, om), read_own(new, nm)
   for i = 1, nn do
-    if nts[i] < ots[i] then return false end
+    if (nown[i] or nb) < (oown[i] or ob) then return false end
   end
   return true
 end
