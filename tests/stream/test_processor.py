@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import gc
+import threading
 import time
 import uuid
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +13,13 @@ import msgspec
 import pytest
 
 from tastemaker.catalog import Catalog
-from tastemaker.config import LogConfig
+from tastemaker.config import LogConfig, StoreConfig
 from tastemaker.data.synthetic import Shop
 from tastemaker.events import Event, EventType
 from tastemaker.features.layout import COVIS, GLOBAL_ROW, POPULAR, PROFILE, SESSION
 from tastemaker.log import total_lag
 from tastemaker.serving.runtime import Runtime
-from tastemaker.store import StoreError
+from tastemaker.store import PreparedWrites, StoreError
 from tests.conftest import T0, event, make_config
 
 
@@ -186,51 +189,83 @@ def test_trending_favours_recent_events_and_session_neighbours_use_the_session(
     assert lists["trending"].value[0][0] == new
 
 
-@pytest.mark.parametrize("log_backend", ["embedded", "redis"])
+class _FlakyWrites:
+    """Every `every`-th store write fails (0: none), whether the store writes in one call or
+    prepares a write to send later (`PreparedWrites`); counts the sends run off the main
+    thread."""
+
+    def __init__(self, store: Any, every: int) -> None:
+        self.calls = 0
+        self.on_writer_thread = 0
+        self.every = every
+        if isinstance(store, PreparedWrites):
+            prepare = store.prepare_write
+            store.prepare_write = lambda *a, **kw: partial(self.send, prepare(*a, **kw))  # type: ignore[method-assign]
+        else:
+            write = store.write
+            store.write = lambda *a, **kw: self.send(partial(write, *a, **kw))
+
+    def send(self, send: Callable[[], None]) -> None:
+        self.calls += 1
+        self.on_writer_thread += threading.current_thread() is not threading.main_thread()
+        if self.every and self.calls % self.every == 0:
+            raise StoreError("injected: the store is unreachable")
+        send()
+
+
+@pytest.mark.parametrize(
+    ("log_backend", "store_backend"),
+    [("embedded", "embedded"), ("redis", "embedded"), ("embedded", "redis"), ("redis", "redis")],
+)
 def test_a_failed_store_write_is_retried_with_nothing_lost_or_doubled(
-    tmp_path: Path, shop: Shop, log_backend: str, request: pytest.FixtureRequest
+    tmp_path: Path,
+    shop: Shop,
+    log_backend: str,
+    store_backend: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     """A batch whose store write fails is read again from the log (the consumer seeks back),
-    and the partition's in-memory item shares are reloaded, not applied twice."""
+    and the partition's in-memory item shares are reloaded, not applied twice. The steady
+    run applies one batch at a time (`process_once`, each write waited for); the failing one
+    drains, which on a Redis store overlaps each batch's write with the next batch's work:
+    a failed write is then found after the next batch was computed on top of it, and both
+    are read again."""
     catalog = shop.catalog()
     events = [e for chunk in shop.events(chunk_users=100) for e in chunk]
     users = sorted({e.user_id for e in events})
     snapshots = []
     for name, failing in (("steady", False), ("failing", True)):
         config = make_config(tmp_path / name, catalog)
+        tag = f"{name}{uuid.uuid4().hex[:6]}"
         if log_backend == "redis":
             url = request.getfixturevalue("redis_url")
             config = msgspec.structs.replace(
-                config,
-                log=LogConfig(url=f"{url}?partitions=3&prefix={name}{uuid.uuid4().hex[:6]}"),
+                config, log=LogConfig(url=f"{url}?partitions=3&prefix={tag}")
             )
+        if store_backend == "redis":
+            url = request.getfixturevalue("redis_url")
+            config = msgspec.structs.replace(config, store=StoreConfig(url=f"{url}?prefix={tag}s:"))
         config = msgspec.structs.replace(
             config, stream=msgspec.structs.replace(config.stream, batch_size=500)
         )
         rt = Runtime(config, catalog)
         rt.ingestor.ingest(events)
-        calls = 0
-        write = rt.store.write
-
-        def flaky(*args: Any, failing: bool = failing, write: Any = write, **kw: Any) -> None:
-            nonlocal calls
-            calls += 1
-            if failing and calls % 3 == 0:
-                raise StoreError("injected: the store is unreachable")
-            write(*args, **kw)
-
-        rt.store.write = flaky  # type: ignore[method-assign]
+        flaky = _FlakyWrites(rt.store, every=3 if failing else 0)
         failures = 0
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if rt.processor.drain(timeout_s=5) == 0 and total_lag(rt.log, "features") == 0:
+                if failing:
+                    if rt.processor.drain(timeout_s=5) == 0 and total_lag(rt.log, "features") == 0:
+                        break
+                elif rt.processor.process_once() is None and total_lag(rt.log, "features") == 0:
                     break
             except StoreError:
                 failures += 1
         assert total_lag(rt.log, "features") == 0, "the stream never caught up"
         assert (failures > 0) == failing
-        rt.store.write = write  # type: ignore[method-assign]
+        # Overlapped writes ran on the writer thread; the steady run's never did.
+        assert (flaky.on_writer_thread > 0) == (failing and store_backend == "redis")
         snapshots.append(all_rows(rt, catalog, users))
         rt.close()
     assert snapshots[0] == snapshots[1]
@@ -311,3 +346,36 @@ def test_user_features_do_not_depend_on_how_the_events_are_cut_into_batches(
     assert whole.keys() == pieces.keys()
     different = [k for k in whole if not _close(whole[k], pieces[k])]
     assert not different, [(k, whole[k], pieces[k]) for k in different[:3]]
+
+
+def test_repeats_read_while_the_first_write_is_in_flight_count_once(
+    tmp_path: Path, shop: Shop, redis_url: str
+) -> None:
+    """On a Redis store the processor reads the next batch while the previous one's write is
+    in flight: events repeated in that next batch (a client's retry) are recognised through
+    the write in flight, not only through the store."""
+    catalog = shop.catalog()
+    events = shop_events(shop, 1200)
+    users = sorted({e.user_id for e in events})
+    snapshots = []
+    for name, chunks in (
+        ("once", [events]),
+        ("twice", [events[i : i + 200] for i in range(0, 1200, 200)]),
+    ):
+        config = make_config(
+            tmp_path / name,
+            catalog,
+            store=StoreConfig(url=f"{redis_url}?prefix={name}{uuid.uuid4().hex[:6]}:"),
+        )
+        config = msgspec.structs.replace(
+            config, stream=msgspec.structs.replace(config.stream, batch_size=200)
+        )
+        rt = Runtime(config, catalog)
+        for chunk in chunks:
+            rt.ingestor.ingest(chunk)
+            if name == "twice":
+                rt.ingestor.ingest(chunk)  # each batch's repeat is the next batch
+        assert rt.processor.drain() == len(events)
+        snapshots.append(all_rows(rt, catalog, users))
+        rt.close()
+    assert snapshots[0] == snapshots[1]

@@ -2,7 +2,15 @@
 
 from collections.abc import Sequence
 
-from tastemaker.store.base import Cell, FamilySpec, Mutation, OnlineStore, RowData, StoreError
+from tastemaker.store.base import (
+    Cell,
+    FamilySpec,
+    Mutation,
+    OnlineStore,
+    PreparedWrites,
+    RowData,
+    StoreError,
+)
 from tastemaker.store.embedded import EmbeddedStore
 from tastemaker.urls import parse_url
 
@@ -12,6 +20,7 @@ __all__ = [
     "FamilySpec",
     "Mutation",
     "OnlineStore",
+    "PreparedWrites",
     "RowData",
     "StoreError",
     "open_store",

@@ -12,8 +12,8 @@ valid at. Two rules hold on every backend:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
@@ -22,6 +22,7 @@ __all__ = [
     "FamilySpec",
     "Mutation",
     "OnlineStore",
+    "PreparedWrites",
     "RowData",
     "StoreError",
     "columns_to_mutations",
@@ -113,4 +114,20 @@ class OnlineStore(Protocol):
 
     def close(self) -> None:
         """Release resources."""
+        ...
+
+
+@runtime_checkable
+class PreparedWrites(Protocol):
+    """A backend whose write is mostly waiting for a server (Redis) splits it in two, so a
+    caller can overlap that wait with its own work (the stream processor computes the next
+    microbatch meanwhile). The embedded store does not: its write is Python work under the
+    GIL, and running it on another thread slowed a stream drain down (2.27 -> 2.77 s)."""
+
+    def prepare_write(
+        self, mutations: Sequence[Mutation], *, seen: Sequence[str] = ()
+    ) -> Callable[[], None]:
+        """Do the CPU work of `write(mutations, seen=seen)` now (encoding) and return the
+        call that sends it and waits for it (raising what `write` raises). Calls run in the
+        order they were prepared; a prepared write may be dropped unsent."""
         ...

@@ -213,8 +213,16 @@ class RedisStore:
         return out
 
     def write(self, mutations: Sequence[Mutation], *, seen: Sequence[str] = ()) -> None:
+        self.prepare_write(mutations, seen=seen)()
+
+    def prepare_write(
+        self, mutations: Sequence[Mutation], *, seen: Sequence[str] = ()
+    ) -> Callable[[], None]:
+        """`write` in two steps: the families are encoded now, on the calling thread; the
+        call returned sends them (the same single MULTI/EXEC) and waits for the server,
+        which another thread can do while this one goes on (`PreparedWrites`)."""
         if not mutations and not seen:
-            return
+            return _nothing
         key_of, ttl_ms = self._key, self._ttl_ms
         keys = [key_of(m.row, m.family) for m in mutations]
         if len(set(keys)) == len(keys):  # the usual batch: each (row, family) once
@@ -227,7 +235,8 @@ class RedisStore:
             [(*column_bytes(tuple(cells)), cells.values()) for cells in cells_of]
         )
         blobs = dict(zip(keys, zip(ttls, encoded, strict=True), strict=True))
-        self._submit(blobs, [self._seen_key(k) for k in seen])
+        seen_keys = [self._seen_key(k) for k in seen]
+        return lambda: self._submit(blobs, seen_keys)
 
     def _merged(
         self, keys: list[str], mutations: Sequence[Mutation]
@@ -430,6 +439,10 @@ class RedisStore:
         self._client.close()
         if self._writer is not self._client:
             self._writer.close()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _wrap(exc: redis.RedisError) -> StoreError:
