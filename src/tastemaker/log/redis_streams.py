@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
+import numpy as np
 import redis
 
 from tastemaker.events import Event
@@ -103,6 +104,23 @@ def offset_of(entry_id: bytes | str) -> int:
     if s > _SEQ_MASK:
         raise LogError(f"stream entry id {text} has a sequence beyond 2^{_SEQ_BITS}")
     return int(ms) << _SEQ_BITS | s
+
+
+def offsets_of(entry_ids: Sequence[bytes | str]) -> list[int]:
+    """`offset_of` of many ids at once: numpy parses every `ms` and `seq` in one cast (a
+    20,000-entry read spent ~25 ms in `offset_of` one id at a time)."""
+    if not entry_ids:
+        return []
+    raw = [i.encode() if isinstance(i, str) else i for i in entry_ids]
+    parts = np.array(b"-".join(raw).split(b"-")).astype(np.int64)
+    if parts.size != 2 * len(raw):
+        raise LogError(f"malformed stream entry ids among {raw[:3]!r}...")
+    ms, seq = parts[0::2], parts[1::2]
+    if (seq > _SEQ_MASK).any():
+        bad = raw[int(np.argmax(seq > _SEQ_MASK))].decode()
+        raise LogError(f"stream entry id {bad} has a sequence beyond 2^{_SEQ_BITS}")
+    offsets: list[int] = ((ms << _SEQ_BITS) | seq).tolist()
+    return offsets
 
 
 def _raw_reply(response: Any, **_: Any) -> Any:
@@ -200,9 +218,10 @@ class RedisStreamsLog:
             return []
         payloads = [_field(e[1], b"e") for e in live]
         events = self._decode(b"\xdd" + len(live).to_bytes(4, "big") + b"".join(payloads))
+        offsets = offsets_of([e[0] for e in live])
         return [
-            LogRecord(offset_of(e[0]), event, partition)
-            for e, event in zip(live, events, strict=True)
+            LogRecord(offset, event, partition)
+            for offset, event in zip(offsets, events, strict=True)
         ]
 
     def read(self, partition: int, after: int, limit: int) -> list[LogRecord]:
@@ -216,11 +235,16 @@ class RedisStreamsLog:
     def commit(self, group: str, positions: Mapping[int, int]) -> None:
         if not positions:
             return
-        args = [str(x) for p, o in positions.items() for x in (p, o)]
         try:
-            self._commit(keys=[self._committed_key(group)], args=args)
+            self.queue_commit(self.client, group, positions)
         except redis.RedisError as exc:
             raise LogError(f"event log {self.url}: cannot commit: {exc}") from exc
+
+    def queue_commit(self, client: Any, group: str, positions: Mapping[int, int]) -> None:
+        """Run (on a client) or queue (on a pipeline) the script that raises the group's
+        committed offsets to `positions`."""
+        args = [str(x) for p, o in positions.items() for x in (p, o)]
+        self._commit(keys=[self._committed_key(group)], args=args, client=client)
 
     def committed(self, group: str) -> dict[int, int]:
         try:
@@ -292,7 +316,7 @@ class RedisStreamsConsumer:
         self._members_key = f"{log.prefix}:members:{group}"
         self._owned: frozenset[int] = frozenset()
         self._claiming: dict[int, str] = {}  # partition -> XAUTOCLAIM cursor
-        self._delivered: dict[int, deque[int]] = defaultdict(deque)
+        self._delivered: dict[int, deque[tuple[int, bytes]]] = defaultdict(deque)
         self._renew_at = 0.0
         self._next = 0
         for p in range(log.partitions):
@@ -372,22 +396,28 @@ class RedisStreamsConsumer:
             records = log.records(p, entries)
             if records:
                 self._next = (owned.index(p) + 1) % len(owned)
-                self._delivered[p].extend(r.offset for r in records)
+                # Each record's offset, and its entry id as read (acknowledged as is).
+                ids = [e[0] for e in entries if e is not None and e[1]]
+                self._delivered[p].extend(zip([r.offset for r in records], ids, strict=True))
                 return records
         return []
 
     def commit(self, partition: int, offset: int) -> None:
+        """XACK the records delivered up to `offset` and store the group's committed offset,
+        in one round trip."""
         done = self._delivered[partition]
         ids = []
-        while done and done[0] <= offset:
-            ids.append(entry_id(done.popleft()))
+        while done and done[0][0] <= offset:
+            ids.append(done.popleft()[1])
         log = self.log
+        pipe = log.client.pipeline(transaction=False)
+        if ids:
+            pipe.xack(log.key(partition), self.group, *ids)
+        log.queue_commit(pipe, self.group, {partition: offset})
         try:
-            if ids:
-                log.client.xack(log.key(partition), self.group, *ids)
+            pipe.execute()
         except redis.RedisError as exc:
             raise LogError(f"event log {log.url}: cannot acknowledge: {exc}") from exc
-        log.commit(self.group, {partition: offset})
 
     def seek(self, partition: int, offset: int) -> None:
         # The records read since are pending on this member: claim them back, in order.

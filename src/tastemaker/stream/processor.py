@@ -545,11 +545,12 @@ class StreamProcessor:
         the users' rows, then the co-visitation rows of the items the batch may link (its
         engaged items and the items of the stored sessions it may continue)."""
         seen = self._seen([e.event_id for e in events])
-        rows = list(dict.fromkeys([user_row(e.user_id) for e in events]))
+        rows = [user_row(u) for u in dict.fromkeys([e.user_id for e in events])]
         states = self._get(rows, [PROFILE, SESSION])
-        items = {e.item_id for e in events if e.type in _ENGAGED}
-        for data in states.values():
-            prior = data.get(SESSION, {}).get(_SESSION_ITEMS)
+        engaged = [e for e in events if e.type in _ENGAGED]
+        items = {e.item_id for e in engaged}
+        for row in {user_row(e.user_id) for e in engaged}:  # only they can link items
+            prior = states.get(row, {}).get(SESSION, {}).get(_SESSION_ITEMS)
             if prior is not None:
                 items.update(prior.value)
         keys = [item_row(i) for i in items]
