@@ -169,3 +169,73 @@ def test_a_write_after_the_server_lost_its_scripts_or_our_connection_lands_whole
     assert store.seen(["e4"]) == {"e4"}
     admin.close()
     store.close()
+
+
+def _user_rows(users: int, ts: float, shift: int = 0) -> list[Mutation]:
+    return [
+        Mutation(
+            f"u:{i}",
+            family,
+            {f"{family}_{j}": Cell(ts, (i * 31 + j + shift) % 300) for j in range(25)},
+        )
+        for i in range(users)
+        for family in ("profile", "stats")
+    ]
+
+
+def _multi_calls(admin: redis.Redis) -> int:
+    return int(admin.info("commandstats").get("cmdstat_multi", {}).get("calls", 0))
+
+
+def test_a_large_plain_write_is_sent_in_chunks_with_the_same_bytes_and_rules(
+    redis_url: str,
+) -> None:
+    """A write of many keys and no idempotency keys (a bulk load) is sent chunk by chunk as
+    it is encoded, without MULTI/EXEC: the stored bytes equal one MULTI/EXEC's, and newer
+    still wins cell by cell."""
+    admin = redis.Redis.from_url(redis_url)
+    chunked = RedisStore.from_url(redis_url, FAMILIES, prefix="chunked:")
+    whole = RedisStore.from_url(redis_url, FAMILIES, prefix="whole:")
+    first = _user_rows(700, 5.0)  # 1,400 keys: three chunks
+    multis = _multi_calls(admin)
+    chunked.write(first)
+    assert _multi_calls(admin) == multis
+    whole.prepare_write(first)()  # always one MULTI/EXEC
+    assert _multi_calls(admin) == multis + 1
+    # Older cells for the first half, newer for the second: only the newer ones land.
+    update = _user_rows(350, 3.0, shift=1) + _user_rows(700, 9.0, shift=2)[700:]
+    chunked.write(update)
+    whole.prepare_write(update)()
+    keys = [chunked._key(m.row, m.family) for m in first]
+    assert admin.mget(keys) == admin.mget([whole._key(m.row, m.family) for m in first])
+    got = chunked.get([f"u:{i}" for i in range(700)], ["profile", "stats"])
+    for m in _user_rows(350, 5.0) + _user_rows(700, 9.0, shift=2)[700:]:
+        assert got[m.row][m.family] == m.cells
+    chunked.close()
+    whole.close()
+    admin.close()
+
+
+def test_a_chunked_write_reloads_lost_scripts_and_reports_a_failed_chunk(redis_url: str) -> None:
+    """After SCRIPT FLUSH the chunks are sent again with the script loaded. A chunk the
+    server refuses (here a key of another type) raises StoreError naming the server's error;
+    the other chunks landed (each key's merge is atomic, the batch is not), and the
+    connection stays usable."""
+    admin = redis.Redis.from_url(redis_url)
+    store = RedisStore.from_url(redis_url, FAMILIES, prefix="chunkfail:")
+    rows = _user_rows(700, 5.0)
+    admin.script_flush()
+    store.write(rows)
+    assert store.get(["u:699"], ["stats"])["u:699"]["stats"] == rows[-1].cells
+    admin.delete(store._key("u:350", "profile"))
+    admin.rpush(store._key("u:350", "profile"), "not a family value")
+    with pytest.raises(StoreError, match=r"WRONGTYPE|wrong kind"):
+        store.write(_user_rows(700, 6.0, shift=1))
+    assert store.get(["u:0", "u:699"], ["profile"]) == {
+        "u:0": {"profile": _user_rows(1, 6.0, shift=1)[0].cells},
+        "u:699": {"profile": _user_rows(700, 6.0, shift=1)[-2].cells},
+    }
+    store.write([Mutation("u:1", "profile", {"x": Cell(7.0, 1)})])
+    assert store.get(["u:1"], ["profile"])["u:1"]["profile"]["x"] == Cell(7.0, 1)
+    store.close()
+    admin.close()
