@@ -200,12 +200,12 @@ def test_a_large_plain_write_is_sent_in_chunks_with_the_same_bytes_and_rules(
     multis = _multi_calls(admin)
     chunked.write(first)
     assert _multi_calls(admin) == multis
-    whole.prepare_write(first)()  # always one MULTI/EXEC
+    whole.prepare_write(first).finish()  # always one MULTI/EXEC
     assert _multi_calls(admin) == multis + 1
     # Older cells for the first half, newer for the second: only the newer ones land.
     update = _user_rows(350, 3.0, shift=1) + _user_rows(700, 9.0, shift=2)[700:]
     chunked.write(update)
-    whole.prepare_write(update)()
+    whole.prepare_write(update).finish()
     keys = [chunked._key(m.row, m.family) for m in first]
     assert admin.mget(keys) == admin.mget([whole._key(m.row, m.family) for m in first])
     got = chunked.get([f"u:{i}" for i in range(700)], ["profile", "stats"])

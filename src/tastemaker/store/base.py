@@ -12,7 +12,7 @@ valid at. Two rules hold on every backend:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
@@ -22,6 +22,7 @@ __all__ = [
     "FamilySpec",
     "Mutation",
     "OnlineStore",
+    "PreparedWrite",
     "PreparedWrites",
     "RowData",
     "StoreError",
@@ -117,17 +118,32 @@ class OnlineStore(Protocol):
         ...
 
 
+class PreparedWrite(Protocol):
+    """One write, encoded, to be sent (`start`) and waited for (`finish`) later."""
+
+    def start(self) -> None:
+        """Send it without waiting for the server's answer. Never raises: a failure to send
+        is raised by `finish`."""
+        ...
+
+    def finish(self) -> None:
+        """Wait until the server applied it (sending it first if `start` was not called);
+        raises what `write` raises."""
+        ...
+
+
 @runtime_checkable
 class PreparedWrites(Protocol):
-    """A backend whose write is mostly waiting for a server (Redis) splits it in two, so a
-    caller can overlap that wait with its own work (the stream processor computes the next
-    microbatch meanwhile). The embedded store does not: its write is Python work under the
-    GIL, and running it on another thread slowed a stream drain down (2.27 -> 2.77 s)."""
+    """A backend whose write is mostly waiting for a server (Redis) splits it, so a caller
+    can do its own work meanwhile (the stream processor computes the next microbatch). The
+    embedded store does not: its write is Python work under the GIL, and running it on
+    another thread slowed a stream drain down (2.27 -> 2.77 s)."""
 
     def prepare_write(
         self, mutations: Sequence[Mutation], *, seen: Sequence[str] = ()
-    ) -> Callable[[], None]:
-        """Do the CPU work of `write(mutations, seen=seen)` now (encoding) and return the
-        call that sends it and waits for it (raising what `write` raises). Calls run in the
-        order they were prepared; a prepared write may be dropped unsent."""
+    ) -> PreparedWrite:
+        """Do the CPU work of `write(mutations, seen=seen)` now (encoding, packing the
+        commands) and return the write, to be started and finished later in this thread.
+        Writes finish in the order they were started; a prepared write may be dropped
+        unsent."""
         ...

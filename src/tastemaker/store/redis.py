@@ -35,6 +35,7 @@ from tastemaker.store.base import (
     Cell,
     FamilySpec,
     Mutation,
+    PreparedWrite,
     RowData,
     StoreError,
     columns_to_mutations,
@@ -224,20 +225,39 @@ class RedisStore:
             if len(keys) >= _STREAM_MIN_KEYS:
                 self._write_streamed(keys, ttls, cells_of)
                 return
-        self.prepare_write(mutations, seen=seen)()
+        self.prepare_write(mutations, seen=seen).finish()
 
     def prepare_write(
         self, mutations: Sequence[Mutation], *, seen: Sequence[str] = ()
-    ) -> Callable[[], None]:
-        """`write` in two steps: the families are encoded now, on the calling thread; the
-        call returned sends them (the same single MULTI/EXEC) and waits for the server,
-        which another thread can do while this one goes on (`PreparedWrites`)."""
+    ) -> PreparedWrite:
+        """`write` in steps (`PreparedWrites`): the families are encoded now; on a
+        standalone server `start` sends the whole MULTI/EXEC on a connection of its own and
+        returns, and `finish` reads the server's replies, so the caller works while the
+        server applies it. On a cluster `finish` does all of it."""
         if not mutations and not seen:
-            return _nothing
+            return _Done()
         keys, ttls, cells_of = self._unique(mutations)
         blobs = dict(zip(keys, zip(ttls, self._encode(cells_of), strict=True), strict=True))
         seen_keys = [self._seen_key(k) for k in seen]
-        return lambda: self._submit(blobs, seen_keys)
+        if self._cluster:
+            return _Deferred(lambda: self._submit(blobs, seen_keys))
+        return _Transaction(self, blobs, seen_keys)
+
+    def _transaction(
+        self, blobs: Mapping[str, tuple[int, bytes]], seen_keys: list[str]
+    ) -> list[tuple[Any, ...]]:
+        """MULTI, the script calls that mark `seen_keys` and merge `blobs`, EXEC."""
+        commands: list[tuple[Any, ...]] = [("MULTI",)]
+        for i in range(0, len(seen_keys), _SEEN_PER_SCRIPT):
+            chunk = seen_keys[i : i + _SEEN_PER_SCRIPT]
+            commands.append(("EVALSHA", self._mark_seen.sha, len(chunk), *chunk, self._seen_ttl_ms))
+        keys = list(blobs)
+        for i in range(0, len(keys), _KEYS_PER_SCRIPT):
+            chunk = keys[i : i + _KEYS_PER_SCRIPT]
+            args = [part for key in chunk for part in blobs[key]]
+            commands.append(("EVALSHA", self._merge.sha, len(chunk), *chunk, *args))
+        commands.append(("EXEC",))
+        return commands
 
     def _unique(
         self, mutations: Sequence[Mutation]
@@ -524,8 +544,99 @@ def _close(client: Any) -> None:
     client.close()
 
 
-def _nothing() -> None:
-    pass
+class _Done:
+    """A write with nothing to send."""
+
+    def start(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class _Deferred:
+    """A write done whole by `finish` (a cluster's: one pipeline per node)."""
+
+    def __init__(self, run: Callable[[], None]) -> None:
+        self._run = run
+
+    def start(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        self._run()
+
+
+class _Transaction:
+    """A batch write on a standalone server: one MULTI/EXEC, sent by `start` on a
+    connection of its own (taken from the write pool until `finish`), whose replies
+    `finish` reads. The replies wait in the socket meanwhile, so the caller's thread is free
+    and no other thread is needed. If the server lost the scripts (a restart, SCRIPT FLUSH)
+    or had closed the connection, the write runs once more through redis-py's pipeline,
+    which loads scripts and reconnects: merges and idempotency keys are the same the second
+    time, so running it twice is harmless."""
+
+    def __init__(
+        self, store: RedisStore, blobs: Mapping[str, tuple[int, bytes]], seen_keys: list[str]
+    ) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._seen_keys = seen_keys
+        self._conn: Any = None
+        self._sent = 0
+        self._error: redis.RedisError | None = None
+
+    def start(self) -> None:
+        if self._conn is not None or self._error is not None:
+            return
+        try:
+            self._conn = self._store._writer.connection_pool.get_connection()
+            commands = self._store._transaction(self._blobs, self._seen_keys)
+            self._conn.send_packed_command(self._conn.pack_commands(commands))
+            self._sent = len(commands)
+        except redis.RedisError as exc:
+            self._error = exc
+
+    def finish(self) -> None:
+        try:
+            self._replies()
+        except (NoScriptError, redis.ConnectionError) as exc:
+            if isinstance(exc, redis.TimeoutError):
+                raise _wrap(exc) from exc
+            self._store._submit(self._blobs, self._seen_keys)
+        except redis.RedisError as exc:
+            raise _wrap(exc) from exc
+
+    def _replies(self) -> None:
+        if self._conn is None and self._error is None:
+            self.start()
+        conn, self._conn = self._conn, None
+        if self._error is not None:
+            if conn is not None:
+                conn.disconnect()
+                self._store._writer.connection_pool.release(conn)
+            raise self._error
+        refused: list[redis.ResponseError] = []
+        try:
+            for _ in range(self._sent - 1):  # MULTI's OK, then each command's QUEUED
+                try:
+                    conn.read_response()
+                except redis.ResponseError as exc:  # refused when queued: EXEC aborts
+                    refused.append(exc)
+            try:
+                results = conn.read_response()
+            except redis.ResponseError as exc:
+                raise refused[0] if refused else exc from None
+        except redis.ResponseError:
+            raise  # every reply was read: the connection can be used again
+        except BaseException:
+            conn.disconnect()  # replies may be left unread: never reuse it
+            raise
+        finally:
+            self._store._writer.connection_pool.release(conn)
+        for result in results:
+            if isinstance(result, redis.RedisError):
+                raise result
 
 
 def _wrap(exc: redis.RedisError) -> StoreError:

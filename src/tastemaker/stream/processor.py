@@ -21,7 +21,6 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -49,7 +48,14 @@ from tastemaker.features.layout import (
 )
 from tastemaker.log import EventLog, LogConsumer, LogRecord
 from tastemaker.metrics import METRICS
-from tastemaker.store import Cell, Mutation, OnlineStore, PreparedWrites, RowData
+from tastemaker.store import (
+    Cell,
+    Mutation,
+    OnlineStore,
+    PreparedWrite,
+    PreparedWrites,
+    RowData,
+)
 from tastemaker.stream.sessions import assign_sessions
 
 __all__ = ["BatchResult", "StreamProcessor"]
@@ -135,22 +141,22 @@ class _Done(NamedTuple):
 
 
 class _InFlight:
-    """A batch whose store write is encoded and is sent (`send`) once the next batch has
-    read what it needs; it then runs on the writer thread (`future`) while that batch is
-    computed. Until it lands, reads go through it: `cells` are the (row, family) cells it
-    writes, `seen` the event ids it records."""
+    """A batch whose store write is encoded, then started (sent) once the next batch has
+    read what it needs, and finished (its replies read) before that batch's own write.
+    Until it lands, reads go through it: `cells` are the (row, family) cells it writes,
+    `seen` the event ids it records."""
 
-    __slots__ = ("cells", "done", "future", "seen", "send")
+    __slots__ = ("cells", "done", "seen", "started", "write")
 
     def __init__(
         self,
-        send: Callable[[], None],
+        write: PreparedWrite,
         done: _Done,
         cells: dict[tuple[str, str], dict[str, Cell]],
         seen: set[str],
     ) -> None:
-        self.send = send
-        self.future: Future[float] | None = None  # the wall-clock time the write landed
+        self.write = write
+        self.started = False
         self.done = done
         self.cells = cells
         self.seen = seen
@@ -231,9 +237,8 @@ class StreamProcessor:
             )
         self._index_catalog(catalog)
         self._stop = threading.Event()
-        # drain() and run() overlap each batch's store write with the next batch's work: one
-        # write at a time runs on this thread while the next batch is read and computed.
-        self._writer: ThreadPoolExecutor | None = None
+        # drain() and run() overlap each batch's store write with the next batch's work (on a
+        # store with PreparedWrites): the write in flight, sent and not yet waited for.
         self._in_flight: _InFlight | None = None
         self._next_catalog: Catalog | None = None
         self._lag_at = 0.0
@@ -362,10 +367,10 @@ class StreamProcessor:
 
     def _process_once(self, *, overlap: bool) -> BatchResult | None:
         """One microbatch. With `overlap`, on a store with `PreparedWrites` (Redis), its store
-        write is encoded and then left to the writer thread to send and wait for (the next
-        call reads through it, then waits for it before starting its own): on Redis a
-        drain's writes spent 0.95 of their 1.42 s waiting for the server (measured), which
-        the next batch's computation now covers."""
+        write is encoded and left in flight: the next call sends it after its own reads,
+        computes while the server applies it, then waits for it before starting its own.
+        On Redis a drain's writes spent 0.95 of their 1.42 s waiting for the server
+        (measured), which the next batch's computation now covers."""
         s = self.config.stream
         started = time.perf_counter()
         if (pending := self._next_catalog) is not None:
@@ -434,11 +439,11 @@ class StreamProcessor:
         return BatchResult(n_events, len(fresh_records) - n_events, done.users, last_offset, p)
 
     def _start_write(self, store: PreparedWrites, computed: _Computed, done: _Done) -> _InFlight:
-        """Encode the batch's write here; sending it, and waiting for the server, is left to
-        the writer thread once the next batch has done its reads (`_send`). Only the wait
-        runs there: a thread doing the Python part of a write too (encoding; all of an
-        embedded write) fights this one for the GIL, and both slow down (an embedded drain
-        went 2.27 -> 2.77 s that way)."""
+        """Encode the batch's write now; it is sent once the next batch has done its reads
+        (`_send`) and its replies read at `flush`, all on this thread. (A writer thread
+        that sent it and waited took ~190 ms a batch where the server ran it in ~110, most
+        likely waiting for the GIL each time it woke; sent from here, the write is done by
+        the time the next batch is computed: `finish` takes ~0.2 ms.)"""
         return _InFlight(
             store.prepare_write(computed.mutations, seen=computed.seen),
             done,
@@ -447,19 +452,11 @@ class StreamProcessor:
         )
 
     def _send(self) -> None:
-        """Start the prepared write in flight on the writer thread, if it has not started."""
+        """Send the prepared write in flight, if it has not been sent."""
         job = self._in_flight
-        if job is None or job.future is not None:
-            return
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="tastemaker-store-write")
-        send = job.send
-
-        def write() -> float:
-            send()
-            return time.time()
-
-        job.future = self._writer.submit(write)
+        if job is not None and not job.started:
+            job.started = True
+            job.write.start()
 
     def flush(self) -> None:
         """Send the store write in flight, if any, wait for it and finish its batch (commit
@@ -469,15 +466,11 @@ class StreamProcessor:
         if job is None:
             return
         try:
-            if job.future is None:
-                job.send()
-                written_at = time.time()
-            else:
-                written_at = job.future.result()
+            job.write.finish()
         except BaseException:
             self._rewind(job.done.shard.partition)
             raise
-        self._finish(job.done, written_at)
+        self._finish(job.done, time.time())
 
     def _finish(self, done: _Done, written_at: float) -> None:
         """A batch's state is in the store: acknowledge it to the log and report it."""
@@ -918,9 +911,6 @@ class StreamProcessor:
         """Wait for the write in flight, then leave the consumer group: its partitions go to
         the other members at once."""
         self._flush_quietly()
-        if self._writer is not None:
-            self._writer.shutdown()
-            self._writer = None
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
