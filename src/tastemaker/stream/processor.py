@@ -490,10 +490,11 @@ class StreamProcessor:
     def _rewind(self, p: int) -> None:
         """Read partition `p` again from its stored position, with its item shares reloaded
         from the store (they were updated in memory before the write that did not land)."""
-        shard = self.shards.get(p)
+        shard = self.shards.pop(p, None)  # dropped first, whatever the seek does
+        if self.partitions == 1:
+            self._shard = None
         if shard is not None:
             self.consumer.seek(p, shard.position)
-        self.shards.pop(p, None)
         if self.partitions == 1:
             self._shard = self._load_shard(0)
 
