@@ -40,6 +40,7 @@ from redis.exceptions import NoScriptError
 
 from tastemaker.events import Event
 from tastemaker.log.base import LogError, LogRecord, partition_of
+from tastemaker.redisio import SentCommands
 
 __all__ = ["RedisStreamsConsumer", "RedisStreamsLog"]
 
@@ -122,6 +123,11 @@ def offsets_of(entry_ids: Sequence[bytes | str]) -> list[int]:
         raise LogError(f"stream entry id {bad} has a sequence beyond 2^{_SEQ_BITS}")
     offsets: list[int] = ((ms << _SEQ_BITS) | seq).tolist()
     return offsets
+
+
+def _positions(positions: Mapping[int, int]) -> list[str]:
+    """The commit script's arguments: partition, offset, partition, offset, ..."""
+    return [str(x) for p, o in positions.items() for x in (p, o)]
 
 
 def _raw_reply(response: Any, **_: Any) -> Any:
@@ -244,13 +250,11 @@ class RedisStreamsLog:
     def queue_commit(self, client: Any, group: str, positions: Mapping[int, int]) -> None:
         """Run (on a client) or queue (on a pipeline) the script that raises the group's
         committed offsets to `positions`."""
-        args = [str(x) for p, o in positions.items() for x in (p, o)]
-        self._commit(keys=[self._committed_key(group)], args=args, client=client)
+        self._commit(keys=[self._committed_key(group)], args=_positions(positions), client=client)
 
     def commit_command(self, group: str, positions: Mapping[int, int]) -> tuple[Any, ...]:
         """The same script call as a raw command (EVALSHA: the script must be loaded)."""
-        args = [str(x) for p, o in positions.items() for x in (p, o)]
-        return ("EVALSHA", self._commit.sha, 1, self._committed_key(group), *args)
+        return ("EVALSHA", self._commit.sha, 1, self._committed_key(group), *_positions(positions))
 
     def committed(self, group: str) -> dict[int, int]:
         try:
@@ -323,9 +327,9 @@ class RedisStreamsConsumer:
         self._owned: frozenset[int] = frozenset()
         self._claiming: dict[int, str] = {}  # partition -> XAUTOCLAIM cursor
         self._delivered: dict[int, deque[tuple[int, bytes]]] = defaultdict(deque)
-        # The commit sent last, its replies not read yet: (connection, replies, partition,
-        # offset); see `commit`.
-        self._acking: tuple[Any, int, int, int] | None = None
+        # The commit sent last, its replies not read yet, with its partition and offset; see
+        # `commit`.
+        self._acking: tuple[SentCommands, int, int] | None = None
         self._renew_at = 0.0
         self._next = 0
         for p in range(log.partitions):
@@ -429,15 +433,12 @@ class RedisStreamsConsumer:
         if ids:
             commands.append(("XACK", log.key(partition), self.group, *ids))
         commands.append(log.commit_command(self.group, {partition: offset}))
-        pool = log.client.connection_pool
-        conn = pool.get_connection()
         try:
-            conn.send_packed_command(conn.pack_commands(commands))
+            sent = SentCommands(log.client.connection_pool)
+            sent.send(*commands)
         except redis.RedisError as exc:
-            conn.disconnect()
-            pool.release(conn)
             raise LogError(f"event log {log.url}: cannot acknowledge: {exc}") from exc
-        self._acking = (conn, len(commands), partition, offset)
+        self._acking = (sent, partition, offset)
 
     def _settle(self) -> None:
         """Read the replies of the commit sent last, if any. A commit script the server lost
@@ -445,21 +446,13 @@ class RedisStreamsConsumer:
         pending, self._acking = self._acking, None
         if pending is None:
             return
-        conn, n, partition, offset = pending
+        sent, partition, offset = pending
         log = self.log
-        pool = log.client.connection_pool
-        failed: list[redis.ResponseError] = []
         try:
-            for _ in range(n):
-                try:
-                    conn.read_response()
-                except redis.ResponseError as exc:
-                    failed.append(exc)
+            replies = sent.replies()
         except redis.RedisError as exc:
-            conn.disconnect()
             raise LogError(f"event log {log.url}: cannot acknowledge: {exc}") from exc
-        finally:
-            pool.release(conn)
+        failed = [r for r in replies if isinstance(r, redis.ResponseError)]
         if failed and all(isinstance(e, NoScriptError) for e in failed):
             log.commit(self.group, {partition: offset})
         elif failed:

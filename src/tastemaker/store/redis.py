@@ -31,6 +31,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
+from tastemaker.redisio import SentCommands
 from tastemaker.store.base import (
     Cell,
     FamilySpec,
@@ -246,18 +247,26 @@ class RedisStore:
     def _transaction(
         self, blobs: Mapping[str, tuple[int, bytes]], seen_keys: list[str]
     ) -> list[tuple[Any, ...]]:
-        """MULTI, the script calls that mark `seen_keys` and merge `blobs`, EXEC."""
-        commands: list[tuple[Any, ...]] = [("MULTI",)]
+        """MULTI, the script calls that mark `seen_keys` and merge `blobs` (as EVALSHA),
+        EXEC."""
+        calls = self._script_calls(list(blobs), seen_keys, blobs)
+        evalsha = [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
+        return [("MULTI",), *evalsha, ("EXEC",)]
+
+    def _script_calls(
+        self, cell_keys: list[str], seen_keys: list[str], blobs: Mapping[str, tuple[int, bytes]]
+    ) -> list[tuple[Any, list[str], list[Any]]]:
+        """(script, keys, args) of the calls that mark `seen_keys` and merge `cell_keys`'
+        blobs, in bounded chunks."""
+        calls: list[tuple[Any, list[str], list[Any]]] = []
         for i in range(0, len(seen_keys), _SEEN_PER_SCRIPT):
-            chunk = seen_keys[i : i + _SEEN_PER_SCRIPT]
-            commands.append(("EVALSHA", self._mark_seen.sha, len(chunk), *chunk, self._seen_ttl_ms))
-        keys = list(blobs)
-        for i in range(0, len(keys), _KEYS_PER_SCRIPT):
-            chunk = keys[i : i + _KEYS_PER_SCRIPT]
-            args = [part for key in chunk for part in blobs[key]]
-            commands.append(("EVALSHA", self._merge.sha, len(chunk), *chunk, *args))
-        commands.append(("EXEC",))
-        return commands
+            calls.append(
+                (self._mark_seen, seen_keys[i : i + _SEEN_PER_SCRIPT], [self._seen_ttl_ms])
+            )
+        for i in range(0, len(cell_keys), _KEYS_PER_SCRIPT):
+            chunk = cell_keys[i : i + _KEYS_PER_SCRIPT]
+            calls.append((self._merge, chunk, [part for key in chunk for part in blobs[key]]))
+        return calls
 
     def _unique(
         self, mutations: Sequence[Mutation]
@@ -287,29 +296,17 @@ class RedisStore:
         timestamps rewrite the same cells). Writes with idempotency keys (the stream's) stay
         one MULTI/EXEC with them."""
         for attempt in (0, 1):
-            pool = self._writer.connection_pool
-            conn = pool.get_connection()
-            sent = 0
-            errors: list[redis.ResponseError] = []
             try:
+                sent = SentCommands(self._writer.connection_pool)
                 sha = self._merge.sha
                 for start in range(0, len(keys), _STREAM_CHUNK_KEYS):
                     end = start + _STREAM_CHUNK_KEYS
                     chunk = keys[start:end]
                     encoded = self._encode(cells_of[start:end])
                     args = [x for pair in zip(ttls[start:end], encoded, strict=True) for x in pair]
-                    conn.send_packed_command(
-                        conn.pack_command("EVALSHA", sha, len(chunk), *chunk, *args),
-                        check_health=sent == 0,
-                    )
-                    sent += 1
-                for _ in range(sent):
-                    try:
-                        conn.read_response()
-                    except redis.ResponseError as exc:
-                        errors.append(exc)
+                    sent.send(("EVALSHA", sha, len(chunk), *chunk, *args))
+                errors = [r for r in sent.replies() if isinstance(r, redis.ResponseError)]
             except redis.RedisError as exc:
-                conn.disconnect()  # replies may be left unread: never reuse it
                 if (
                     attempt == 0
                     and isinstance(exc, redis.ConnectionError)
@@ -317,8 +314,6 @@ class RedisStore:
                 ):
                     continue  # a connection the server closed while idle: once more, anew
                 raise _wrap(exc) from exc
-            finally:
-                pool.release(conn)
             if not errors:
                 return
             if attempt == 0 and all(isinstance(e, NoScriptError) for e in errors):
@@ -490,13 +485,8 @@ class RedisStore:
         blobs: Mapping[str, tuple[int, bytes]],
     ) -> None:
         """Queue on `pipe` the scripts that mark `seen_keys` and merge `cell_keys`' blobs."""
-        for i in range(0, len(seen_keys), _SEEN_PER_SCRIPT):
-            chunk = seen_keys[i : i + _SEEN_PER_SCRIPT]
-            self._mark_seen(keys=chunk, args=[self._seen_ttl_ms], client=pipe)
-        for i in range(0, len(cell_keys), _KEYS_PER_SCRIPT):
-            chunk = cell_keys[i : i + _KEYS_PER_SCRIPT]
-            args = [part for key in chunk for part in blobs[key]]
-            self._merge(keys=chunk, args=args, client=pipe)
+        for script, keys, args in self._script_calls(cell_keys, seen_keys, blobs):
+            script(keys=keys, args=args, client=pipe)
 
     def _retry_moved(self, call: Callable[[], _T]) -> _T:
         try:
@@ -569,12 +559,12 @@ class _Deferred:
 
 class _Transaction:
     """A batch write on a standalone server: one MULTI/EXEC, sent by `start` on a
-    connection of its own (taken from the write pool until `finish`), whose replies
-    `finish` reads. The replies wait in the socket meanwhile, so the caller's thread is free
-    and no other thread is needed. If the server lost the scripts (a restart, SCRIPT FLUSH)
-    or had closed the connection, the write runs once more through redis-py's pipeline,
-    which loads scripts and reconnects: merges and idempotency keys are the same the second
-    time, so running it twice is harmless."""
+    connection of its own (`SentCommands`, held until `finish`), whose replies `finish`
+    reads. The replies wait in the socket meanwhile, so the caller's thread is free and no
+    other thread is needed. If the server lost the scripts (a restart, SCRIPT FLUSH) or had
+    closed the connection, the write runs once more through redis-py's pipeline, which
+    loads scripts and reconnects: merges and idempotency keys are the same the second time,
+    so running it twice is harmless."""
 
     def __init__(
         self, store: RedisStore, blobs: Mapping[str, tuple[int, bytes]], seen_keys: list[str]
@@ -582,18 +572,16 @@ class _Transaction:
         self._store = store
         self._blobs = blobs
         self._seen_keys = seen_keys
-        self._conn: Any = None
-        self._sent = 0
+        self._sent: SentCommands | None = None
         self._error: redis.RedisError | None = None
 
     def start(self) -> None:
-        if self._conn is not None or self._error is not None:
+        if self._sent is not None or self._error is not None:
             return
         try:
-            self._conn = self._store._writer.connection_pool.get_connection()
-            commands = self._store._transaction(self._blobs, self._seen_keys)
-            self._conn.send_packed_command(self._conn.pack_commands(commands))
-            self._sent = len(commands)
+            sent = SentCommands(self._store._writer.connection_pool)
+            sent.send(*self._store._transaction(self._blobs, self._seen_keys))
+            self._sent = sent
         except redis.RedisError as exc:
             self._error = exc
 
@@ -608,32 +596,16 @@ class _Transaction:
             raise _wrap(exc) from exc
 
     def _replies(self) -> None:
-        if self._conn is None and self._error is None:
+        if self._sent is None and self._error is None:
             self.start()
-        conn, self._conn = self._conn, None
+        sent, self._sent = self._sent, None
         if self._error is not None:
-            if conn is not None:
-                conn.disconnect()
-                self._store._writer.connection_pool.release(conn)
             raise self._error
-        refused: list[redis.ResponseError] = []
-        try:
-            for _ in range(self._sent - 1):  # MULTI's OK, then each command's QUEUED
-                try:
-                    conn.read_response()
-                except redis.ResponseError as exc:  # refused when queued: EXEC aborts
-                    refused.append(exc)
-            try:
-                results = conn.read_response()
-            except redis.ResponseError as exc:
-                raise refused[0] if refused else exc from None
-        except redis.ResponseError:
-            raise  # every reply was read: the connection can be used again
-        except BaseException:
-            conn.disconnect()  # replies may be left unread: never reuse it
-            raise
-        finally:
-            self._store._writer.connection_pool.release(conn)
+        assert sent is not None  # started without an error
+        *queued, results = sent.replies()  # MULTI's OK and each command's QUEUED, then EXEC's
+        if isinstance(results, redis.ResponseError):  # a command refused when queued: aborted
+            refused = [r for r in queued if isinstance(r, redis.ResponseError)]
+            raise refused[0] if refused else results
         for result in results:
             if isinstance(result, redis.RedisError):
                 raise result
