@@ -58,5 +58,11 @@ def update_covisitation(
     for other, weight in increments:
         links[other] = links.get(other, 0.0) + weight
     if len(links) > max_neighbours:
-        links = dict(sorted(links.items(), key=lambda kv: (-kv[1], kv[0]))[:max_neighbours])
+        # By weight, strongest first, ties by id: two sorts with C-level keys (a stable sort
+        # keeps the id order among equal weights, `reverse` included), ~3x faster than one
+        # sort keyed by a Python `(-weight, id)` tuple; this runs for most touched items of
+        # every stream batch once their maps are full.
+        order = sorted(links)
+        order.sort(key=links.__getitem__, reverse=True)
+        links = {other: links[other] for other in order[:max_neighbours]}
     return links

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lmdb
 import msgspec
@@ -41,6 +41,19 @@ _F64 = struct.Struct("<d")
 class _Record(msgspec.Struct, array_like=True):
     expire_at: float
     cells: dict[str, Cell]
+
+
+class _RawCell(msgspec.Struct, array_like=True, frozen=True):
+    """A stored cell as the write's merge sees it: the value left as its msgpack bytes, which
+    the merge never looks at and the encoder copies back as they are."""
+
+    ts: float
+    value: msgspec.Raw
+
+
+class _RawRecord(msgspec.Struct, array_like=True):
+    expire_at: float
+    cells: dict[str, _RawCell]
 
 
 # One LMDB environment per file per process: LMDB forbids opening the same file twice in a
@@ -72,6 +85,10 @@ class EmbeddedStore:
         self._clock = clock
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(_Record).decode
+        # The write's merge and the sweep only compare times: decoding the stored values
+        # into Python objects and encoding them again cost a stream drain ~0.1 s of 2.1 s
+        # (a profile family: 4.9 us to decode whole, 2.2 us with its values left raw).
+        self._decode_raw = msgspec.msgpack.Decoder(_RawRecord).decode
         with _ENVS_LOCK:
             env, refs = _ENVS.get(path, (None, 0))
             if env is None:
@@ -128,7 +145,7 @@ class EmbeddedStore:
         for m in mutations:
             self._check_family(m.family)
         now = self._clock()
-        decode, encode = self._decode, self._encode
+        decode, encode = self._decode_raw, self._encode
         try:
             with self._env.begin(db=self._cells, write=True) as txn:
                 if seen:
@@ -140,18 +157,20 @@ class EmbeddedStore:
                     key = _key(m.row, m.family)
                     ttl = self._families[m.family].ttl_s
                     raw = txn.get(key)
-                    cells: dict[str, Cell]
+                    cells: dict[str, _RawCell | Cell]
                     if raw is None:
                         cells = dict(m.cells)
                     else:
                         rec = decode(raw)
-                        cells = {} if rec.expire_at and rec.expire_at <= now else rec.cells
+                        expired = rec.expire_at and rec.expire_at <= now
+                        cells = {} if expired else cast("dict[str, _RawCell | Cell]", rec.cells)
                         for col, cell in m.cells.items():
                             old = cells.get(col)
                             if old is None or cell.ts >= old.ts:
                                 cells[col] = cell
                     expire_at = now + ttl if ttl is not None else 0.0
-                    txn.put(key, encode(_Record(expire_at, cells)))
+                    # A `_Record`'s bytes: msgpack `[expire_at, {column: [ts, value]}]`.
+                    txn.put(key, encode((expire_at, cells)))
         except lmdb.Error as exc:
             raise StoreError(f"embedded store write failed: {exc}") from exc
 
@@ -189,7 +208,7 @@ class EmbeddedStore:
             expired = [
                 bytes(key)
                 for key, raw in txn.cursor()
-                if (rec := self._decode(raw)).expire_at and rec.expire_at <= now
+                if (rec := self._decode_raw(raw)).expire_at and rec.expire_at <= now
             ]
             for key in expired:
                 txn.delete(key)
