@@ -188,6 +188,32 @@ def test_a_columnar_write_checks_its_columns(store: OnlineStore) -> None:
     assert store.get(["a", "b"], ["profile"]) == {}
 
 
+def test_values_kept_by_a_merge_round_trip_exactly(store: OnlineStore) -> None:
+    """The cells a write does not replace come back as they were written, whatever their
+    type (the embedded merge copies them as stored bytes, the Redis script splices them)."""
+    values: dict[str, object] = {
+        "f64": 0.1,
+        "f32": 0.5,
+        "int": 7,
+        "str": "grüße ✓",
+        "none": None,
+        "list": [1, 2.5, "x", None],
+        "nested": {"t": 1.7e9, "v": {"a": 0.25, "b": []}},
+        "long": list(range(300)),
+    }
+    put(store, "r", "profile", 5.0, **values)
+    put(store, "r", "profile", 6.0, extra="new", f64=0.2)  # a new column and a newer cell
+    put(store, "r", "profile", 4.0, int=8, list=[])  # older: both ignored
+    cells = store.get(["r"], ["profile"])["r"]["profile"]
+    assert {c: cell.value for c, cell in cells.items()} == {**values, "extra": "new", "f64": 0.2}
+    assert all(type(cells[c].value) is type(v) for c, v in values.items())
+    assert {c: cell.ts for c, cell in cells.items()} == {
+        **dict.fromkeys(values, 5.0),
+        "extra": 6.0,
+        "f64": 6.0,
+    }
+
+
 def test_columns_merge_and_older_writes_never_win(store: OnlineStore) -> None:
     put(store, "r", "profile", 10.0, a=1, b=1)
     put(store, "r", "profile", 5.0, a=2, c=3)  # older: a keeps 1, c is new so it is taken

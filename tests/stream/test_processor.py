@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gc
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -168,6 +169,35 @@ def test_the_stored_position_prevents_replays_beyond_the_dedup_window(
         assert again.processor.position == 3
         assert again.processor.drain() == 0
         assert again.pipeline.user_features("u1")[PROFILE]["counts"].value == {"click": 3}
+    finally:
+        again.close()
+
+
+def test_a_log_that_lost_applied_records_has_its_new_records_applied(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    """A log that lost records the store had applied (its tail, to a power loss with fsync
+    "never"), or was recreated, hands out offsets the stored position already covers: its new
+    events are applied, not skipped as applied, and the ones applied before count once."""
+    config = make_config(tmp_path, catalog)
+    item = str(catalog.ids[0])
+    rt = Runtime(config, catalog)
+    rt.ingestor.ingest([event(str(i), "u1", item, EventType.CLICK, T0 + i) for i in range(5)])
+    assert rt.processor.drain() == 5
+    rt.close()
+    shutil.rmtree(tmp_path / "log")  # the store is kept
+    again = Runtime(config, catalog)
+    try:
+        again.ingestor.ingest(
+            [
+                event("4", "u1", item, EventType.CLICK, T0 + 4),  # applied before: a retry
+                event("new-1", "u1", item, EventType.CLICK, T0 + 10),
+                event("new-2", "u1", item, EventType.CLICK, T0 + 11),
+            ]
+        )
+        assert again.processor.drain() == 2
+        assert again.processor.position == 3
+        assert again.pipeline.user_features("u1")[PROFILE]["counts"].value == {"click": 7}
     finally:
         again.close()
 

@@ -307,6 +307,20 @@ class StreamProcessor:
         cell = self.store.get([row], [OFFSETS]).get(row, {}).get(OFFSETS, {}).get(column)
         stored = 0 if cell is None else int(cell.value)
         shard.position = max(stored, self.log.committed(group).get(partition, 0))
+        end = self.log.end_offsets().get(partition, 0)
+        if shard.position > end:
+            # The log lost records this state includes (its tail, to a power loss with
+            # fsync "never"), or was emptied or recreated: its new records may reuse offsets
+            # at or before the position, and would be skipped as applied. Every record there
+            # is read instead; those applied before are dropped by event id.
+            log.warning(
+                "partition %d: the stored position %d is past the log's newest record %d "
+                "(the log lost records or was recreated); reading it from its start",
+                partition,
+                shard.position,
+                end,
+            )
+            shard.position = 0
         mine = partition if self.partitions > 1 else None
         rows = [item_row(i) for i in self.catalog.ids]
         for r, data in self.store.get(rows, [STATS]).items():
