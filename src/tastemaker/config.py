@@ -33,6 +33,7 @@ __all__ = ["Config", "ConfigError", "dump_config", "load_config", "local_config"
 DAY = 86400.0
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class ConfigError(ValueError):
@@ -73,6 +74,10 @@ class StreamConfig(_Section, frozen=True):
     trending_half_life_s: Positive = 3600.0
     covis_window: PositiveInt = 5
     covis_max_neighbours: PositiveInt = 100
+    # Neighbour maps a partition's stream keeps in memory between batches (most recently
+    # used first), so a hot item's map is not read and decoded again every batch; a full map
+    # is ~5.7 KB. 0 reads every map from the store.
+    covis_held_maps: NonNegativeInt = 10_000
     top_popular: PositiveInt = 500
     top_per_category: PositiveInt = 200
     max_regions: PositiveInt = 32

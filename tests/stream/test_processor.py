@@ -19,7 +19,8 @@ from tastemaker.events import Event, EventType
 from tastemaker.features.layout import COVIS, GLOBAL_ROW, POPULAR, PROFILE, SESSION
 from tastemaker.log import total_lag
 from tastemaker.serving.runtime import Runtime
-from tastemaker.store import PreparedWrite, PreparedWrites, StoreError
+from tastemaker.store import Cell, PreparedWrite, PreparedWrites, StoreError
+from tastemaker.stream.processor import _HeldMaps
 from tests.conftest import T0, event, make_config
 
 
@@ -420,3 +421,39 @@ def test_repeats_read_while_the_first_write_is_in_flight_count_once(
         snapshots.append(all_rows(rt, catalog, users))
         rt.close()
     assert snapshots[0] == snapshots[1]
+
+
+def test_held_neighbour_maps_drop_the_least_recently_written_and_the_expired(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    held = _HeldMaps(limit=2, ttl_s=60.0)
+    a, b, c = Cell(1.0, {"x": 1.0}), Cell(2.0, {"y": 1.0}), Cell(3.0, {})
+    held.hold({"i:a": a, "i:b": b})
+    held.hold({"i:a": a})  # written again: now the most recent
+    held.hold({"i:c": c})  # over the limit: i:b, the least recently written, goes
+    assert held.fresh(["i:a", "i:b", "i:c", "i:d"]) == {"i:a": a, "i:c": c}
+    now[0] += 61.0  # the store may have expired them: read again
+    assert held.fresh(["i:a", "i:c"]) == {}
+    nothing = _HeldMaps(limit=0, ttl_s=60.0)
+    nothing.hold({"i:a": a})
+    assert len(nothing) == 0
+
+
+def test_held_neighbour_maps_give_the_stored_maps(tmp_path: Path, shop: Shop) -> None:
+    """The same events through a stream that keeps neighbour maps between batches and one
+    that reads them from the store every batch leave the same rows."""
+    catalog = shop.catalog()
+    events = [e for chunk in shop.events(chunk_users=100) for e in chunk]
+    users = sorted({e.user_id for e in events})
+    snapshots = []
+    for name, limit in (("held", 10_000), ("small", 7), ("read", 0)):
+        config = make_config(tmp_path / name, catalog)
+        stream = msgspec.structs.replace(config.stream, batch_size=700, covis_held_maps=limit)
+        rt = Runtime(msgspec.structs.replace(config, stream=stream), catalog)
+        rt.ingestor.ingest(events)
+        rt.processor.drain()
+        snapshots.append(all_rows(rt, catalog, users))
+        rt.close()
+    assert snapshots[0] == snapshots[1] == snapshots[2]
