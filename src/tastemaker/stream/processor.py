@@ -479,8 +479,6 @@ class StreamProcessor:
                 reads = self._read_ahead(events)
                 self._send()  # the previous batch's write: the server runs it meanwhile
                 computed = self._compute(events, [position], reads)
-            # The previous batch's write lands before this one's starts.
-            self.flush()
             done = _Done(
                 shard,
                 last_offset,
@@ -491,8 +489,13 @@ class StreamProcessor:
                 started,
             )
             if computed.mutations and overlap and isinstance(self.store, PreparedWrites):
-                self._in_flight = self._start_write(self.store, computed, done)
+                # Encoded while the server may still apply the previous write, which lands
+                # before this one is sent (`_send`, after the next batch's reads).
+                job = self._start_write(self.store, computed, done)
+                self.flush()
+                self._in_flight = job
             else:
+                self.flush()  # the previous batch's write lands before this one's starts
                 if computed.mutations:
                     self.store.write(computed.mutations, seen=computed.seen)
                 self._finish(done, time.time())
