@@ -403,3 +403,9 @@ def test_open_store_by_url(tmp_path: Path, redis_url: str) -> None:
     remote.close()
     with pytest.raises(ValueError, match="unsupported online store URL"):
         open_store("memcached://localhost:11211", FAMILIES)
+    large = open_store(f"embedded://{tmp_path}/large?readahead=0", FAMILIES)
+    put(large, "r", "profile", 1.0, a=1)
+    assert large.get(["r"], ["profile"])
+    large.close()
+    with pytest.raises(ValueError, match="readahead must be 0 or 1"):
+        open_store(f"embedded://{tmp_path}/x?readahead=yes", FAMILIES)

@@ -34,7 +34,8 @@ def open_store(
 ) -> OnlineStore:
     """Open the store a URL names:
 
-    - `embedded:///abs/path` or `embedded://rel/path` (`?map_size_gb=8`): LMDB;
+    - `embedded:///abs/path` or `embedded://rel/path` (`?map_size_gb=8`, `readahead=0` for a
+      store larger than the RAM it may use): LMDB;
     - `redis://host:port/db`: a Redis >= 6.2 or Valkey server;
     - `redis+cluster://host:port`: a Redis Cluster, through any of its nodes.
 
@@ -46,7 +47,16 @@ def open_store(
     parsed = parse_url(url)
     if parsed.scheme == "embedded":
         map_size = int(parsed.params.get("map_size_gb", "8")) << 30
-        return EmbeddedStore(parsed.path, families, map_size=map_size, seen_ttl_s=seen_ttl_s)
+        readahead = parsed.params.get("readahead", "1")
+        if readahead not in ("0", "1"):
+            raise ValueError(f"online store URL {url!r}: readahead must be 0 or 1")
+        return EmbeddedStore(
+            parsed.path,
+            families,
+            map_size=map_size,
+            seen_ttl_s=seen_ttl_s,
+            readahead=readahead == "1",
+        )
     if parsed.scheme in ("redis", "redis+cluster"):
         from tastemaker.store.redis import RedisStore  # only this backend imports redis-py
 

@@ -77,6 +77,7 @@ class EmbeddedStore:
         map_size: int = 8 << 30,
         seen_ttl_s: float = 7 * 86400.0,
         clock: Callable[[], float] = time.time,
+        readahead: bool = True,
     ) -> None:
         path = Path(directory).resolve()
         path.mkdir(parents=True, exist_ok=True)
@@ -93,14 +94,18 @@ class EmbeddedStore:
             env, refs = _ENVS.get(path, (None, 0))
             if env is None:
                 # writemap=False keeps a stray pointer from corrupting the file; sync on each
-                # commit keeps what the stream processor committed across power loss.
+                # commit keeps what the stream processor committed across power loss. The
+                # kernel's readahead stays on unless the file is larger than the RAM it may
+                # use (then it evicts pages other reads need): with it off, the first 100,000
+                # random reads of a million users just loaded took 544-7,928 major page
+                # faults and p99 0.018-0.154 ms; with it on 66-83 faults, p99 0.015-0.025 ms.
                 env = lmdb.open(
                     str(path / "store.lmdb"),
                     map_size=map_size,
                     subdir=False,
                     max_dbs=2,
                     lock=True,
-                    readahead=False,
+                    readahead=readahead,
                     meminit=False,
                     max_readers=512,
                 )
