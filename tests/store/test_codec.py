@@ -160,3 +160,32 @@ def test_a_family_too_wide_is_a_typed_error() -> None:
         encode_families([(0, b"", [Cell(1.0, 0)] * 65536)])
     with pytest.raises(StoreError, match="column ids above 65535"):
         id_bytes([1, 70000])
+
+
+def test_families_framed_together_get_the_bytes_of_one_at_a_time() -> None:
+    """The per-value path frames many families at once with numpy (`_frame_many`): each gets
+    the bytes `_encode_one` gives it, whatever its timestamps, value sizes and column ids."""
+    rnd = random.Random(7)
+    families: list[tuple[int, bytes, list[Cell]]] = []
+    for k in range(60):
+        n = rnd.choice([1, 2, 13, 16, 40])
+        flag, ids = id_bytes(sorted(rnd.sample(range(1, 400 if k % 3 else 200), n)))
+        base = 1.7e9 + k
+        cells = []
+        for j in range(n):
+            size = 70_000 if (k, j) == (5, 0) else rnd.choice([0, 3, 200, 300, 10])
+            ts = base if rnd.random() < 0.6 else base - rnd.choice([0.5, 86400.0, 1e9])
+            cells.append(Cell(ts, {"k": "v" * size} if rnd.random() < 0.5 else ["x"] * size))
+        families.append((flag, ids, cells))
+    values = _encode_values([c.value for _, _, cells in families for c in cells])
+    framed = codec._frame_many(families, values)
+    assert framed is not None
+    start = 0
+    for (flag, ids, cells), blob in zip(families, framed, strict=True):
+        expected = _encode_one(flag, ids, cells, values[start : start + len(cells)])
+        start += len(cells)
+        assert blob == expected
+        assert [(ts, v) for _, ts, v in decode_family(blob)] == [(c.ts, c.value) for c in cells]
+    assert encode_families(families) == framed  # the path encode_families takes for them
+    nan = [(flag, ids, [Cell(math.nan, 1)]) for flag, ids, _ in families]
+    assert codec._frame_many(nan, [b"\x01"] * len(nan)) is None
