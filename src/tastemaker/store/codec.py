@@ -18,8 +18,10 @@ Encoding is the write path's hot spot (a stream batch or a bulk load writes thou
 families per call), so `encode_families` encodes the families that share one column layout
 together, column by column with numpy, into one byte matrix; msgpack's framing of numbers is
 simple enough to write vectorized (msgspec encodes one object per call). Families of layouts
-seen only a few times in a call, and columns holding values other than plain numbers and
-short strings, take the per-value path, which gives the same bytes.
+seen only a few times in a call, families with maps or lists, and families whose cells keep
+times of their own take the per-value path, which gives the same bytes: msgspec encodes each
+value, and the families' headers, own timestamps and sizes are framed together with numpy
+(`_frame_many`).
 """
 
 from __future__ import annotations
