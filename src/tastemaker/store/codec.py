@@ -188,6 +188,17 @@ def _column(col: list[Any]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]
     return _others(col)
 
 
+def _heads(flags: Any, n: Any, base_ts: np.ndarray[Any, Any], m: Any = 0) -> np.ndarray[Any, Any]:
+    """Version 4 headers, one per entry of `base_ts` (the other fields scalars or arrays)."""
+    head = np.zeros(base_ts.shape[0], _HEAD_DTYPE)
+    head["v"] = 4
+    head["f"] = flags
+    head["n"] = n
+    head["ts"] = base_ts
+    head["m"] = m
+    return head
+
+
 def _assemble(
     id_flag: int,
     ids: bytes,
@@ -199,11 +210,7 @@ def _assemble(
     kept, one slice per family."""
     r, n = base_ts.shape[0], len(columns)
     sizes = np.stack([s for _, s in columns], axis=1)
-    head = np.zeros(r, _HEAD_DTYPE)
-    head["v"] = 4
-    head["f"] = id_flag  # sizes are at most _VECTOR_MAX_VALUE: one byte each
-    head["n"] = n
-    head["ts"] = base_ts
+    head = _heads(id_flag, n, base_ts)  # sizes are at most _VECTOR_MAX_VALUE: one byte each
     array_header = np.frombuffer(_array_header(n), np.uint8)
     fixed = [
         head.view(np.uint8).reshape(r, _HEAD.size),
@@ -434,13 +441,8 @@ def _frame_many(
     size_bytes = [sizes.astype(np.uint8).tobytes() if (code == 0).any() else b""]
     size_bytes.append(sizes.astype(">u2").tobytes() if (code == 1).any() else b"")
     size_bytes.append(sizes.astype(">u4").tobytes() if (code == 2).any() else b"")
-    head = np.zeros(len(families), _HEAD_DTYPE)
-    head["v"] = 4
-    head["f"] = np.fromiter((f for f, _, _ in families), np.uint8, len(families)) | (code << 1)
-    head["n"] = counts
-    head["ts"] = base
-    head["m"] = m
-    heads = head.tobytes()
+    flags = np.fromiter((f for f, _, _ in families), np.uint8, len(families)) | (code << 1)
+    heads = _heads(flags, counts, base, m).tobytes()
     out = []
     hs = _HEAD.size
     for k, (start, n, c, own_at, own_end, (_, ids, _)) in enumerate(

@@ -119,8 +119,9 @@ class _HeldMaps:
         self._ttl_s = ttl_s
         self._cells: dict[str, tuple[Cell, float]] = {}
 
-    def fresh(self, keys: Iterable[str]) -> dict[str, Cell]:
-        """The cells held for those of `keys` held less than the TTL ago."""
+    def fresh(self, keys: Iterable[str]) -> dict[str, Cell | None]:
+        """The cells held for those of `keys` held less than the TTL ago (typed so that a
+        caller adds the stored cells of the others, None where there is none)."""
         since = time.time() - self._ttl_s
         held = self._cells
         return {k: h[0] for k in keys if (h := held.get(k)) is not None and h[1] > since}
@@ -894,7 +895,7 @@ class StreamProcessor:
         keys = [item_row(str(i)) for i in cat.ids[items[starts]].tolist()]
         col = self._col("neighbours")
         held = self._current().neighbours
-        olds: dict[str, Cell | None] = {**held.fresh(keys)}
+        olds = held.fresh(keys)  # the others are read below
         if missing := [k for k in keys if k not in olds]:
             stored = reads.covis
             if unread := [k for k in missing if k not in reads.covis_keys]:
