@@ -2,11 +2,68 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import math
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import cast
 
-__all__ = ["METRICS", "Metrics"]
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+# prometheus-client's own `le` format ("1.0", "+Inf"), which it leaves untyped.
+_go_float = cast("Callable[[float], str]", floatToGoString)
+
+__all__ = ["METRICS", "BatchHistogram", "Metrics"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+
+
+class BatchHistogram(Collector):
+    """A Prometheus histogram that takes a whole array of observations in one call.
+
+    Written here because prometheus-client's `Histogram` takes one value a call, walking its
+    bounds in Python: the stream observes the freshness of every user row it writes, ~2,000
+    a microbatch, which cost ~3% of a drain. Here a batch is counted with numpy
+    (`searchsorted` puts a value in the first bucket whose bound is >= it, as `Histogram`
+    does) and exported through the public collector API, as `Histogram` exports it:
+    `_bucket` (cumulative, `le`), `_sum` and `_count`."""
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = np.asarray(sorted(float(b) for b in buckets), dtype=np.float64)
+        self._counts = np.zeros(self._bounds.size + 1, dtype=np.int64)  # the last is +Inf
+        self._labels = [_go_float(b) for b in [*self._bounds.tolist(), math.inf]]
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self.observe_many(np.asarray([value], dtype=np.float64))
+
+    def observe_many(self, values: npt.NDArray[np.float64]) -> None:
+        if values.size == 0:
+            return
+        slots = np.searchsorted(self._bounds, values, side="left")
+        counts = np.bincount(slots, minlength=self._counts.size)
+        total = float(values.sum())
+        with self._lock:
+            self._counts += counts
+            self._sum += total
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            cumulative = np.cumsum(self._counts).tolist()
+            total = self._sum
+        family = HistogramMetricFamily(self._name, self._documentation, labels=[])
+        family.add_metric([], list(zip(self._labels, cumulative, strict=True)), total)
+        yield family
 
 
 class Metrics:
@@ -52,11 +109,11 @@ class Metrics:
             registry=r,
             buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000),
         )
-        self.freshness_seconds = Histogram(
+        self.freshness_seconds = BatchHistogram(
             "tastemaker_feature_freshness_seconds",
             "Now minus the newest event time of each user row when it is written.",
+            (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 30, 300, 3600, 86400),
             registry=r,
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 30, 300, 3600, 86400),
         )
         self.lag_events = Gauge(
             "tastemaker_stream_lag_events",

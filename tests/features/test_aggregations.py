@@ -118,6 +118,26 @@ def test_covisitation_ties_at_the_cut_do_not_depend_on_arrival_order() -> None:
     assert update_covisitation(None, reversed(increments), 2) == first
 
 
+def test_covisitation_keeps_the_strongest_links_ties_by_id_as_a_full_sort_does() -> None:
+    """Against sorting every link by (weight descending, id): small integer weights give
+    many ties at the cut, at every place in the order (first, last, all of them)."""
+    rng = np.random.default_rng(5)
+    for trial in range(2_000):
+        size = int(rng.integers(0, 40))
+        top = 1 + trial % 4  # weights in 1..top: the fewer values, the more ties
+        state = {f"i{int(k)}": float(rng.integers(1, top + 1)) for k in rng.integers(0, 60, size)}
+        increments = [
+            (f"i{int(k)}", float(rng.integers(1, top + 1)))
+            for k in rng.integers(0, 60, int(rng.integers(0, 15)))
+        ]
+        keep = int(rng.integers(1, 30))
+        links = dict(state)
+        for other, weight in increments:
+            links[other] = links.get(other, 0.0) + weight
+        ranked = sorted(links.items(), key=lambda kv: (-kv[1], kv[0]))[:keep]
+        assert update_covisitation(state, increments, keep) == dict(ranked)
+
+
 def _facts(*spec: tuple[float, str, str | None]) -> list[Fact]:
     return [
         Fact(ts, EventType(t), f"i-{k}", "s", category=cat) for k, (ts, t, cat) in enumerate(spec)
