@@ -147,9 +147,12 @@ class EmbeddedStore:
     def write(self, mutations: Sequence[Mutation], *, seen: Sequence[str] = ()) -> None:
         if not mutations and not seen:
             return
-        for m in mutations:
-            self._check_family(m.family)
         now = self._clock()
+        # Per family, once a write: its key suffix and the expiry its records get.
+        plans = {
+            name: (_SEP + name.encode(), now + spec.ttl_s if spec.ttl_s is not None else 0.0)
+            for name, spec in self._families.items()
+        }
         decode, encode = self._decode_raw, self._encode
         try:
             with self._env.begin(db=self._cells, write=True) as txn:
@@ -158,24 +161,28 @@ class EmbeddedStore:
                     put_seen = txn.put
                     for event_key in seen:
                         put_seen(event_key.encode(), expiry, db=self._seen)
+                get, put = txn.get, txn.put
                 for m in mutations:
-                    key = _key(m.row, m.family)
-                    ttl = self._families[m.family].ttl_s
-                    raw = txn.get(key)
-                    cells: dict[str, _RawCell | Cell]
+                    plan = plans.get(m.family)
+                    if plan is None:  # raised inside the transaction: nothing is written
+                        self._check_family(m.family)
+                    suffix, expire_at = cast("tuple[bytes, float]", plan)
+                    key = m.row.encode() + suffix
+                    raw = get(key)
+                    cells: Mapping[str, _RawCell | Cell]
                     if raw is None:
-                        cells = dict(m.cells)
+                        cells = m.cells
                     else:
                         rec = decode(raw)
                         expired = rec.expire_at and rec.expire_at <= now
-                        cells = {} if expired else cast("dict[str, _RawCell | Cell]", rec.cells)
+                        merged = {} if expired else cast("dict[str, _RawCell | Cell]", rec.cells)
                         for col, cell in m.cells.items():
-                            old = cells.get(col)
+                            old = merged.get(col)
                             if old is None or cell.ts >= old.ts:
-                                cells[col] = cell
-                    expire_at = now + ttl if ttl is not None else 0.0
+                                merged[col] = cell
+                        cells = merged
                     # A `_Record`'s bytes: msgpack `[expire_at, {column: [ts, value]}]`.
-                    txn.put(key, encode((expire_at, cells)))
+                    put(key, encode((expire_at, cells)))
         except lmdb.Error as exc:
             raise StoreError(f"embedded store write failed: {exc}") from exc
 

@@ -853,8 +853,10 @@ class StreamProcessor:
         pop, trend = shard.popularity.log_score, shard.trending.log_score
         pop_col, trend_col = self._col("pop_log"), self._col("trend_log")
         cells: dict[int, dict[str, Cell]] = {
-            int(r): {pop_col: Cell(now_ts, float(pop[r])), trend_col: Cell(now_ts, float(trend[r]))}
-            for r in touched
+            r: {pop_col: Cell(now_ts, p), trend_col: Cell(now_ts, t)}
+            for r, p, t in zip(
+                touched.tolist(), pop[touched].tolist(), trend[touched].tolist(), strict=True
+            )
         }
         # Per region (events' context.region, the first `max_regions` seen): its own
         # popularity, kept per item beside the global one so a restart restores it exactly.
@@ -870,7 +872,10 @@ class StreamProcessor:
             for r in np.unique(rows[mask]).tolist():
                 cells[r][region_col] = Cell(now_ts, float(tracker.log_score[r]))
             touched_regions.append(region)
-        out = [Mutation(item_row(str(cat.ids[r])), STATS, c) for r, c in cells.items()]
+        ids = cat.ids[np.fromiter(cells, np.int64, len(cells))].tolist()
+        out = [
+            Mutation(item_row(str(i)), STATS, c) for i, c in zip(ids, cells.values(), strict=True)
+        ]
         if covis_pairs.src:
             out.extend(self._covisitation(covis_pairs, now_ts, reads))
         if touched.size:
