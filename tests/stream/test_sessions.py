@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import numpy as np
+
+from tastemaker.store.base import Cell
+from tastemaker.stream.processor import _SESSION_STATE, _sessionize
 from tastemaker.stream.sessions import assign_sessions
 from tests.conftest import T0, event
 
@@ -40,3 +44,47 @@ def test_late_events_join_the_current_session() -> None:
     assert late == ids
     assert new_state is not None
     assert new_state["last_ts"] == T0 + 100
+
+
+def test_a_batch_is_sessionized_as_assign_sessions_does_user_by_user() -> None:
+    """`_sessionize` (the stream's, numpy over a whole batch) against `assign_sessions` run
+    on each user's events in time order: random gaps around the threshold, ties in time,
+    late events, stored sessions (some ended long ago), client session ids."""
+    rng = np.random.default_rng(11)
+    gap = 1800.0
+    for trial in range(300):
+        n_users = int(rng.integers(1, 6))
+        events = []
+        for k in range(int(rng.integers(1, 40))):
+            u = f"u{int(rng.integers(0, n_users))}"
+            step = float(rng.choice([0.0, 10.0, gap - 1, gap, gap + 1, 5 * gap, -gap / 2]))
+            ts = T0 + float(rng.integers(0, 4)) * gap + step
+            client = "web-1" if trial % 5 == 0 and rng.random() < 0.3 else None
+            events.append(event(str(k), u, "i", ts=ts, session_id=client))
+        codes: dict[str, int] = {}
+        user_of = np.asarray([codes.setdefault(e.user_id, len(codes)) for e in events])
+        users = list(codes)
+        order = np.lexsort((np.asarray([e.ts for e in events]), user_of))
+        starts = np.concatenate([[0], np.cumsum(np.bincount(user_of))]).astype(np.int64)
+        stored: list[dict[str, Cell]] = []
+        for u in users:
+            last = T0 + float(rng.choice([-10 * gap, -gap - 1, -gap, -1.0, 0.0, gap]))
+            held = {"id": f"{u}/old", "started": last - 60, "last_ts": last}
+            stored.append({} if rng.random() < 0.3 else {_SESSION_STATE: Cell(last, held)})
+        got = _sessionize(events, users, stored, order, starts, gap=gap)
+        in_session, same, newest, cells, covis = got
+        for i, u in enumerate(users):
+            lo, hi = int(starts[i]), int(starts[i + 1])
+            mine = [events[j] for j in order[lo:hi].tolist()]
+            old = stored[i].get(_SESSION_STATE)
+            ids, state = assign_sessions(u, mine, None if old is None else old.value, gap)
+            assert state is not None
+            assert in_session[lo:hi].tolist() == [sid == state["id"] for sid in ids]
+            assert same[i] == (old is not None and state["id"] == old.value["id"])
+            assert newest[i] == mine[-1].ts
+            assert cells[i] == {_SESSION_STATE: Cell(mine[-1].ts, state)}
+            keys, prior, current = covis[i]
+            # The same grouping of facts into sessions, the current one last.
+            assert [keys.index(k) for k in keys] == [ids.index(x) for x in ids]
+            assert keys.index(current) == ids.index(str(state["id"]))
+            assert prior == (stored[i] if same[i] else {})

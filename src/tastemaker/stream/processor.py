@@ -20,9 +20,8 @@ import os
 import socket
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -257,7 +256,7 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-_Sessions = tuple[list[str], dict[str, Cell], str | None]
+_Sessions = tuple[list[Any], dict[str, Cell], Any]  # session keys: ids or numbers
 """One user's session id per fact, its stored session cells (when the batch continues that
 session) and the session it is in now."""
 
@@ -677,51 +676,31 @@ class StreamProcessor:
             ts=np.fromiter((e.ts for e in events), np.float64, len(events)),
             type=np.fromiter((_TYPE_CODE[e.type] for e in events), np.int64, len(events)),
         )
-        ts_of = columns.ts.tolist().__getitem__
-        by_user: dict[str, list[int]] = defaultdict(list)
-        for i, e in enumerate(events):
-            by_user[e.user_id].append(i)
-        users = list(by_user)
+        codes: dict[str, int] = {}
+        user_of = np.fromiter(
+            (codes.setdefault(e.user_id, len(codes)) for e in events), np.int64, len(events)
+        )
+        users = list(codes)  # in order of first appearance, as the mutations are
         rows = [user_row(u) for u in users]
         states = reads.states
-        s = self.config.stream
-        # Per user (in Python: one pass over a user's few events): time order, sessions and
-        # the co-visitation pairs of its session. Then every declared feature over the whole
-        # batch at once, users' facts as contiguous columns.
-        order: list[int] = []
-        starts = [0]
-        in_session: list[bool] = []
-        same_session: list[bool] = []
-        session_cells: list[dict[str, Cell]] = []
-        profile_cells: list[dict[str, Cell]] = []
-        session_mutations: list[dict[str, Cell]] = []
-        newest: list[float] = []
-        covis_sessions: list[_Sessions] = []
-        for user_id, row in zip(users, rows, strict=True):
-            indexes = by_user[user_id]
-            indexes.sort(key=ts_of)
-            user_events = [events[i] for i in indexes]
-            state = states.get(row, {})
-            session = state.get(SESSION, {})
-            old = session.get(_SESSION_STATE)
-            session_ids, new_session = assign_sessions(
-                user_id, user_events, None if old is None else old.value, s.session_gap_s
-            )
-            current = new_session["id"] if new_session else None
-            same = old is not None and current == old.value["id"]
-            order.extend(indexes)
-            starts.append(len(order))
-            in_session.extend([sid == current for sid in session_ids])
-            same_session.append(same)
-            session_cells.append(session)
-            profile_cells.append(state.get(PROFILE, {}))
-            ts = user_events[-1].ts
-            newest.append(ts)
-            session_mutations.append(
-                {} if new_session is None else {_SESSION_STATE: Cell(ts, new_session)}
-            )
-            covis_sessions.append((session_ids, session if same else {}, current))
-        batch = self._fact_batch(np.asarray(starts, dtype=np.int64), order, columns)
+        # Grouped by user, each user's facts in time order (ties in log order: stable).
+        order_array = np.lexsort((columns.ts, user_of))
+        starts_array = np.zeros(len(users) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(user_of, minlength=len(users)), out=starts_array[1:])
+        order = order_array.tolist()
+        starts = starts_array.tolist()
+        session_cells = [states.get(row, {}).get(SESSION, {}) for row in rows]
+        profile_cells = [states.get(row, {}).get(PROFILE, {}) for row in rows]
+        sessions = _sessionize(
+            events,
+            users,
+            session_cells,
+            order_array,
+            starts_array,
+            gap=self.config.stream.session_gap_s,
+        )
+        in_session, same_session, newest, session_mutations, covis_sessions = sessions
+        batch = self._fact_batch(starts_array, order, columns)
         item_rows = batch.embedding_rows  # the catalog rows, in user order
         # Co-visitation: the engaged facts' catalog rows (-1 for the others) and weights.
         weight = _TYPE_WEIGHT[batch.type]
@@ -733,7 +712,7 @@ class StreamProcessor:
             self._collect_covisits(engaged[lo:hi], weights[lo:hi], user_session, covis_pairs)
         # Session features only see the facts of the session the user is in now; a new
         # session starts them from nothing.
-        session_batch = batch.take(np.asarray(in_session, dtype=np.bool_))
+        session_batch = batch.take(in_session)
         out: dict[str, list[dict[str, Cell]]] = {
             PROFILE: [{} for _ in users],
             SESSION: session_mutations,
@@ -1000,3 +979,71 @@ class StreamProcessor:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+
+
+def _sessionize(
+    events: list[Event],
+    users: list[str],
+    session_cells: list[dict[str, Cell]],
+    order: npt.NDArray[np.int64],
+    starts: npt.NDArray[np.int64],
+    *,
+    gap: float,
+) -> tuple[npt.NDArray[np.bool_], list[bool], list[float], list[dict[str, Cell]], list[_Sessions]]:
+    """Sessionization of the batch, `assign_sessions`'s rules over all users at once:
+    for each fact (in `order`) whether it is in its user's current session; for each
+    user whether that session is the stored one, its newest event time, its session
+    state cell, and its facts' sessions for co-visitation. A fact opens a session when it
+    comes more than the gap after its user's latest event so far (the stored `last_ts`,
+    then the batch's earlier facts: they are in time order); a user with a client-sent
+    `session_id` in the batch goes through `assign_sessions` itself."""
+    n_users = len(users)
+    ts = np.fromiter((events[i].ts for i in order.tolist()), np.float64, order.size)
+    user = np.repeat(np.arange(n_users), np.diff(starts))
+    firsts, lasts = starts[:-1], starts[1:] - 1
+    olds = [cells.get(_SESSION_STATE) for cells in session_cells]
+    stored_last = np.fromiter(
+        (-np.inf if c is None else float(c.value["last_ts"]) for c in olds), np.float64, n_users
+    )
+    previous = np.empty_like(ts)
+    previous[1:] = ts[:-1]
+    previous[firsts] = -np.inf
+    opens = ts - np.maximum(previous, stored_last[user]) > gap
+    # Sessions numbered within each user: 0 is the stored one, 1.. those the batch opens.
+    number = np.cumsum(opens, dtype=np.int64)
+    number -= np.repeat(number[firsts] - opens[firsts], np.diff(starts))
+    final = number[lasts]
+    opened_at = np.zeros(n_users, dtype=np.int64)  # the fact opening the final session
+    np.maximum.at(opened_at, user[opens], np.flatnonzero(opens))
+    in_session = number == final[user]
+    client = {e.user_id for e in events if e.session_id is not None}
+    same_session: list[bool] = []
+    newest: list[float] = []
+    session_mutations: list[dict[str, Cell]] = []
+    covis_sessions: list[_Sessions] = []
+    ts_list, number_list = ts.tolist(), number.tolist()
+    for u, (user_id, cells, old) in enumerate(zip(users, session_cells, olds, strict=True)):
+        lo, hi = int(firsts[u]), int(lasts[u]) + 1
+        newest_ts = ts_list[hi - 1]
+        state: dict[str, Any]
+        ids: list[Any]
+        if user_id in client:
+            ordered = [events[i] for i in order[lo:hi].tolist()]
+            ids, found = assign_sessions(user_id, ordered, None if old is None else old.value, gap)
+            state = cast("dict[str, Any]", found)
+            in_session[lo:hi] = [sid == state["id"] for sid in ids]
+            current: Any = state["id"]
+            same = old is not None and current == old.value["id"]
+        elif final[u] == 0 and old is not None:  # the stored session goes on
+            state = {**old.value, "last_ts": max(float(old.value["last_ts"]), newest_ts)}
+            ids, current, same = number_list[lo:hi], 0, True
+        else:
+            start = ts_list[int(opened_at[u])]
+            state = {"id": f"{user_id}/{int(start * 1000)}", "started": start}
+            state["last_ts"] = newest_ts
+            ids, current, same = number_list[lo:hi], int(final[u]), False
+        same_session.append(same)
+        newest.append(newest_ts)
+        session_mutations.append({_SESSION_STATE: Cell(newest_ts, state)})
+        covis_sessions.append((ids, cells if same else {}, current))
+    return in_session, same_session, newest, session_mutations, covis_sessions
