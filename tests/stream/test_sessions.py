@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 
 from tastemaker.store.base import Cell
-from tastemaker.stream.processor import _SESSION_STATE, _sessionize
+from tastemaker.stream.processor import _SESSION_STATE, _covisit_pairs, _sessionize
 from tastemaker.stream.sessions import assign_sessions
 from tests.conftest import T0, event
 
@@ -72,7 +72,7 @@ def test_a_batch_is_sessionized_as_assign_sessions_does_user_by_user() -> None:
             held = {"id": f"{u}/old", "started": last - 60, "last_ts": last}
             stored.append({} if rng.random() < 0.3 else {_SESSION_STATE: Cell(last, held)})
         got = _sessionize(events, users, stored, order, starts, gap=gap)
-        in_session, same, newest, cells, covis = got
+        in_session, same, newest, cells = got[:4]
         for i, u in enumerate(users):
             lo, hi = int(starts[i]), int(starts[i + 1])
             mine = [events[j] for j in order[lo:hi].tolist()]
@@ -83,8 +83,59 @@ def test_a_batch_is_sessionized_as_assign_sessions_does_user_by_user() -> None:
             assert same[i] == (old is not None and state["id"] == old.value["id"])
             assert newest[i] == mine[-1].ts
             assert cells[i] == {_SESSION_STATE: Cell(mine[-1].ts, state)}
-            keys, prior, current = covis[i]
-            # The same grouping of facts into sessions, the current one last.
+            # The same grouping of facts into sessions, the current one last; session
+            # numbers are not shared with other users.
+            keys = got.of_fact[lo:hi].tolist()
             assert [keys.index(k) for k in keys] == [ids.index(x) for x in ids]
-            assert keys.index(current) == ids.index(str(state["id"]))
-            assert prior == (stored[i] if same[i] else {})
+            assert keys.index(int(got.current[i])) == ids.index(str(state["id"]))
+            others = np.delete(got.of_fact, np.arange(lo, hi))
+            assert not set(keys) & set(others.tolist())
+
+
+def _linked_one_by_one(
+    rows: list[int], weights: list[float], sessions: list[int], priors: dict[int, list[int]]
+) -> dict[tuple[int, int], float]:
+    """The co-visitation rule fact by fact: each session keeps its last `_WINDOW` distinct
+    items, most recent last; an engaged fact is linked both ways to those other than its
+    own item, then becomes the most recent."""
+    linked: dict[tuple[int, int], float] = {}
+    recent = {code: list(items) for code, items in priors.items()}
+    for row, w, code in zip(rows, weights, sessions, strict=True):
+        if row < 0:
+            continue
+        items = recent.setdefault(code, [])
+        for other in items:
+            if other != row:
+                linked[other, row] = linked.get((other, row), 0.0) + w
+                linked[row, other] = linked.get((row, other), 0.0) + w
+        if row in items:
+            items.remove(row)
+        items.append(row)
+        del items[:-_WINDOW]
+    return linked
+
+
+_WINDOW = 3
+
+
+def test_a_batch_is_linked_for_co_visitation_as_fact_by_fact() -> None:
+    """`_covisit_pairs` (numpy over the whole batch) against the rule applied fact by fact:
+    few items, so repeats inside the window are common; sessions interleaved (client ids);
+    stored items for some sessions; facts that are not engaged (-1)."""
+    rng = np.random.default_rng(12)
+    for _ in range(400):
+        n = int(rng.integers(0, 60))
+        rows = rng.integers(-1, 6, n)
+        weights = rng.integers(1, 4, n).astype(np.float64)
+        sessions = np.sort(rng.integers(0, 4, n)) if rng.random() < 0.5 else rng.integers(0, 4, n)
+        priors = {
+            int(code): [int(r) for r in rng.permutation(6)[: int(rng.integers(1, _WINDOW + 1))]]
+            for code in range(4)
+            if rng.random() < 0.4
+        }
+        pairs = _covisit_pairs(rows, weights, sessions, priors, _WINDOW)
+        got: dict[tuple[int, int], float] = {}
+        listed = zip(pairs.src.tolist(), pairs.dst.tolist(), pairs.weights.tolist(), strict=True)
+        for a, b, w in listed:
+            got[a, b] = got.get((a, b), 0.0) + w
+        assert got == _linked_one_by_one(rows.tolist(), weights.tolist(), sessions.tolist(), priors)

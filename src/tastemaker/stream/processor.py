@@ -232,9 +232,9 @@ class _Reads(NamedTuple):
 class _Pairs(NamedTuple):
     """Co-visitation pairs of a batch as catalog rows: `src` co-visited with `dst`."""
 
-    src: list[int]
-    dst: list[int]
-    weights: list[float]
+    src: npt.NDArray[np.int64]
+    dst: npt.NDArray[np.int64]
+    weights: npt.NDArray[np.float64]
 
 
 @contextlib.contextmanager
@@ -256,7 +256,20 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-_Sessions = tuple[list[Any], dict[str, Cell], Any]  # session keys: ids or numbers
+class _Sessions(NamedTuple):
+    """A batch's sessions (`_sessionize`): per fact in user order, whether it is in its
+    user's current session and that session's number (unique in the batch); per user,
+    whether the current session is the stored one, its newest event time, its session state
+    cell and its current session's number."""
+
+    in_session: npt.NDArray[np.bool_]
+    same: list[bool]
+    newest: list[float]
+    mutations: list[dict[str, Cell]]
+    of_fact: npt.NDArray[np.int64]
+    current: npt.NDArray[np.int64]
+
+
 """One user's session id per fact, its stored session cells (when the batch continues that
 session) and the session it is in now."""
 
@@ -688,7 +701,6 @@ class StreamProcessor:
         starts_array = np.zeros(len(users) + 1, dtype=np.int64)
         np.cumsum(np.bincount(user_of, minlength=len(users)), out=starts_array[1:])
         order = order_array.tolist()
-        starts = starts_array.tolist()
         session_cells = [states.get(row, {}).get(SESSION, {}) for row in rows]
         profile_cells = [states.get(row, {}).get(PROFILE, {}) for row in rows]
         sessions = _sessionize(
@@ -699,17 +711,22 @@ class StreamProcessor:
             starts_array,
             gap=self.config.stream.session_gap_s,
         )
-        in_session, same_session, newest, session_mutations, covis_sessions = sessions
+        in_session, same_session, newest, session_mutations = sessions[:4]
         batch = self._fact_batch(starts_array, order, columns)
         item_rows = batch.embedding_rows  # the catalog rows, in user order
-        # Co-visitation: the engaged facts' catalog rows (-1 for the others) and weights.
+        # Co-visitation: the engaged facts' catalog rows (-1 for the others) and weights, and
+        # the stored items of the sessions that go on.
         weight = _TYPE_WEIGHT[batch.type]
-        engaged = np.where((weight > 0) & (item_rows >= 0), item_rows, -1).tolist()
-        weights = weight.tolist()
-        covis_pairs = _Pairs([], [], [])
-        for i, user_session in enumerate(covis_sessions):
-            lo, hi = starts[i], starts[i + 1]
-            self._collect_covisits(engaged[lo:hi], weights[lo:hi], user_session, covis_pairs)
+        engaged = np.where((weight > 0) & (item_rows >= 0), item_rows, -1)
+        window = self.config.stream.covis_window
+        index = self.catalog.index
+        priors: dict[int, list[int]] = {}
+        for u, (same, cells) in enumerate(zip(same_session, session_cells, strict=True)):
+            prior = cells.get(_SESSION_ITEMS) if same else None
+            if prior is not None:  # most recent first, as `last_n` keeps them
+                known = [index.get(i) for i in reversed(prior.value)]
+                priors[int(sessions.current[u])] = [r for r in known if r is not None][-window:]
+        covis_pairs = _covisit_pairs(engaged, weight, sessions.of_fact, priors, window)
         # Session features only see the facts of the session the user is in now; a new
         # session starts them from nothing.
         session_batch = batch.take(in_session)
@@ -777,46 +794,6 @@ class StreamProcessor:
             embedding_rows=(rows, cat.embedding),
         )
 
-    def _collect_covisits(
-        self,
-        rows: list[int],
-        weights: list[float],
-        session: _Sessions,
-        pairs: _Pairs,
-    ) -> None:
-        """Each engaged item (`rows[i]` >= 0, one user's facts in time order) is linked both
-        ways to the previous `covis_window` items of its session, as catalog rows (summed per
-        pair over the batch in `_covisitation`)."""
-        session_ids, session_cells, current_id = session
-        window = self.config.stream.covis_window
-        src, dst, out_weights = pairs
-        recent: dict[str, list[int]] = {}
-        prior = session_cells.get(_SESSION_ITEMS)
-        if prior is not None and current_id is not None:
-            index = self.catalog.index
-            known = [index.get(i) for i in reversed(prior.value)]
-            recent[current_id] = [r for r in known if r is not None][-window:]
-        for row, w, sid in zip(rows, weights, session_ids, strict=True):
-            if row < 0:
-                continue
-            items = recent.get(sid)
-            if items is None:
-                items = recent[sid] = []  # the session's last `window` distinct rows
-            if items:
-                others = [o for o in items if o != row]
-                if others:
-                    n = len(others)
-                    src.extend(others)
-                    dst.extend([row] * n)
-                    src.extend([row] * n)
-                    dst.extend(others)
-                    out_weights.extend([w] * (2 * n))
-                if row in items:
-                    items.remove(row)
-            items.append(row)
-            if len(items) > window:
-                del items[0]
-
     def _apply_items(
         self, events: list[Event], columns: _Columns, covis_pairs: _Pairs, reads: _Reads
     ) -> list[Mutation]:
@@ -855,7 +832,7 @@ class StreamProcessor:
         out = [
             Mutation(item_row(str(i)), STATS, c) for i, c in zip(ids, cells.values(), strict=True)
         ]
-        if covis_pairs.src:
+        if covis_pairs.src.size:
             out.extend(self._covisitation(covis_pairs, now_ts, reads))
         if touched.size:
             out.append(self._popular_lists(now_ts, touched, touched_regions))
@@ -869,9 +846,8 @@ class StreamProcessor:
         s = self.config.stream
         cat = self.catalog
         n = len(cat)
-        pair = np.asarray(pairs.src, np.int64) * n + np.asarray(pairs.dst, np.int64)
-        uniq, inverse = np.unique(pair, return_inverse=True)
-        sums = np.bincount(inverse, weights=np.asarray(pairs.weights, np.float64)).tolist()
+        uniq, inverse = np.unique(pairs.src * n + pairs.dst, return_inverse=True)
+        sums = np.bincount(inverse, weights=pairs.weights).tolist()
         items, others = np.divmod(uniq, n)
         starts = np.flatnonzero(np.r_[True, items[1:] != items[:-1]])
         ends = np.r_[starts[1:], items.size].tolist()
@@ -989,11 +965,10 @@ def _sessionize(
     starts: npt.NDArray[np.int64],
     *,
     gap: float,
-) -> tuple[npt.NDArray[np.bool_], list[bool], list[float], list[dict[str, Cell]], list[_Sessions]]:
-    """Sessionization of the batch, `assign_sessions`'s rules over all users at once:
-    for each fact (in `order`) whether it is in its user's current session; for each
-    user whether that session is the stored one, its newest event time, its session
-    state cell, and its facts' sessions for co-visitation. A fact opens a session when it
+) -> _Sessions:
+    """Sessionization of the batch (`_Sessions`), `assign_sessions`'s rules over all users at
+    once, facts taken in `order` (grouped by user, `starts` apart, each user's in time
+    order). A fact opens a session when it
     comes more than the gap after its user's latest event so far (the stored `last_ts`,
     then the batch's earlier facts: they are in time order); a user with a client-sent
     `session_id` in the batch goes through `assign_sessions` itself."""
@@ -1020,30 +995,99 @@ def _sessionize(
     same_session: list[bool] = []
     newest: list[float] = []
     session_mutations: list[dict[str, Cell]] = []
-    covis_sessions: list[_Sessions] = []
-    ts_list, number_list = ts.tolist(), number.tolist()
-    for u, (user_id, cells, old) in enumerate(zip(users, session_cells, olds, strict=True)):
+    ts_list = ts.tolist()
+    for u, (user_id, old) in enumerate(zip(users, olds, strict=True)):
         lo, hi = int(firsts[u]), int(lasts[u]) + 1
         newest_ts = ts_list[hi - 1]
         state: dict[str, Any]
-        ids: list[Any]
         if user_id in client:
             ordered = [events[i] for i in order[lo:hi].tolist()]
             ids, found = assign_sessions(user_id, ordered, None if old is None else old.value, gap)
             state = cast("dict[str, Any]", found)
-            in_session[lo:hi] = [sid == state["id"] for sid in ids]
-            current: Any = state["id"]
-            same = old is not None and current == old.value["id"]
+            local: dict[str, int] = {}  # the user's sessions numbered as they come
+            number[lo:hi] = [local.setdefault(sid, len(local)) for sid in ids]
+            final[u] = local[str(state["id"])]
+            in_session[lo:hi] = number[lo:hi] == final[u]
+            same = old is not None and state["id"] == old.value["id"]
         elif final[u] == 0 and old is not None:  # the stored session goes on
             state = {**old.value, "last_ts": max(float(old.value["last_ts"]), newest_ts)}
-            ids, current, same = number_list[lo:hi], 0, True
+            same = True
         else:
             start = ts_list[int(opened_at[u])]
             state = {"id": f"{user_id}/{int(start * 1000)}", "started": start}
             state["last_ts"] = newest_ts
-            ids, current, same = number_list[lo:hi], int(final[u]), False
+            same = False
         same_session.append(same)
         newest.append(newest_ts)
         session_mutations.append({_SESSION_STATE: Cell(newest_ts, state)})
-        covis_sessions.append((ids, cells if same else {}, current))
-    return in_session, same_session, newest, session_mutations, covis_sessions
+    span = int(number.max()) + 1 if number.size else 1
+    return _Sessions(
+        in_session,
+        same_session,
+        newest,
+        session_mutations,
+        user * span + number,
+        np.arange(n_users, dtype=np.int64) * span + final,
+    )
+
+
+def _covisit_pairs(
+    rows: npt.NDArray[np.int64],
+    weights: npt.NDArray[np.float64],
+    session: npt.NDArray[np.int64],
+    priors: Mapping[int, list[int]],
+    window: int,
+) -> _Pairs:
+    """Each engaged fact (`rows` >= 0: catalog rows, facts in time order within each user) is
+    linked both ways, with its weight, to the `window` distinct items its session engaged
+    with last before it (a session that goes on starts from its stored items, `priors`:
+    oldest first). The fact's own item counts among those `window` but is not linked to
+    itself. Pairs are summed per (item, other) in `_covisitation`.
+
+    With numpy over the whole batch: the sessions' items laid out one session after another,
+    each fact looks back one step at a time, all facts at once; an item counts when it is
+    its last engagement before the fact (its next one in the session is at the fact or
+    after), and a fact stops looking once it has found `window` items or its session's start."""
+    facts = np.flatnonzero(rows >= 0)
+    codes = [code for code, items in priors.items() for _ in items]
+    seq_session = np.concatenate([np.asarray(codes, np.int64), session[facts]])
+    seq_rows = np.concatenate(
+        [np.asarray([r for items in priors.values() for r in items], np.int64), rows[facts]]
+    )
+    seq_weights = np.concatenate([np.zeros(len(codes)), weights[facts]])
+    # A session's stored items first (in their order), then its facts in time order.
+    layout = np.lexsort((np.arange(seq_rows.size), seq_session))
+    seq_session, seq_rows, seq_weights = seq_session[layout], seq_rows[layout], seq_weights[layout]
+    n = seq_rows.size
+    # Where each item is engaged next in its session (n: never again).
+    by_item = np.lexsort((np.arange(n), seq_rows, seq_session))
+    again = (seq_session[by_item][1:] == seq_session[by_item][:-1]) & (
+        seq_rows[by_item][1:] == seq_rows[by_item][:-1]
+    )
+    following = np.full(n, n, dtype=np.int64)
+    following[by_item[:-1][again]] = by_item[1:][again]
+    looking = np.flatnonzero(layout >= len(codes))  # the facts, not the stored items
+    found = np.zeros(looking.size, dtype=np.int64)
+    fact_parts: list[npt.NDArray[np.int64]] = []
+    other_parts: list[npt.NDArray[np.int64]] = []
+    back = 1
+    while looking.size:
+        earlier = looking - back
+        inside = earlier >= 0
+        inside[inside] = seq_session[earlier[inside]] == seq_session[looking[inside]]
+        looking, earlier, found = looking[inside], earlier[inside], found[inside]
+        counts = following[earlier] >= looking  # its last engagement before the fact
+        link = counts & (seq_rows[earlier] != seq_rows[looking])
+        fact_parts.append(looking[link])
+        other_parts.append(earlier[link])
+        found += counts
+        more = found < window
+        looking, found = looking[more], found[more]
+        back += 1
+    fact_at = np.concatenate(fact_parts) if fact_parts else np.zeros(0, np.int64)
+    other_at = np.concatenate(other_parts) if other_parts else np.zeros(0, np.int64)
+    item, other = seq_rows[fact_at], seq_rows[other_at]
+    w = seq_weights[fact_at]
+    return _Pairs(
+        np.concatenate([other, item]), np.concatenate([item, other]), np.concatenate([w, w])
+    )
