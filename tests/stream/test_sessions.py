@@ -71,7 +71,8 @@ def test_a_batch_is_sessionized_as_assign_sessions_does_user_by_user() -> None:
             last = T0 + float(rng.choice([-10 * gap, -gap - 1, -gap, -1.0, 0.0, gap]))
             held = {"id": f"{u}/old", "started": last - 60, "last_ts": last}
             stored.append({} if rng.random() < 0.3 else {_SESSION_STATE: Cell(last, held)})
-        got = _sessionize(events, users, stored, order, starts, gap=gap)
+        times = np.asarray([e.ts for e in events])[order]
+        got = _sessionize(events, users, stored, order, starts, ts=times, gap=gap)
         in_session, same, newest, cells = got[:4]
         for i, u in enumerate(users):
             lo, hi = int(starts[i]), int(starts[i + 1])

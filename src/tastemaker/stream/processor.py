@@ -270,10 +270,6 @@ class _Sessions(NamedTuple):
     current: npt.NDArray[np.int64]
 
 
-"""One user's session id per fact, its stored session cells (when the batch continues that
-session) and the session it is in now."""
-
-
 class StreamProcessor:
     """Consumes the event log as member `config.stream.member` of consumer group
     `config.stream.group`, one microbatch of one partition at a time."""
@@ -703,16 +699,17 @@ class StreamProcessor:
         order = order_array.tolist()
         session_cells = [states.get(row, {}).get(SESSION, {}) for row in rows]
         profile_cells = [states.get(row, {}).get(PROFILE, {}) for row in rows]
+        batch = self._fact_batch(starts_array, order, columns)
         sessions = _sessionize(
             events,
             users,
             session_cells,
             order_array,
             starts_array,
+            ts=batch.ts,
             gap=self.config.stream.session_gap_s,
         )
         in_session, same_session, newest, session_mutations = sessions[:4]
-        batch = self._fact_batch(starts_array, order, columns)
         item_rows = batch.embedding_rows  # the catalog rows, in user order
         # Co-visitation: the engaged facts' catalog rows (-1 for the others) and weights, and
         # the stored items of the sessions that go on.
@@ -964,16 +961,16 @@ def _sessionize(
     order: npt.NDArray[np.int64],
     starts: npt.NDArray[np.int64],
     *,
+    ts: npt.NDArray[np.float64],
     gap: float,
 ) -> _Sessions:
     """Sessionization of the batch (`_Sessions`), `assign_sessions`'s rules over all users at
     once, facts taken in `order` (grouped by user, `starts` apart, each user's in time
-    order). A fact opens a session when it
-    comes more than the gap after its user's latest event so far (the stored `last_ts`,
-    then the batch's earlier facts: they are in time order); a user with a client-sent
-    `session_id` in the batch goes through `assign_sessions` itself."""
+    order; `ts` their times in that order). A fact opens a session when it comes more than
+    the gap after its user's latest event so far (the stored `last_ts`, then the batch's
+    earlier facts: they are in time order); a user with a client-sent `session_id` in the
+    batch goes through `assign_sessions` itself."""
     n_users = len(users)
-    ts = np.fromiter((events[i].ts for i in order.tolist()), np.float64, order.size)
     user = np.repeat(np.arange(n_users), np.diff(starts))
     firsts, lasts = starts[:-1], starts[1:] - 1
     olds = [cells.get(_SESSION_STATE) for cells in session_cells]
@@ -1061,9 +1058,8 @@ def _covisit_pairs(
     n = seq_rows.size
     # Where each item is engaged next in its session (n: never again).
     by_item = np.lexsort((np.arange(n), seq_rows, seq_session))
-    again = (seq_session[by_item][1:] == seq_session[by_item][:-1]) & (
-        seq_rows[by_item][1:] == seq_rows[by_item][:-1]
-    )
+    sorted_sessions, sorted_rows = seq_session[by_item], seq_rows[by_item]
+    again = (sorted_sessions[1:] == sorted_sessions[:-1]) & (sorted_rows[1:] == sorted_rows[:-1])
     following = np.full(n, n, dtype=np.int64)
     following[by_item[:-1][again]] = by_item[1:][again]
     looking = np.flatnonzero(layout >= len(codes))  # the facts, not the stored items
