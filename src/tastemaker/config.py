@@ -34,6 +34,7 @@ DAY = 86400.0
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 
 
 class ConfigError(ValueError):
@@ -66,7 +67,11 @@ class StreamConfig(_Section, frozen=True):
     # This process's name in the consumer group, unique among the live members (two
     # processes with one name would both read its partitions); "" = `<hostname>-<pid>`.
     member: str = ""
-    batch_size: PositiveInt = 20_000
+    # The most records a microbatch reads; under a backlog a batch is sized to take about
+    # `batch_target_s` (0: always `batch_size`). Under a steady load below capacity a batch
+    # holds what arrived since the last one, whatever these are.
+    batch_size: PositiveInt = 100_000
+    batch_target_s: NonNegative = 0.5
     poll_interval_s: Positive = 0.2
     session_gap_s: Positive = 1800.0
     dedup_window_s: Positive = 7 * DAY

@@ -70,6 +70,11 @@ _SESSION_ITEMS = "session_items"
 _TYPE_CODE = {t: i for i, t in enumerate(TYPES)}
 # Each event type's weight (by type code) in popularity and co-visitation.
 _TYPE_WEIGHT = np.array([DEFAULT_WEIGHTS.get(t, 0.0) for t in TYPES])
+# Adaptive batch sizes (`BatchSizer`): the first limit, before any batch was timed, and the
+# least one (a batch's fixed costs, the popular lists and the log and store round trips,
+# are paid per batch).
+_FIRST_BATCH = 20_000
+_MIN_BATCH = 1_000
 _ENGAGED = frozenset(t for t in TYPES if DEFAULT_WEIGHTS.get(t, 0.0) > 0)
 
 
@@ -270,6 +275,39 @@ class _Sessions(NamedTuple):
     current: npt.NDArray[np.int64]
 
 
+class BatchSizer:
+    """How many records the next poll may take: under a backlog, about what the recent
+    batches processed in `target_s` (the loop's time from one poll to the next, which holds
+    the batch's reads, computation and store write), between `_MIN_BATCH` and `cap`; with
+    `target_s` 0, always `cap`. A fixed count is a different wait on every machine and
+    feature set; a time keeps a saturated batch, and the freshness of the events that wait
+    for it, near `target_s` everywhere. Larger batches cost less an event (a user's row and an
+    item's neighbour map are read, merged and written once a batch, whatever the number of
+    their events in it). Only a batch that filled its limit measures the rate: a shorter
+    one means the log ran dry, and the time after it is spent waiting, not working."""
+
+    __slots__ = ("_cap", "_last", "_limit", "_target_s")
+
+    def __init__(self, cap: int, target_s: float) -> None:
+        self._cap = cap
+        self._target_s = target_s
+        self._limit = cap if target_s == 0 else min(cap, _FIRST_BATCH)
+        self._last: tuple[float, int] | None = None  # a full batch's poll time and size
+
+    def limit(self, now: float) -> int:
+        """The limit for a poll at `now` (`time.perf_counter()`)."""
+        last, self._last = self._last, None
+        if last is not None and self._target_s and (elapsed := now - last[0]) > 0:
+            fits = round(last[1] * self._target_s / elapsed)
+            # At most doubled a batch, so one quick batch does not make the next a long one.
+            self._limit = max(min(self._cap, _MIN_BATCH), min(fits, 2 * last[1], self._cap))
+        return self._limit
+
+    def polled(self, now: float, records: int, limit: int) -> None:
+        """A poll at `now` with `limit` returned `records`."""
+        self._last = (now, records) if records >= limit else None
+
+
 class StreamProcessor:
     """Consumes the event log as member `config.stream.member` of consumer group
     `config.stream.group`, one microbatch of one partition at a time."""
@@ -305,6 +343,7 @@ class StreamProcessor:
         self._in_flight: _InFlight | None = None
         self._next_catalog: Catalog | None = None
         self._lag_at = 0.0
+        self._sizer = BatchSizer(config.stream.batch_size, config.stream.batch_target_s)
 
     # The single-partition view (the embedded log, the offline replay).
     @property
@@ -455,7 +494,9 @@ class StreamProcessor:
             self._next_catalog = None
             self.set_catalog(pending)
         self._follow_assignment()
-        records = self.consumer.poll(s.batch_size)
+        limit = self._sizer.limit(started)
+        records = self.consumer.poll(limit)
+        self._sizer.polled(started, len(records), limit)
         if not records:
             self.flush()
             self._report_lag()
