@@ -720,9 +720,10 @@ class StreamProcessor:
     def _apply(self, events: list[Event], reads: _Reads) -> tuple[list[Mutation], dict[str, float]]:
         # The events' columns, once, in log order: the item statistics take them as they
         # are, the features in user order (`order`).
+        item_ids = [e.item_id for e in events]
         columns = _Columns(
-            item_ids=[e.item_id for e in events],
-            rows=self.catalog.rows([e.item_id for e in events]),
+            item_ids=item_ids,
+            rows=self.catalog.rows(item_ids),
             ts=np.fromiter((e.ts for e in events), np.float64, len(events)),
             type=np.fromiter((_TYPE_CODE[e.type] for e in events), np.int64, len(events)),
         )
