@@ -107,7 +107,12 @@ class Metrics:
             "tastemaker_stream_batch_events",
             "Events read per microbatch.",
             registry=r,
-            buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000),
+            buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000),
+        )
+        self.batch_limit = Gauge(
+            "tastemaker_stream_batch_limit",
+            "The most records the stream's next poll may read (stream.batch_target_s).",
+            registry=r,
         )
         self.freshness_seconds = BatchHistogram(
             "tastemaker_feature_freshness_seconds",

@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from tastemaker.catalog import Catalog
+from tastemaker.metrics import METRICS
 from tastemaker.serving.runtime import Runtime
 from tastemaker.stream.processor import BatchSizer
 from tests.conftest import T0, event, make_config
@@ -75,12 +76,14 @@ def test_only_the_poll_right_after_a_full_batch_is_timed_against_it() -> None:
     assert sizer.limit(99.0) == 20_000  # no new full batch in between: unchanged
 
 
-@pytest.mark.parametrize(("target_s", "first"), [(0.5, 20_000), (0.0, 25_000)])
+@pytest.mark.parametrize(
+    ("target_s", "limit", "first"), [(0.5, 20_000, 20_000), (0.0, 100_000, 25_000)]
+)
 def test_the_processor_polls_with_the_sizers_limit(
-    tmp_path: Path, catalog: Catalog, target_s: float, first: int
+    tmp_path: Path, catalog: Catalog, target_s: float, limit: int, first: int
 ) -> None:
     """Under a backlog of 25,000 records and a cap of 100,000, the first batch takes 20,000
-    (nothing timed yet), or all of them with the target off."""
+    (nothing timed yet), or all of them with the target off; /metrics shows the limit."""
     config = make_config(tmp_path, catalog)
     stream = msgspec.structs.replace(config.stream, batch_size=100_000, batch_target_s=target_s)
     rt = Runtime(msgspec.structs.replace(config, stream=stream), catalog)
@@ -92,6 +95,7 @@ def test_the_processor_polls_with_the_sizers_limit(
         result = rt.processor.process_once()
         assert result is not None
         assert result.last_offset == first
+        assert METRICS.registry.get_sample_value("tastemaker_stream_batch_limit") == limit
         assert rt.processor.drain() == 25_000 - first
     finally:
         rt.close()

@@ -495,6 +495,7 @@ class StreamProcessor:
             self.set_catalog(pending)
         self._follow_assignment()
         limit = self._sizer.limit(started)
+        METRICS.batch_limit.set(limit)
         records = self.consumer.poll(limit)
         self._sizer.polled(started, len(records), limit)
         if not records:
