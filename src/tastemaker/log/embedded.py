@@ -44,6 +44,13 @@ CREATE TABLE IF NOT EXISTS group_offsets (
 );
 """
 
+# One partition holds every record: a range of the table's row ids, without the
+# (partition, offset) index (50,000 records: 20 instead of 26 ms, measured).
+_READ_ALL = "SELECT offset, payload FROM events WHERE offset > ? ORDER BY offset LIMIT ?"
+_READ_PARTITION = (
+    "SELECT offset, payload FROM events WHERE partition = ? AND offset > ? ORDER BY offset LIMIT ?"
+)
+
 
 def _create_schema(db: sqlite3.Connection) -> None:
     db.executescript(_SCHEMA)
@@ -110,19 +117,12 @@ class EmbeddedEventLog:
                 raise
 
     def read(self, partition: int, after: int, limit: int) -> list[LogRecord]:
-        # One partition (every record in it): a range of the table's row ids, without the
-        # (partition, offset) index (50,000 records: 20 instead of 26 ms, measured).
-        query, args = (
-            ("SELECT offset, payload FROM events WHERE offset > ? ORDER BY offset LIMIT ?", ())
-            if self.partitions == 1
-            else (
-                "SELECT offset, payload FROM events WHERE partition = ? AND offset > ? "
-                "ORDER BY offset LIMIT ?",
-                (partition,),
-            )
-        )
+        one = self.partitions == 1
         with self._lock:
-            rows = self._db.execute(query, (*args, after, limit)).fetchall()
+            rows = self._db.execute(
+                _READ_ALL if one else _READ_PARTITION,
+                (after, limit) if one else (partition, after, limit),
+            ).fetchall()
         if not rows:
             return []
         # The payloads framed as one msgpack array: one decode call for the whole batch.
