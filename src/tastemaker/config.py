@@ -83,6 +83,12 @@ class StreamConfig(_Section, frozen=True):
     # used first), so a hot item's map is not read and decoded again every batch; a full map
     # is ~5.7 KB. 0 reads every map from the store.
     covis_held_maps: NonNegativeInt = 10_000
+    # Co-visitation pairs of this many microbatches are summed, then merged into the items'
+    # neighbour maps in one write; until then they wait in the store beside the log position
+    # (`docs/stream.md`). 1 merges every batch. Pairs waiting when the log runs dry are
+    # merged once they have waited `covis_merge_after_s`, and when the stream stops.
+    covis_fold_batches: PositiveInt = 8
+    covis_merge_after_s: NonNegative = 4.0
     top_popular: PositiveInt = 500
     top_per_category: PositiveInt = 200
     max_regions: PositiveInt = 32

@@ -10,17 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 import pytest
 
 from tastemaker.catalog import Catalog
 from tastemaker.config import LogConfig, StoreConfig
 from tastemaker.data.synthetic import Shop
 from tastemaker.events import Event, EventType
-from tastemaker.features.layout import COVIS, GLOBAL_ROW, POPULAR, PROFILE, SESSION
+from tastemaker.features.layout import COVIS, GLOBAL_ROW, OFFSETS, POPULAR, PROFILE, SESSION
 from tastemaker.log import total_lag
 from tastemaker.serving.runtime import Runtime
 from tastemaker.store import Cell, PreparedWrite, PreparedWrites, StoreError
-from tastemaker.stream.processor import _HeldMaps
+from tastemaker.stream.processor import _HeldMaps, _pack_pairs, _Pairs, _unpack_pairs
 from tests.conftest import T0, event, make_config
 
 
@@ -457,3 +458,86 @@ def test_held_neighbour_maps_give_the_stored_maps(tmp_path: Path, shop: Shop) ->
         snapshots.append(all_rows(rt, catalog, users))
         rt.close()
     assert snapshots[0] == snapshots[1] == snapshots[2]
+
+
+@pytest.mark.parametrize("store_backend", ["embedded", "redis"])
+def test_co_visitation_pairs_wait_in_the_store_and_survive_a_restart(
+    tmp_path: Path, shop: Shop, store_backend: str, request: pytest.FixtureRequest
+) -> None:
+    """A batch's co-visitation pairs wait in the store (a slot each, written with the
+    batch's state) until `covis_fold_batches` batches have some or the log runs dry. A
+    processor stopped with pairs waiting leaves them to the next one, which merges them (and
+    drops resent events as ever): every row ends as in a stream that was never stopped.
+    (The neighbour maps do not end as in a stream that merges every batch: a map is cut to
+    `covis_max_neighbours` at each merge, so links at the margin differ; the same items
+    have maps.)"""
+    catalog = shop.catalog()
+    events = [e for chunk in shop.events(chunk_users=100) for e in chunk]
+    users = sorted({e.user_id for e in events})
+    first = events[:1500]  # three batches
+    # Then the first 300 again (at-least-once senders resend), then the rest.
+    rest = events[:300] + events[1500:]
+    tag = uuid.uuid4().hex[:6]
+
+    def runtime(name: str, fold: int) -> Runtime:
+        config = make_config(tmp_path / name, catalog)
+        if store_backend == "redis":
+            url = request.getfixturevalue("redis_url")
+            config = msgspec.structs.replace(
+                config, store=StoreConfig(url=f"{url}?prefix={name}{tag}:")
+            )
+        stream = msgspec.structs.replace(config.stream, batch_size=500, covis_fold_batches=fold)
+        return Runtime(msgspec.structs.replace(config, stream=stream), catalog)
+
+    def maps(rt: Runtime) -> dict[str, Any]:
+        found = rt.store.get([f"i:{i}" for i in catalog.ids], [COVIS])
+        return {row: data[COVIS]["neighbours"].value for row, data in found.items()}
+
+    def waiting(rt: Runtime) -> Any:
+        return rt.store.get(["o:features"], [OFFSETS])["o:features"][OFFSETS]["covis_pending"]
+
+    expected = {}
+    for name, fold in (("every", 1), ("uninterrupted", 4)):
+        reference = runtime(name, fold)
+        reference.ingestor.ingest(first)
+        reference.ingestor.ingest(rest)
+        reference.processor.drain()
+        expected[fold] = (maps(reference), all_rows(reference, catalog, users))
+        reference.close()
+    assert len(expected[4][0]) > 100
+    assert set(expected[4][0]) == set(expected[1][0])
+
+    rt = runtime("waiting", 4)
+    rt.ingestor.ingest(first)
+    for _ in range(3):
+        assert rt.processor.process_once() is not None
+    assert maps(rt) == {}  # three batches of pairs wait
+    assert waiting(rt).value == 3
+    rt.ingestor.ingest(rest)
+    rt.close()
+
+    rt = runtime("waiting", 4)  # the same store and log: a restart
+    assert len(rt.processor.shards[0].pending) == 3
+    result = rt.processor.process_once()  # the fourth: the resent 300, 200 new; all merged
+    assert result is not None
+    assert (result.events, result.duplicates) == (200, 300)
+    assert rt.processor.shards[0].pending == []
+    assert maps(rt)
+    rt.processor.drain()  # more batches wait, then the dry log merges them
+    assert waiting(rt).value == 0
+    assert (maps(rt), all_rows(rt, catalog, users)) == expected[4]
+    rt.close()
+
+
+def test_waiting_pairs_are_stored_by_item_id_and_read_back_on_the_current_catalog() -> None:
+    ids = np.array(["a", "b", "c", "d"], dtype=object)
+    pairs = _Pairs(np.array([0, 2, 3, 1]), np.array([2, 0, 1, 3]), np.array([2.0, 2.0, 8.0, 8.0]))
+    packed = msgspec.msgpack.decode(msgspec.msgpack.encode(_pack_pairs(pairs, ids)))
+    # The same catalog: the same pairs.
+    back = _unpack_pairs(packed, {"a": 0, "b": 1, "c": 2, "d": 3})
+    assert [x.tolist() for x in back] == [x.tolist() for x in pairs]
+    # Another catalog file: rows follow the ids; pairs of an item it lacks ("d") are dropped.
+    back = _unpack_pairs(packed, {"c": 0, "a": 1, "b": 2})
+    assert back.src.tolist() == [1, 0]
+    assert back.dst.tolist() == [0, 1]
+    assert back.weights.tolist() == [2.0, 2.0]

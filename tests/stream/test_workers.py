@@ -38,7 +38,12 @@ def _on_redis(config: Config, redis_url: str, name: str, kafka: str | None = Non
         config,
         log=LogConfig(url=log_url),
         store=msgspec.structs.replace(config.store, url=f"{redis_url}?prefix={name}:"),
-        stream=msgspec.structs.replace(config.stream, batch_size=1000, poll_interval_s=0.05),
+        # Co-visitation pairs are merged every `covis_fold_batches` batches, and when the
+        # stream stops: not when a worker pauses (one may, waiting to take over partitions),
+        # so the maps are merged at the same points as the reference run's.
+        stream=msgspec.structs.replace(
+            config.stream, batch_size=1000, poll_interval_s=0.05, covis_merge_after_s=600.0
+        ),
     )
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "item_row",
     "merge_shards",
     "offsets_row",
+    "pending_row",
     "shard_column",
     "shard_of",
     "user_row",
@@ -42,6 +43,13 @@ GLOBAL_ROW = "g:popular"
 
 def offsets_row(group: str) -> str:
     return "o:" + group
+
+
+def pending_row(group: str, partition: int, slot: int) -> str:
+    """The row of slot `slot` of a log partition's co-visitation pairs that wait to be merged
+    into the neighbour maps (`stream.covis_fold_batches`; how many slots wait is the
+    `covis_pending` column of `offsets_row(group)`)."""
+    return f"j:{partition}:{slot}:{group}"
 
 
 def user_row(user_id: str) -> str:
