@@ -120,6 +120,13 @@ class Metrics:
             (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 30, 300, 3600, 86400),
             registry=r,
         )
+        self.covis_waiting = Gauge(
+            "tastemaker_stream_covis_waiting_batches",
+            "Batches of each log partition whose co-visitation pairs wait to be merged into "
+            "the neighbour maps (stream.covis_fold_batches).",
+            ["partition"],
+            registry=r,
+        )
         self.lag_events = Gauge(
             "tastemaker_stream_lag_events",
             "Events of each log partition not yet applied (committed) by the stream group.",

@@ -19,6 +19,7 @@ from tastemaker.data.synthetic import Shop
 from tastemaker.events import Event, EventType
 from tastemaker.features.layout import COVIS, GLOBAL_ROW, OFFSETS, POPULAR, PROFILE, SESSION
 from tastemaker.log import total_lag
+from tastemaker.metrics import METRICS
 from tastemaker.serving.runtime import Runtime
 from tastemaker.store import Cell, PreparedWrite, PreparedWrites, StoreError
 from tastemaker.stream.processor import _HeldMaps, _pack_pairs, _Pairs, _unpack_pairs
@@ -513,6 +514,8 @@ def test_co_visitation_pairs_wait_in_the_store_and_survive_a_restart(
         assert rt.processor.process_once() is not None
     assert maps(rt) == {}  # three batches of pairs wait
     assert waiting(rt).value == 3
+    gauge = ("tastemaker_stream_covis_waiting_batches", {"partition": "0"})
+    assert METRICS.registry.get_sample_value(*gauge) == 3
     rt.ingestor.ingest(rest)
     rt.close()
 
@@ -522,6 +525,7 @@ def test_co_visitation_pairs_wait_in_the_store_and_survive_a_restart(
     assert result is not None
     assert (result.events, result.duplicates) == (200, 300)
     assert rt.processor.shards[0].pending == []
+    assert METRICS.registry.get_sample_value(*gauge) == 0
     assert maps(rt)
     rt.processor.drain()  # more batches wait, then the dry log merges them
     assert waiting(rt).value == 0

@@ -524,6 +524,7 @@ class StreamProcessor:
                     raise RuntimeError(f"partition {partition}: {slot} is missing from the store")
                 shard.pending.append(_unpack_pairs(pairs.value, self.catalog.index))
             shard.pending_since = time.monotonic()
+        METRICS.covis_waiting.labels(str(partition)).set(len(shard.pending))
         return shard
 
     def _region(self, shard: _Shard, region: str) -> Popularity:
@@ -1005,6 +1006,7 @@ class StreamProcessor:
         if not slot:
             shard.pending_since = time.monotonic()
         shard.pending.append(pairs)
+        METRICS.covis_waiting.labels(str(shard.partition)).set(slot + 1)
         packed = Cell(shard.clock, _pack_pairs(pairs, self.catalog.ids))
         count = Cell(shard.clock, slot + 1)
         return [
@@ -1018,6 +1020,7 @@ class StreamProcessor:
         if not shard.pending:
             return []
         shard.pending = []
+        METRICS.covis_waiting.labels(str(shard.partition)).set(0)
         count = {self._col(_PENDING): Cell(shard.clock, 0)}
         return [Mutation(offsets_row(self.config.stream.group), OFFSETS, count)]
 
