@@ -252,6 +252,7 @@ class _Pairs(NamedTuple):
 
 
 _NO_READS = _Reads(set(), {}, {}, set())
+_NO_PAIRS = _Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
 # The column of `offsets_row(group)` that counts a partition's waiting co-visitation slots.
 _PENDING = "covis_pending"
 
@@ -282,8 +283,6 @@ def _unpack_pairs(value: list[Any], index: Mapping[str, int]) -> _Pairs:
 
 def _joined(parts: Sequence[_Pairs]) -> _Pairs:
     """Pairs of several batches as one."""
-    if len(parts) == 1:
-        return parts[0]
     return _Pairs(
         np.concatenate([p.src for p in parts]),
         np.concatenate([p.dst for p in parts]),
@@ -744,11 +743,8 @@ class StreamProcessor:
         if not fresh:
             return _Computed(list(extra), [], {})
         mutations, newest_ts, pairs = self._apply(fresh, reads, fold=fold)
-        shard = self._current()
-        if pairs is None:  # the waiting pairs were merged with the batch's
-            mutations.extend(self._release(shard))
-        else:
-            mutations.extend(self._wait(shard, pairs))
+        if pairs is not None:  # not merged: they wait
+            mutations.extend(self._wait(self._current(), pairs))
         mutations.extend(extra)
         return _Computed(mutations, [e.event_id for e in fresh], newest_ts)
 
@@ -986,8 +982,8 @@ class StreamProcessor:
         waiting: _Pairs | None = None
         if not fold:
             waiting = _summed(covis_pairs, len(cat))  # about half as many in a bench batch
-        elif (pairs := _joined([*shard.pending, covis_pairs])).src.size:
-            out.extend(self._covisitation(pairs, now_ts, reads))
+        else:
+            out.extend(self._merge(shard, covis_pairs, now_ts, reads))
         if touched.size:
             out.append(self._popular_lists(now_ts, touched, touched_regions))
         return out, waiting
@@ -1014,15 +1010,18 @@ class StreamProcessor:
             Mutation(offsets_row(group), OFFSETS, {self._col(_PENDING): count}),
         ]
 
-    def _release(self, shard: _Shard) -> list[Mutation]:
-        """Empty the shard's waiting pairs, which are being merged: the mutation that sets
-        their count to 0 (none if nothing waited)."""
-        if not shard.pending:
-            return []
-        shard.pending = []
-        METRICS.covis_waiting.labels(str(shard.partition)).set(0)
-        count = {self._col(_PENDING): Cell(shard.clock, 0)}
-        return [Mutation(offsets_row(self.config.stream.group), OFFSETS, count)]
+    def _merge(self, shard: _Shard, pairs: _Pairs, now_ts: float, reads: _Reads) -> list[Mutation]:
+        """The shard's waiting co-visitation pairs and `pairs` merged into the neighbour maps:
+        the maps' mutations and, if any waited, the one that sets their count to 0."""
+        waited = shard.pending
+        joined = _summed(_joined([*waited, pairs]), len(self.catalog))
+        out = self._covisitation(joined, now_ts, reads) if joined.src.size else []
+        if waited:
+            shard.pending = []
+            METRICS.covis_waiting.labels(str(shard.partition)).set(0)
+            count = {self._col(_PENDING): Cell(now_ts, 0)}
+            out.append(Mutation(offsets_row(self.config.stream.group), OFFSETS, count))
+        return out
 
     def _merge_waiting(self, after_s: float) -> None:
         """The log ran dry: merge the co-visitation pairs that have waited `after_s` in each
@@ -1035,26 +1034,18 @@ class StreamProcessor:
                 continue
             self._shard = shard
             try:
-                pairs = _joined(shard.pending)
-                mutations = []
-                if pairs.src.size:
-                    mutations = self._covisitation(pairs, shard.clock, _NO_READS)
-                self.store.write([*mutations, *self._release(shard)])
+                self.store.write(self._merge(shard, _NO_PAIRS, shard.clock, _NO_READS))
             except BaseException:
                 self._rewind(p)
                 raise
 
     def _covisitation(self, pairs: _Pairs, now_ts: float, reads: _Reads) -> list[Mutation]:
-        """The batch's co-visitation pairs summed per (item, other) with numpy, then merged
-        into each item's stored neighbour map (the strongest `covis_max_neighbours` kept).
-        Weights are small integers, so summing before adding gives the same values as adding
-        pair by pair."""
+        """Co-visitation pairs summed per (item, other) (`_summed`) merged into each item's
+        stored neighbour map (the strongest `covis_max_neighbours` kept). Weights are small
+        integers, so summing before adding gives the same values as adding pair by pair."""
         s = self.config.stream
         cat = self.catalog
-        n = len(cat)
-        uniq, inverse = np.unique(pairs.src * n + pairs.dst, return_inverse=True)
-        sums = np.bincount(inverse, weights=pairs.weights).tolist()
-        items, others = np.divmod(uniq, n)
+        items, others, sums = pairs.src, pairs.dst, pairs.weights.tolist()
         starts = np.flatnonzero(np.r_[True, items[1:] != items[:-1]])
         ends = np.r_[starts[1:], items.size].tolist()
         other_ids = cat.ids[others].tolist()
