@@ -534,14 +534,28 @@ def test_co_visitation_pairs_wait_in_the_store_and_survive_a_restart(
 
 
 def test_waiting_pairs_are_stored_by_item_id_and_read_back_on_the_current_catalog() -> None:
-    ids = np.array(["a", "b", "c", "d"], dtype=object)
-    pairs = _Pairs(np.array([0, 2, 3, 1]), np.array([2, 0, 1, 3]), np.array([2.0, 2.0, 8.0, 8.0]))
+    ids = np.array(["a", "b", "c", "d", "e"], dtype=object)
+    pairs = _Pairs(np.array([0, 1, 2]), np.array([2, 3, 3]), np.array([2.0, 8.0, 1.0]))
     packed = msgspec.msgpack.decode(msgspec.msgpack.encode(_pack_pairs(pairs, ids)))
+    assert packed[0] == ["a", "b", "c", "d"]  # only the items of the pairs
     # The same catalog: the same pairs.
-    back = _unpack_pairs(packed, {"a": 0, "b": 1, "c": 2, "d": 3})
+    back = _unpack_pairs(packed, {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4})
     assert [x.tolist() for x in back] == [x.tolist() for x in pairs]
-    # Another catalog file: rows follow the ids; pairs of an item it lacks ("d") are dropped.
+    # Another catalog file: rows follow the ids, the lower row first again; pairs of an item
+    # it lacks ("d") are dropped.
     back = _unpack_pairs(packed, {"c": 0, "a": 1, "b": 2})
-    assert back.src.tolist() == [1, 0]
-    assert back.dst.tolist() == [0, 1]
-    assert back.weights.tolist() == [2.0, 2.0]
+    assert back.src.tolist() == [0]
+    assert back.dst.tolist() == [1]
+    assert back.weights.tolist() == [2.0]
+
+
+def test_a_slot_written_both_ways_is_read_as_each_pair_once() -> None:
+    """Slots stored before pairs were held once (`pairs`: both ways of each) still load."""
+    ids = np.array(["a", "b", "c"], dtype=object)
+    both = _Pairs(np.array([0, 2, 1, 2]), np.array([2, 0, 2, 1]), np.array([2.0, 2.0, 4.0, 4.0]))
+    packed = msgspec.msgpack.decode(msgspec.msgpack.encode(_pack_pairs(both, ids)))
+    back = _unpack_pairs(packed, {"a": 0, "b": 1, "c": 2}, halves=False)
+    assert sorted(zip(back.src.tolist(), back.dst.tolist(), back.weights.tolist())) == [
+        (0, 2, 2.0),
+        (1, 2, 4.0),
+    ]

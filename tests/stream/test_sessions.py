@@ -138,5 +138,7 @@ def test_a_batch_is_linked_for_co_visitation_as_fact_by_fact() -> None:
         got: dict[tuple[int, int], float] = {}
         listed = zip(pairs.src.tolist(), pairs.dst.tolist(), pairs.weights.tolist(), strict=True)
         for a, b, w in listed:
+            assert a < b  # each link once, lower row first
             got[a, b] = got.get((a, b), 0.0) + w
+            got[b, a] = got.get((b, a), 0.0) + w
         assert got == _linked_one_by_one(rows.tolist(), weights.tolist(), sessions.tolist(), priors)
