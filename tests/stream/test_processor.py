@@ -88,6 +88,32 @@ def test_features_reflect_the_users_events(runtime: Runtime, catalog: Catalog) -
     assert covis[f"i:{b}"][COVIS]["neighbours"].value == {a: 2.0 + 8.0}
 
 
+def test_items_not_in_the_catalog_count_beside_catalog_items(
+    runtime: Runtime, catalog: Catalog
+) -> None:
+    """An item the catalog does not hold (yet) is still an item of the user's lists; it has
+    no category, brand, price or embedding, and is linked to no other item."""
+    a, b = str(catalog.ids[0]), str(catalog.ids[1])
+    runtime.ingestor.ingest(
+        [
+            event("1", "u1", "ghost-1", EventType.VIEW, T0),
+            event("2", "u1", a, EventType.CLICK, T0 + 10),
+            event("3", "u2", "ghost-2", EventType.VIEW, T0 + 11),
+            event("4", "u1", "ghost-2", EventType.PURCHASE, T0 + 20),
+            event("5", "u1", b, EventType.VIEW, T0 + 30),
+            event("6", "u1", "ghost-1", EventType.VIEW, T0 + 40),
+        ]
+    )
+    runtime.processor.drain()
+    p = runtime.pipeline.user_features("u1")[PROFILE]
+    assert p["last_items"].value == ["ghost-1", b, "ghost-2", a]
+    assert p["purchased"].value == ["ghost-2"]
+    assert sum(p["price_hist"].value) == 2  # the catalog items' prices only
+    assert runtime.pipeline.user_features("u2")[PROFILE]["last_items"].value == ["ghost-2"]
+    covis = runtime.store.get([f"i:{a}", f"i:{b}"], [COVIS])
+    assert covis[f"i:{a}"][COVIS]["neighbours"].value == {b: 1.0}  # the later fact's weight
+
+
 def test_a_new_session_resets_session_features_only(runtime: Runtime, catalog: Catalog) -> None:
     a, b = str(catalog.ids[0]), str(catalog.ids[1])
     runtime.ingestor.ingest([event("1", "u1", a, ts=T0)])

@@ -501,6 +501,8 @@ class StreamProcessor:
         # The vocabularies of the catalog's category and brand codes, as the facts' keys.
         self._category_names = [str(c) for c in catalog.category_names.tolist()]
         self._brand_names = [str(b) for b in catalog.brand_names.tolist()]
+        # Item ids by catalog row: the `item_id` key's vocabulary (`_item_codes`).
+        self._item_names = [str(i) for i in catalog.ids.tolist()]
 
     def _col(self, name: str) -> str:
         return shard_column(name, self._current().partition, self.partitions)
@@ -975,11 +977,26 @@ class StreamProcessor:
             keys={
                 "category": (category, self._category_names),
                 "brand": (brand, self._brand_names),
-                "item_id": factorize([columns.item_ids[i] for i in order]),
+                "item_id": self._item_codes(rows, take, columns.item_ids),
             },
             price=np.where(known, cat.price[safe].astype(np.float64), np.nan),
             embedding_rows=(rows, cat.embedding),
         )
+
+    def _item_codes(
+        self, rows: npt.NDArray[np.int64], take: npt.NDArray[np.int64], item_ids: list[str]
+    ) -> tuple[npt.NDArray[np.int64], list[str]]:
+        """The `item_id` key of facts whose catalog rows are `rows` (taken from the events
+        at `take`): the row itself, the catalog's ids the vocabulary; items not in the catalog
+        are coded after them. Factorizing every fact's id in Python took ~0.2 s of a 9 s
+        drain (probe); the aggregations order values by the facts, never by code."""
+        unknown = np.flatnonzero(rows < 0)
+        if not unknown.size:
+            return rows, self._item_names
+        extra, names = factorize([item_ids[i] for i in take[unknown].tolist()])
+        codes = rows.copy()
+        codes[unknown] = len(self._item_names) + extra
+        return codes, self._item_names + names
 
     def _apply_items(
         self,
