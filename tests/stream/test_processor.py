@@ -581,7 +581,8 @@ def test_a_slot_written_both_ways_is_read_as_each_pair_once() -> None:
     both = _Pairs(np.array([0, 2, 1, 2]), np.array([2, 0, 2, 1]), np.array([2.0, 2.0, 4.0, 4.0]))
     packed = msgspec.msgpack.decode(msgspec.msgpack.encode(_pack_pairs(both, ids)))
     back = _unpack_pairs(packed, {"a": 0, "b": 1, "c": 2}, halves=False)
-    assert sorted(zip(back.src.tolist(), back.dst.tolist(), back.weights.tolist())) == [
+    got = zip(back.src.tolist(), back.dst.tolist(), back.weights.tolist(), strict=True)
+    assert sorted(got) == [
         (0, 2, 2.0),
         (1, 2, 4.0),
     ]
