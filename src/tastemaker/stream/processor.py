@@ -286,12 +286,13 @@ def _unpack_pairs(value: list[Any], index: Mapping[str, int], *, halves: bool = 
     (the order of two items' rows can differ between catalog files): pairs with an item it
     does not hold any more are dropped. A slot stored both ways of each pair (`halves`
     False: the column `_LEGACY_SLOT`, before slots held each pair once) is read as one way."""
-    ids, src, dst, weights = value
+    ids, src_bytes, dst_bytes, weights = value
+    src, dst = np.frombuffer(src_bytes, "<u4"), np.frombuffer(dst_bytes, "<u4")
     rows = np.fromiter((index.get(i, -1) for i in ids), np.int64, len(ids))
-    a, b = rows[np.frombuffer(src, "<u4")], rows[np.frombuffer(dst, "<u4")]
+    a, b = rows[src], rows[dst]
     keep = (a >= 0) & (b >= 0)
     if not halves:
-        keep &= np.frombuffer(src, "<u4") < np.frombuffer(dst, "<u4")
+        keep &= src < dst
     a, b = a[keep], b[keep]
     return _Pairs(np.minimum(a, b), np.maximum(a, b), np.frombuffer(weights, "<f8")[keep].copy())
 
@@ -308,25 +309,14 @@ def _joined(parts: Sequence[_Pairs]) -> _Pairs:
 def _summed(pairs: _Pairs, n_items: int) -> _Pairs:
     """The pairs summed per (item, other), in that order. Weights are small integers, so
     the sums are exact whatever the order they are added in."""
-    keys = pairs.src * n_items + pairs.dst
-    whole = pairs.weights.astype(np.int64)
-    if (
-        n_items * n_items <= 1 << 31
-        and np.array_equal(whole, pairs.weights)
-        and (whole.size == 0 or (whole.min() >= 0 and whole.max() < 1 << 31))
-    ):
-        # Key and weight in one int64, sorted by value: no argsort, no gather (0.20 ->
-        # 0.16 s for a drain's first 12 batches, probe).
-        packed = np.sort((keys << 32) | whole)
-        keys, values = packed >> 32, (packed & 0xFFFFFFFF).astype(np.float64)
-    else:
-        order = np.argsort(keys, kind="stable")
-        keys, values = keys[order], pairs.weights[order]
-    if not keys.size:
+    if not pairs.src.size:
         return _NO_PAIRS
+    keys = pairs.src * n_items + pairs.dst
+    order = np.argsort(keys)
+    keys = keys[order]
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     src, dst = np.divmod(keys[starts], n_items)
-    return _Pairs(src, dst, np.add.reduceat(values, starts))
+    return _Pairs(src, dst, np.add.reduceat(pairs.weights[order], starts))
 
 
 def _both_ways(pairs: _Pairs, n_items: int) -> _Pairs:
@@ -864,7 +854,7 @@ class StreamProcessor:
         co-visitation pairs (summed) to wait with it; with `fold` they are merged into the
         maps with the waiting ones."""
         # The events' columns, once, in log order: the item statistics take them as they
-        # are, the features in user order (`order`).
+        # are, the features in user order (`order_array`).
         item_ids = [e.item_id for e in events]
         columns = _Columns(
             item_ids=item_ids,
@@ -883,10 +873,9 @@ class StreamProcessor:
         order_array = np.lexsort((columns.ts, user_of))
         starts_array = np.zeros(len(users) + 1, dtype=np.int64)
         np.cumsum(np.bincount(user_of, minlength=len(users)), out=starts_array[1:])
-        order = order_array.tolist()
         session_cells = [states.get(row, {}).get(SESSION, {}) for row in rows]
         profile_cells = [states.get(row, {}).get(PROFILE, {}) for row in rows]
-        batch = self._fact_batch(starts_array, order, columns)
+        batch = self._fact_batch(starts_array, order_array, columns)
         sessions = _sessionize(
             events,
             users,
@@ -959,12 +948,11 @@ class StreamProcessor:
         return mutations, dict(zip(users, newest, strict=True)), waiting
 
     def _fact_batch(
-        self, starts: npt.NDArray[np.int64], order: list[int], columns: _Columns
+        self, starts: npt.NDArray[np.int64], take: npt.NDArray[np.int64], columns: _Columns
     ) -> FactBatch:
-        """The events taken in `order` (grouped by user, `starts` apart) joined with the
+        """The events taken in `take` order (grouped by user, `starts` apart) joined with the
         catalog, as columns."""
         cat = self.catalog
-        take = np.asarray(order, dtype=np.int64)
         rows = columns.rows[take]
         known = rows >= 0
         safe = np.where(known, rows, 0)
