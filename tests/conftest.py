@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from tastemaker.catalog import Catalog, save_catalog
-from tastemaker.config import CatalogConfig, Config, local_config
+from tastemaker.config import CatalogConfig, Config, ServingConfig, local_config
 from tastemaker.data.synthetic import Shop, ShopSpec, generate_shop
 from tastemaker.events import Event, EventType
 from tastemaker.serving.runtime import Runtime
@@ -78,7 +78,19 @@ def catalog(shop: Shop) -> Catalog:
 
 
 def make_config(root: Path, catalog: Catalog | None = None, **sections: Any) -> Config:
-    """A config whose log, store and catalog live under `root` (the catalog saved there)."""
+    """A config whose log, store and catalog live under `root` (the catalog saved there).
+
+    Unless `serving` is given, the request deadline and stage budgets are seconds, not
+    milliseconds: on a shared 2-core CI machine a cold first request can take longer than the
+    production 50 ms, and a test that is not about deadlines must not fall back (an answer
+    with fallbacks is neither cached nor personal). Tests about deadlines set their own."""
+    if "serving" not in sections:
+        sections["serving"] = ServingConfig(
+            deadline_ms=10_000.0,
+            budget_features_ms=2_000.0,
+            budget_retrieve_ms=5_000.0,
+            budget_rank_ms=10.0,
+        )
     config = local_config(root, **sections)
     if catalog is None:
         return msgspec.structs.replace(config, catalog=CatalogConfig())
