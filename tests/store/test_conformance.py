@@ -271,6 +271,32 @@ def test_mutations_of_one_batch_merge_newest_first(store: OnlineStore) -> None:
     }
 
 
+def test_a_mutation_marked_whole_by_its_only_writer_stores_what_a_merge_would(
+    store: OnlineStore, clock: Clock
+) -> None:
+    """`Mutation.whole`: the stream sends back a user's family as it read it with its changes
+    over it. A backend may write it without reading the stored family (the embedded store
+    does), so what is stored must be what merging cell by cell gives, and the family's TTL
+    restarts as with any write."""
+    put(store, "r", "session", 1.0, a=1, b=[1, 2], c={"k": 0.5})
+    read = store.get(["r"], ["session"])["r"]["session"]
+    changed = {**read, "b": Cell(2.0, [3, 1, 2]), "d": Cell(2.0, "new")}
+    store.write([Mutation("r", "session", changed, whole=True)])
+    assert store.get(["r"], ["session"])["r"]["session"] == {
+        "a": Cell(1.0, 1),
+        "b": Cell(2.0, [3, 1, 2]),
+        "c": Cell(1.0, {"k": 0.5}),
+        "d": Cell(2.0, "new"),
+    }
+    clock.advance(0.7)
+    again = {**store.get(["r"], ["session"])["r"]["session"], "a": Cell(3.0, 2)}
+    store.write([Mutation("r", "session", again, whole=True), Mutation("new", "session", {})])
+    clock.advance(0.7)  # 1.4 s after the first write, 0.7 s after the whole one
+    assert store.get(["r"], ["session"])["r"]["session"] == again
+    clock.advance(0.6)
+    assert store.get(["r"], ["session"]) == {}
+
+
 def test_ttl_expires_a_family_after_its_last_write(store: OnlineStore, clock: Clock) -> None:
     put(store, "r", "session", 1.0, a=1)
     put(store, "r", "profile", 1.0, a=1)

@@ -51,11 +51,17 @@ class FamilySpec(msgspec.Struct, frozen=True):
 
 
 class Mutation(msgspec.Struct, frozen=True):
-    """Cells to write into one family of one row."""
+    """Cells to write into one family of one row.
+
+    `whole`: the cells are the family's every live cell as their only writer read them,
+    with its changes over them (the stream processor's user rows). Merging them cell by cell
+    then gives exactly these cells, so a backend may write them as they are without reading
+    the stored family first (the embedded store does; Redis merges as always)."""
 
     row: str
     family: str
     cells: dict[str, Cell]
+    whole: bool = False
 
 
 # family -> column -> cell

