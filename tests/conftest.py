@@ -89,7 +89,6 @@ def make_config(root: Path, catalog: Catalog | None = None, **sections: Any) -> 
             deadline_ms=10_000.0,
             budget_features_ms=2_000.0,
             budget_retrieve_ms=5_000.0,
-            budget_rank_ms=10.0,
         )
     config = local_config(root, **sections)
     if catalog is None:
