@@ -5,12 +5,17 @@
 Prints progress, then one JSON object as the last line:
 
     events_per_s_embedded   one processor, the demo shop's full declared feature set, the
-                            embedded log and the LMDB store (each throughput run freezes the
-                            loaded heap out of the garbage collector first, as `tastemaker
-                            stream` does, so its own copy of the input is not walked); the
-                            median of 3 runs, each on a new log and store (all three in
-                            `events_per_s_embedded_runs`): on a shared 2-core machine one run
-                            of the same code varies by 10-25%
+                            embedded log and the LMDB store, both `fsync=never` (a process
+                            crash loses nothing; commits reach the disk when the OS writes
+                            them back; the Valkey of the Redis runs persists nothing at all).
+                            Each throughput run freezes the loaded heap out of the garbage
+                            collector first, as `tastemaker stream` does, so its own copy of
+                            the input is not walked. The median of 3 runs, each on a new log
+                            and store (all three in `events_per_s_embedded_runs`): on a shared
+                            2-core machine one run of the same code varies by 10-25%
+    events_per_s_embedded_store_fsync
+                            one run as `events_per_s_embedded` with the LMDB store's default
+                            `fsync=always` (a fsync per microbatch's commit)
     events_per_s_redis      the same on Redis (Valkey started here): the Redis Streams log
                             (4 partitions, all owned by the one processor) and the Redis
                             online store; the median of 3 runs (`events_per_s_redis_runs`)
@@ -79,7 +84,7 @@ def throughput(
 ) -> float:
     root.mkdir(parents=True, exist_ok=True)
     save_catalog(shop.catalog(), root / "catalog.parquet")
-    if store_url is not None:
+    if store_url is not None and store_url.startswith("redis"):
         # Each run on an empty server, as the first one finds it, so that the runs whose
         # median is reported differ only by the machine's noise.
         with redis.Redis.from_url(store_url.partition("?")[0]) as client:
@@ -224,6 +229,14 @@ def main() -> None:
         result["events_per_s_embedded_runs"] = runs
         print(f"embedded: {result['events_per_s_embedded']:,} events/s {runs}", flush=True)
         result["duplicates_counted"] = duplicates_counted(root / "emb0", events)
+        result["events_per_s_embedded_store_fsync"] = round(
+            throughput(root / "embsync", shop, events, f"embedded://{root / 'embsync'}/store")
+        )
+        print(
+            f"embedded, store fsync=always: {result['events_per_s_embedded_store_fsync']:,} "
+            "events/s",
+            flush=True,
+        )
         with redis_server(root / "redis") as url:
             runs = [
                 round(

@@ -321,12 +321,13 @@ def local_config(
 ) -> Config:
     """The embedded layout under one directory: `root/log`, `root/store`, `root/lake`,
     `root/artifacts` and the catalog at `root/catalog.parquet`; `sections` replace whole
-    sections (`serving=ServingConfig(...)`)."""
+    sections (`serving=ServingConfig(...)`). `fsync` is the log's and the store's policy:
+    "never" survives a process crash but may lose the last moments on power loss."""
     r = Path(root).resolve()
     query = "" if fsync == "always" else f"?fsync={fsync}"
     base = Config(
         log=LogConfig(url=f"embedded://{r}/log{query}"),
-        store=StoreConfig(url=f"embedded://{r}/store"),
+        store=StoreConfig(url=f"embedded://{r}/store{query}"),
         catalog=CatalogConfig(path=str(r / "catalog.parquet"), feed_url=f"embedded://{r}/catalog"),
         offline=OfflineConfig(lake_url=str(r / "lake"), artifacts_path=str(r / "artifacts")),
     )

@@ -1,6 +1,7 @@
 """Online feature store: rows, families with TTLs, timestamped cells. Backends by URL."""
 
 from collections.abc import Sequence
+from typing import cast
 
 from tastemaker.store.base import (
     Cell,
@@ -12,7 +13,7 @@ from tastemaker.store.base import (
     RowData,
     StoreError,
 )
-from tastemaker.store.embedded import EmbeddedStore
+from tastemaker.store.embedded import EmbeddedStore, FsyncPolicy
 from tastemaker.urls import parse_url
 
 __all__ = [
@@ -35,7 +36,7 @@ def open_store(
     """Open the store a URL names:
 
     - `embedded:///abs/path` or `embedded://rel/path` (`?map_size_gb=8`, `readahead=0` for a
-      store larger than the RAM it may use): LMDB;
+      store larger than the RAM it may use, `fsync=always|never`: see `EmbeddedStore`): LMDB;
     - `redis://host:port/db`: a Redis >= 6.2 or Valkey server;
     - `redis+cluster://host:port`: a Redis Cluster, through any of its nodes.
 
@@ -50,12 +51,16 @@ def open_store(
         readahead = parsed.params.get("readahead", "1")
         if readahead not in ("0", "1"):
             raise ValueError(f"online store URL {url!r}: readahead must be 0 or 1")
+        fsync = parsed.params.get("fsync", "always")
+        if fsync not in ("always", "never"):
+            raise ValueError(f"online store URL {url!r}: fsync must be 'always' or 'never'")
         return EmbeddedStore(
             parsed.path,
             families,
             map_size=map_size,
             seen_ttl_s=seen_ttl_s,
             readahead=readahead == "1",
+            fsync=cast("FsyncPolicy", fsync),
         )
     if parsed.scheme in ("redis", "redis+cluster"):
         from tastemaker.store.redis import RedisStore  # only this backend imports redis-py
