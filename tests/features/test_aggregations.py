@@ -76,6 +76,27 @@ def test_last_value_takes_the_latest_matching_event() -> None:
     assert agg.apply("old", [fact("b", EventType.VIEW, brand="zeta")]) == "old"
 
 
+def test_facts_that_change_nothing_give_back_the_very_state() -> None:
+    """The stream writes a new cell only for a state that is a new object: repeating what a
+    state already says must give the old object back."""
+    last = LastN("last", n=3)
+    state = last.apply(None, [fact("a"), fact("b"), fact("c")])
+    assert state == ["c", "b", "a"]
+    assert last.apply(state, [fact("c")]) is state
+    assert last.apply(state, [fact("b"), fact("c")]) is state  # newest first: c, b
+    assert last.apply(state, [fact("c"), fact("b")]) == ["b", "c", "a"]
+    assert last.apply(state, [fact("a")]) == ["a", "c", "b"]
+    brand = LastValue("lb", field="brand", types=[EventType.CLICK])
+    old = "".join(["ac", "me"])  # equal to, not the same object as, the facts' value
+    assert brand.apply(old, [fact("a", EventType.CLICK, brand="acme")]) is old
+    assert brand.apply(old, [fact("a", EventType.CLICK, brand="zeta")]) == "zeta"
+    centroid = Centroid("c", alpha=1.0)  # the newest embedding is the average
+    e = np.array([0.5, -0.25], dtype=np.float32)
+    state = centroid.apply(None, [fact("a", EventType.CLICK, embedding=e)])
+    assert centroid.apply(state, [fact("a", EventType.CLICK, embedding=e)]) is state
+    assert centroid.apply(state, [fact("b", EventType.CLICK, embedding=-e)]) == [-0.5, 0.25]
+
+
 def test_histogram_bins_prices_into_bands() -> None:
     agg = Histogram("ph", edges=[10.0, 100.0])
     state = agg.apply(None, [fact("a", price=5.0), fact("b", price=10.0), fact("c", price=500.0)])
