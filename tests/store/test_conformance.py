@@ -297,6 +297,27 @@ def test_a_mutation_marked_whole_by_its_only_writer_stores_what_a_merge_would(
     assert store.get(["r"], ["session"]) == {}
 
 
+def test_a_whole_mutation_is_stored_as_sent_and_a_shared_key_is_merged(
+    store: OnlineStore,
+) -> None:
+    """A whole family is written as sent, without a merge: its writer vouches that it holds
+    every stored cell (here it breaks that promise, to show no merge ran). Two mutations of
+    one key in a write are merged as always, whole or not."""
+    put(store, "r", "profile", 5.0, a=1, b=2)
+    store.write([Mutation("r", "profile", {"a": Cell(1.0, 0)}, whole=True)])
+    assert store.get(["r"], ["profile"])["r"]["profile"] == {"a": Cell(1.0, 0)}
+    store.write(
+        [
+            Mutation("r", "profile", {"a": Cell(3.0, 3)}, whole=True),
+            Mutation("r", "profile", {"b": Cell(2.0, 2)}, whole=True),
+        ]
+    )
+    assert store.get(["r"], ["profile"])["r"]["profile"] == {
+        "a": Cell(3.0, 3),
+        "b": Cell(2.0, 2),
+    }
+
+
 def test_ttl_expires_a_family_after_its_last_write(store: OnlineStore, clock: Clock) -> None:
     put(store, "r", "session", 1.0, a=1)
     put(store, "r", "profile", 1.0, a=1)

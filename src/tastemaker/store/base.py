@@ -56,7 +56,8 @@ class Mutation(msgspec.Struct, frozen=True):
     `whole`: the cells are the family's every live cell as their only writer read them,
     with its changes over them (the stream processor's user rows). Merging them cell by cell
     then gives exactly these cells, so a backend may write them as they are without reading
-    the stored family first (the embedded store does; Redis merges as always)."""
+    the stored family first (the embedded store puts them; Redis sets them with
+    `lua/set_whole.lua` instead of its merge script)."""
 
     row: str
     family: str

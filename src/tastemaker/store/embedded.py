@@ -184,6 +184,7 @@ class EmbeddedStore:
                     for event_key in seen:
                         put_seen(event_key.encode(), expiry)
                 get, put = txn.get, txn.put
+                written: set[bytes] = set()  # a key met twice in one write is merged
                 for m in mutations:
                     plan = plans.get(m.family)
                     if plan is None:  # raised inside the transaction: nothing is written
@@ -192,8 +193,9 @@ class EmbeddedStore:
                     key = m.row.encode() + suffix
                     # A whole family is written as it is: merging it would give the same
                     # cells (a drain's profile and session rows: 0.2-0.3 s of 1.2-1.5 s of
-                    # cell writes, measured).
-                    raw = None if m.whole else get(key)
+                    # cell writes, measured). Unless this write already wrote its key.
+                    raw = None if m.whole and key not in written else get(key)
+                    written.add(key)
                     cells: Mapping[str, _RawCell | Cell]
                     if raw is None:
                         cells = m.cells

@@ -142,6 +142,7 @@ class RedisStore:
             self._schema = _Schema(client, self._writer, f"{prefix}tm:schema")
             self._merge = self._writer.register_script(_lua("merge.lua"))
             self._mark_seen = self._writer.register_script(_lua("mark_seen.lua"))
+            self._set_whole = self._writer.register_script(_lua("set_whole.lua"))
             self._family_tag = {name: str(self._schema.id("f", name)) for name in self._families}
             self._ttl_ms = {
                 f.name: 0 if f.ttl_s is None else max(1, int(f.ttl_s * 1000)) for f in families
@@ -239,33 +240,42 @@ class RedisStore:
             return _Done()
         keys, ttls, cells_of = self._unique(mutations)
         blobs = dict(zip(keys, zip(ttls, self._encode(cells_of), strict=True), strict=True))
+        whole = self._whole(mutations, len(keys))
         seen_keys = [self._seen_key(k) for k in seen]
         if self._cluster:
-            return _Deferred(lambda: self._submit(blobs, seen_keys))
-        return _Transaction(self, blobs, seen_keys)
+            return _Deferred(lambda: self._submit(blobs, seen_keys, whole))
+        return _Transaction(self, blobs, seen_keys, whole)
 
     def _transaction(
-        self, blobs: Mapping[str, tuple[int, bytes]], seen_keys: list[str]
+        self, blobs: Mapping[str, tuple[int, bytes]], seen_keys: list[str], whole: frozenset[str]
     ) -> list[tuple[Any, ...]]:
-        """MULTI, the script calls that mark `seen_keys` and merge `blobs` (as EVALSHA),
-        EXEC."""
-        calls = self._script_calls(list(blobs), seen_keys, blobs)
+        """MULTI, the script calls that mark `seen_keys` and merge `blobs` (set those in
+        `whole`) as EVALSHA, EXEC."""
+        calls = self._script_calls(list(blobs), seen_keys, blobs, whole)
         evalsha = [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
         return [("MULTI",), *evalsha, ("EXEC",)]
 
     def _script_calls(
-        self, cell_keys: list[str], seen_keys: list[str], blobs: Mapping[str, tuple[int, bytes]]
+        self,
+        cell_keys: list[str],
+        seen_keys: list[str],
+        blobs: Mapping[str, tuple[int, bytes]],
+        whole: frozenset[str] = frozenset(),
     ) -> list[tuple[Any, list[str], list[Any]]]:
-        """(script, keys, args) of the calls that mark `seen_keys` and merge `cell_keys`'
-        blobs, in bounded chunks."""
+        """(script, keys, args) of the calls that mark `seen_keys`, merge `cell_keys`' blobs
+        and set those of them in `whole` (`Mutation.whole`) without a merge, in bounded
+        chunks."""
         calls: list[tuple[Any, list[str], list[Any]]] = []
         for i in range(0, len(seen_keys), _SEEN_PER_SCRIPT):
             calls.append(
                 (self._mark_seen, seen_keys[i : i + _SEEN_PER_SCRIPT], [self._seen_ttl_ms])
             )
-        for i in range(0, len(cell_keys), _KEYS_PER_SCRIPT):
-            chunk = cell_keys[i : i + _KEYS_PER_SCRIPT]
-            calls.append((self._merge, chunk, [part for key in chunk for part in blobs[key]]))
+        merged = [k for k in cell_keys if k not in whole] if whole else cell_keys
+        as_sent = [k for k in cell_keys if k in whole] if whole else []
+        for script, keys in ((self._merge, merged), (self._set_whole, as_sent)):
+            for i in range(0, len(keys), _KEYS_PER_SCRIPT):
+                chunk = keys[i : i + _KEYS_PER_SCRIPT]
+                calls.append((script, chunk, [part for key in chunk for part in blobs[key]]))
         return calls
 
     def _unique(
@@ -277,6 +287,19 @@ class RedisStore:
         if len(set(keys)) == len(keys):  # the usual batch: each (row, family) once
             return keys, [ttl_ms[m.family] for m in mutations], [m.cells for m in mutations]
         return self._merged(keys, mutations)
+
+    def _whole(self, mutations: Sequence[Mutation], n_keys: int) -> frozenset[str]:
+        """The keys of mutations written whole (`Mutation.whole`), each the only mutation of
+        its key in the write (`n_keys` distinct keys): a key several mutations share is
+        merged as always."""
+        key_of = self._key
+        whole = [key_of(m.row, m.family) for m in mutations if m.whole]
+        if n_keys == len(mutations):  # each (row, family) once: the usual batch
+            return frozenset(whole)
+        counts: dict[str, int] = defaultdict(int)
+        for m in mutations:
+            counts[key_of(m.row, m.family)] += 1
+        return frozenset(k for k in whole if counts[k] == 1)
 
     def _encode(self, cells_of: Sequence[Mapping[str, Cell]]) -> list[bytes]:
         column_bytes = self._schema.column_bytes
@@ -452,19 +475,27 @@ class RedisStore:
                     raise
         raise AssertionError("unreachable")
 
-    def _submit(self, blobs: Mapping[str, tuple[int, bytes]], seen_keys: list[str]) -> None:
-        """Merge encoded families (key -> (TTL ms, value)) and record idempotency keys."""
+    def _submit(
+        self,
+        blobs: Mapping[str, tuple[int, bytes]],
+        seen_keys: list[str],
+        whole: frozenset[str] = frozenset(),
+    ) -> None:
+        """Merge encoded families (key -> (TTL ms, value); set those in `whole`) and record
+        idempotency keys."""
         try:
-            self._retry_moved(lambda: self._run_merge(blobs, seen_keys))
+            self._retry_moved(lambda: self._run_merge(blobs, seen_keys, whole))
         except redis.RedisError as exc:
             raise _wrap(exc) from exc
 
-    def _run_merge(self, blobs: Mapping[str, tuple[int, bytes]], seen_keys: list[str]) -> None:
+    def _run_merge(
+        self, blobs: Mapping[str, tuple[int, bytes]], seen_keys: list[str], whole: frozenset[str]
+    ) -> None:
         # Standalone: cells and idempotency keys in one MULTI/EXEC, all or nothing. A cluster
         # cannot make keys of several nodes atomic; there each node's share is one pipeline.
         if not self._cluster:
             pipe = self._writer.pipeline(transaction=True)
-            self._queue_merge(pipe, list(blobs), seen_keys, blobs)
+            self._queue_merge(pipe, list(blobs), seen_keys, blobs, whole)
             pipe.execute()
             return
         targets = self._by_node([*blobs, *seen_keys], write=True)
@@ -474,7 +505,7 @@ class RedisStore:
             for keys in slots.values():
                 seen_here = [k for k in keys if k in seen_set]
                 cell_keys = [k for k in keys if k not in seen_set]
-                self._queue_merge(pipe, cell_keys, seen_here, blobs)
+                self._queue_merge(pipe, cell_keys, seen_here, blobs, whole)
             pipe.execute()
 
     def _queue_merge(
@@ -483,9 +514,11 @@ class RedisStore:
         cell_keys: list[str],
         seen_keys: list[str],
         blobs: Mapping[str, tuple[int, bytes]],
+        whole: frozenset[str],
     ) -> None:
-        """Queue on `pipe` the scripts that mark `seen_keys` and merge `cell_keys`' blobs."""
-        for script, keys, args in self._script_calls(cell_keys, seen_keys, blobs):
+        """Queue on `pipe` the scripts that mark `seen_keys` and merge (or set, those in
+        `whole`) `cell_keys`' blobs."""
+        for script, keys, args in self._script_calls(cell_keys, seen_keys, blobs, whole):
             script(keys=keys, args=args, client=pipe)
 
     def _retry_moved(self, call: Callable[[], _T]) -> _T:
@@ -567,11 +600,16 @@ class _Transaction:
     so running it twice is harmless."""
 
     def __init__(
-        self, store: RedisStore, blobs: Mapping[str, tuple[int, bytes]], seen_keys: list[str]
+        self,
+        store: RedisStore,
+        blobs: Mapping[str, tuple[int, bytes]],
+        seen_keys: list[str],
+        whole: frozenset[str],
     ) -> None:
         self._store = store
         self._blobs = blobs
         self._seen_keys = seen_keys
+        self._whole = whole
         self._sent: SentCommands | None = None
         self._error: redis.RedisError | None = None
 
@@ -580,7 +618,7 @@ class _Transaction:
             return
         try:
             sent = SentCommands(self._store._writer.connection_pool)
-            sent.send(*self._store._transaction(self._blobs, self._seen_keys))
+            sent.send(*self._store._transaction(self._blobs, self._seen_keys, self._whole))
             self._sent = sent
         except redis.RedisError as exc:
             self._error = exc
@@ -591,7 +629,7 @@ class _Transaction:
         except (NoScriptError, redis.ConnectionError) as exc:
             if isinstance(exc, redis.TimeoutError):
                 raise _wrap(exc) from exc
-            self._store._submit(self._blobs, self._seen_keys)
+            self._store._submit(self._blobs, self._seen_keys, self._whole)
         except redis.RedisError as exc:
             raise _wrap(exc) from exc
 
