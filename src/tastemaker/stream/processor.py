@@ -917,8 +917,9 @@ class StreamProcessor:
         for agg in self.config.features:
             name = agg.name
             # Each user's stored cell of the feature (`_NO_CELL` where none is stored or a new
-            # session starts it from nothing), gathered with C-level `map`s: a listcomp per
-            # feature and user was ~0.1 s of a drain's bookkeeping (probe).
+            # session starts it from nothing), gathered with C-level `map`s. This bookkeeping
+            # for 16 features of 3,100 users took 36-45 ms with a listcomp per step, 31-38 ms
+            # this way (probe); the cells themselves are most of what is left.
             if agg.family == PROFILE:
                 olds = list(
                     map(dict.get, profile_cells, itertools.repeat(name), itertools.repeat(_NO_CELL))
