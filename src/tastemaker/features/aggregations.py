@@ -360,7 +360,7 @@ class WindowedCount(_Base, frozen=True, tag="windowed_count"):
         t = newest[owner]
         kept = start > t - (max(self.windows_s) + self.bucket_s)
         owner, start, count, t = owner[kept], start[kept], count[kept], t[kept]
-        in_window = [(start + self.bucket_s > t - w) & (start <= t) for w in self.windows_s]
+        in_window = [_in_window(start, t, w, self.bucket_s) for w in self.windows_s]
         sums = [
             np.bincount(owner, weights=count * m, minlength=touched.size).astype(np.int64).tolist()
             for m in in_window
@@ -397,9 +397,15 @@ def _window_sums(
 ) -> dict[str, int]:
     """`windowed_counts` over buckets already parsed: (start, key, count)."""
     return {
-        str(int(w)): sum(v for s, _, v in buckets if s + bucket_s > now - w and s <= now)
+        str(int(w)): sum(v for s, _, v in buckets if _in_window(s, now, w, bucket_s))
         for w in windows_s
     }
+
+
+def _in_window(start: Any, now: Any, window: float, bucket_s: float) -> Any:
+    """Whether buckets starting at `start` count in the window of `window` seconds ending at
+    `now`: they end after its start and begin no later than `now`. Floats or numpy arrays."""
+    return (start + bucket_s > now - window) & (start <= now)
 
 
 class Ratio(_Base, frozen=True, tag="ratio"):

@@ -223,7 +223,7 @@ class RedisStore:
 
     def write(self, mutations: Sequence[Mutation], *, seen: Sequence[str] = ()) -> None:
         if not seen and not self._cluster and len(mutations) >= _STREAM_MIN_KEYS:
-            keys, ttls, cells_of = self._unique(mutations)
+            keys, ttls, cells_of, _ = self._unique(mutations)
             if len(keys) >= _STREAM_MIN_KEYS:
                 self._write_streamed(keys, ttls, cells_of)
                 return
@@ -238,9 +238,8 @@ class RedisStore:
         server applies it. On a cluster `finish` does all of it."""
         if not mutations and not seen:
             return _Done()
-        keys, ttls, cells_of = self._unique(mutations)
+        keys, ttls, cells_of, whole = self._unique(mutations)
         blobs = dict(zip(keys, zip(ttls, self._encode(cells_of), strict=True), strict=True))
-        whole = self._whole(mutations, len(keys))
         seen_keys = [self._seen_key(k) for k in seen]
         if self._cluster:
             return _Deferred(lambda: self._submit(blobs, seen_keys, whole))
@@ -280,26 +279,16 @@ class RedisStore:
 
     def _unique(
         self, mutations: Sequence[Mutation]
-    ) -> tuple[list[str], list[int], list[Mapping[str, Cell]]]:
-        """Keys, TTLs and cells of the mutations, one entry per (row, family)."""
+    ) -> tuple[list[str], list[int], list[Mapping[str, Cell]], frozenset[str]]:
+        """Keys, TTLs and cells of the mutations, one entry per (row, family), and the keys
+        to set as sent (`Mutation.whole`, the only mutation of its key in the write: a key
+        several mutations share is merged as always)."""
         key_of, ttl_ms = self._key, self._ttl_ms
         keys = [key_of(m.row, m.family) for m in mutations]
         if len(set(keys)) == len(keys):  # the usual batch: each (row, family) once
-            return keys, [ttl_ms[m.family] for m in mutations], [m.cells for m in mutations]
+            whole = frozenset(k for k, m in zip(keys, mutations, strict=True) if m.whole)
+            return keys, [ttl_ms[m.family] for m in mutations], [m.cells for m in mutations], whole
         return self._merged(keys, mutations)
-
-    def _whole(self, mutations: Sequence[Mutation], n_keys: int) -> frozenset[str]:
-        """The keys of mutations written whole (`Mutation.whole`), each the only mutation of
-        its key in the write (`n_keys` distinct keys): a key several mutations share is
-        merged as always."""
-        key_of = self._key
-        whole = [key_of(m.row, m.family) for m in mutations if m.whole]
-        if n_keys == len(mutations):  # each (row, family) once: the usual batch
-            return frozenset(whole)
-        counts: dict[str, int] = defaultdict(int)
-        for m in mutations:
-            counts[key_of(m.row, m.family)] += 1
-        return frozenset(k for k in whole if counts[k] == 1)
 
     def _encode(self, cells_of: Sequence[Mapping[str, Cell]]) -> list[bytes]:
         column_bytes = self._schema.column_bytes
@@ -349,15 +338,18 @@ class RedisStore:
 
     def _merged(
         self, keys: list[str], mutations: Sequence[Mutation]
-    ) -> tuple[list[str], list[int], list[Mapping[str, Cell]]]:
+    ) -> tuple[list[str], list[int], list[Mapping[str, Cell]], frozenset[str]]:
         """Mutations of one (row, family) merged (the newer cell of a column kept): one key,
-        one blob, one script argument."""
+        one blob, one script argument. A key left whole had one mutation, marked whole."""
         merged: dict[str, tuple[int, dict[str, Cell]]] = {}
         copied: set[str] = set()  # keys whose cells are our copy, not a caller's dict
+        whole: set[str] = set()
         for key, m in zip(keys, mutations, strict=True):
             entry = merged.get(key)
             if entry is None:
                 merged[key] = (self._ttl_ms[m.family], m.cells)
+                if m.whole:
+                    whole.add(key)
                 continue
             cells = entry[1]
             if key not in copied:
@@ -368,7 +360,12 @@ class RedisStore:
                 old = cells.get(col)
                 if old is None or cell.ts >= old.ts:
                     cells[col] = cell
-        return list(merged), [t for t, _ in merged.values()], [c for _, c in merged.values()]
+        return (
+            list(merged),
+            [t for t, _ in merged.values()],
+            [c for _, c in merged.values()],
+            frozenset(whole - copied),
+        )
 
     def write_columns(
         self, family: str, rows: Sequence[str], columns: Mapping[str, Any], ts: float

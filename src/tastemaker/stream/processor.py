@@ -952,10 +952,9 @@ class StreamProcessor:
                     family[i][name] = Cell(ts, new)
         # A changed family is written whole: the stored cells as read (their own times) with
         # the changed ones over them. The stored result is what merging only the changed
-        # cells gives, and the Redis merge script takes a family whose cells are all newer
-        # or equal as sent instead of splicing it cell by cell (a profile key: 9.4 -> 6.8 us
-        # of server time). `whole`: this processor is the rows' only writer, so the embedded
-        # store writes them without reading them first.
+        # cells gives. `whole`: this processor is the rows' only writer, so the stores set
+        # them as sent without reading them first (LMDB puts them; Redis runs
+        # `set_whole.lua` instead of its merge script).
         stored = {PROFILE: profile_cells, SESSION: session_cells}
         mutations = [
             Mutation(row, family, {**stored[family][i], **cells[i]}, whole=True)
