@@ -16,6 +16,15 @@ Prints progress, then one JSON object as the last line:
     events_per_s_embedded_store_fsync
                             one run as `events_per_s_embedded` with the LMDB store's default
                             `fsync=always` (a fsync per microbatch's commit)
+    events_per_s_embedded_processes
+                            {"1": ..., "2": ...}: `tastemaker stream` processes sharing one
+                            embedded log of 4 partitions and one LMDB store (both
+                            `fsync=never`), on this machine's cores: started on the empty log,
+                            then the events appended at once once the group has settled
+                            (every process in it, every partition owned), the clock running
+                            until the log is consumed. One run each. Not the target's
+                            measure (one processor process): how the embedded backend scales
+                            out on one machine
     events_per_s_redis      the same on Redis (Valkey started here): the Redis Streams log
                             (4 partitions, all owned by the one processor) and the Redis
                             online store; the median of 3 runs (`events_per_s_redis_runs`)
@@ -59,6 +68,7 @@ from tastemaker.config import Config, LogConfig, StoreConfig, dump_config, local
 from tastemaker.data.synthetic import Shop, ShopSpec, generate_shop
 from tastemaker.events import Event
 from tastemaker.features.layout import PROFILE, user_row
+from tastemaker.log import EmbeddedEventLog
 from tastemaker.serving.runtime import Runtime, freeze_loaded_heap
 from tastemaker.testing.servers import kafka_broker, redis_server
 
@@ -105,6 +115,44 @@ def throughput(
     gc.unfreeze()
     rt.close()
     assert applied == len({e.event_id for e in events})
+    return len(events) / elapsed
+
+
+def processes_throughput(root: Path, shop: Shop, events: list[Event], processes: int) -> float:
+    """Events/s of `processes` stream processes sharing a 4-partition embedded log. They start
+    on the empty log; once the group has settled (every process in it, every partition
+    owned), the events are appended in one transaction, and the clock runs from its commit
+    until the group has committed every partition's last record."""
+    root.mkdir(parents=True, exist_ok=True)
+    save_catalog(shop.catalog(), root / "catalog.parquet")
+    config = _config(root, log_url=f"embedded://{root}/log?fsync=never&partitions=4")
+    dump_config(config, root / "config.toml")
+    log = EmbeddedEventLog(root / "log", fsync="never", partitions=4)
+    group = config.stream.group
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "tastemaker", "stream", "--config", str(root / "config.toml")]
+    workers = [subprocess.Popen(command, env=env) for _ in range(processes)]
+    try:
+        deadline = time.monotonic() + 120
+        while log.group_members(group) != (processes, 4):
+            if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
+                raise RuntimeError(f"{processes} stream processes did not settle in a group")
+            time.sleep(0.01)
+        log.append(events)  # one transaction: the processes see all of it at once
+        started, end = time.perf_counter(), log.end_offsets()
+        # The group's committed offsets are a small table, cheap to poll (the lag would
+        # count each partition's rows past them).
+        while log.committed(group) != end:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the stream processes did not consume the log in time")
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - started
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.wait(timeout=30)
+        log.close()
     return len(events) / elapsed
 
 
@@ -235,6 +283,13 @@ def main() -> None:
         print(
             f"embedded, store fsync=always: {result['events_per_s_embedded_store_fsync']:,} "
             "events/s",
+            flush=True,
+        )
+        result["events_per_s_embedded_processes"] = {
+            str(n): round(processes_throughput(root / f"proc{n}", shop, events, n)) for n in (1, 2)
+        }
+        print(
+            f"embedded, stream processes: {result['events_per_s_embedded_processes']} events/s",
             flush=True,
         )
         with redis_server(root / "redis") as url:

@@ -48,12 +48,3 @@ def test_serve_with_a_bad_config_is_a_clear_cli_error(
     path.write_text("[serving]\nport = 0\n")
     assert main(["serve", "--config", str(path)]) == 2
     assert "catalog.path is not set" in capsys.readouterr().err
-
-
-def test_several_stream_workers_need_a_shared_partitioned_log(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    path = tmp_path / "c.toml"
-    path.write_text('[log]\nurl = "embedded://x"\n[serving]\nport = 0\n')
-    assert main(["serve", "--config", str(path), "--stream-workers", "2"]) == 2
-    assert "needs a partitioned log shared by processes" in capsys.readouterr().err

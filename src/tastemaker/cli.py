@@ -39,11 +39,6 @@ def _serve(
 
     s = runtime_config.serving
     run_stream = runtime_config.stream.run_in_server
-    if stream_workers > 1 and runtime_config.log.url.startswith("embedded:"):
-        raise ConfigError(
-            "--stream-workers > 1 needs a partitioned log shared by processes "
-            "(log.url = redis://... or kafka://...): the embedded log has one stream process"
-        )
     if workers > 1 and not hasattr(socket, "send_fds"):
         raise ConfigError("--workers > 1 deals connections to processes over Unix sockets")
     if config_path is None and (workers > 1 or (run_stream and stream_workers > 1)):
@@ -276,7 +271,7 @@ def _parser() -> argparse.ArgumentParser:
         "--stream-workers",
         type=int,
         default=1,
-        help="stream processes sharing the log's partitions (a redis:// or kafka:// log)",
+        help="stream processes sharing the log's partitions (one reader a partition at a time)",
     )
     s.set_defaults(func=_cmd_serve)
     st = sub.add_parser("stream", help="run the stream processor as its own process")

@@ -1,8 +1,7 @@
 """The EventLog conformance suite, parametrized over every backend: embedded (SQLite, one
 partition and three), Redis Streams (a Valkey server the tests start) and Kafka (a Tansu
-broker the tests start). Group sharing and takeover run on the backends that share
-partitions among processes (Redis Streams, Kafka); the embedded log gives every partition to
-its one stream process."""
+broker the tests start). Group sharing and takeover run where there are partitions to share
+(the embedded log with three)."""
 
 from __future__ import annotations
 
@@ -29,7 +28,7 @@ from tastemaker.log import (
 from tests.conftest import event, wait_until
 
 BACKENDS = ["embedded", "embedded-3", "redis", "kafka"]
-SHARING = ["redis", "kafka"]
+SHARING = ["embedded-3", "redis", "kafka"]
 
 
 def _url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:

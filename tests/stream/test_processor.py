@@ -142,6 +142,7 @@ def test_restart_resumes_from_the_committed_offset(runtime: Runtime, shop: Shop)
     runtime.ingestor.ingest(events[:200])
     runtime.processor.drain()
     assert runtime.log.committed(runtime.config.stream.group) == {0: 200}
+    runtime.processor.close()  # the first process stops: it leaves the group
     restarted = Runtime(runtime.config, runtime.catalog)
     try:
         assert restarted.processor.position == 200
@@ -152,6 +153,39 @@ def test_restart_resumes_from_the_committed_offset(runtime: Runtime, shop: Shop)
         assert restarted.processor.drain() == 200
     finally:
         restarted.close()
+
+
+def test_a_standby_member_takes_over_with_the_state_written_meanwhile(
+    tmp_path: Path, shop: Shop, catalog: Catalog
+) -> None:
+    """Two processors in one group on a one-partition log: the second stands by (loading the
+    partition's state when it starts), then takes over when the first leaves, from the
+    state the first wrote meanwhile, not the one it loaded."""
+    events = shop_events(shop, 400)
+    reference = Runtime(make_config(tmp_path / "ref", catalog), catalog)
+    for part in (events[:200], events[200:]):  # the same batches as the pair's
+        reference.ingestor.ingest(part)
+        assert reference.processor.drain() == 200
+    config = make_config(tmp_path / "pair", catalog)
+    first, standby = Runtime(config, catalog), Runtime(config, catalog)
+    try:
+        assert first.processor.consumer.assignment() == {0}
+        assert standby.processor.process_once() is None  # the partition is the first's
+        first.ingestor.ingest(events[:200])
+        assert first.processor.drain() == 200
+        assert standby.processor.process_once() is None
+        first.processor.close()  # leaves the group
+        first.ingestor.ingest(events[200:])
+        assert standby.processor.drain() == 200
+        assert standby.processor.position == reference.processor.position
+        assert (
+            standby.processor.popularity.log_score == reference.processor.popularity.log_score
+        ).all()
+        users = sorted({e.user_id for e in events})
+        assert all_rows(standby, catalog, users) == all_rows(reference, catalog, users)
+    finally:
+        for rt in (reference, first, standby):
+            rt.close()
 
 
 def test_restarting_after_every_batch_changes_nothing(tmp_path: Path, shop: Shop) -> None:

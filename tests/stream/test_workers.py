@@ -1,7 +1,9 @@
-"""Several stream processes in one consumer group, on Redis Streams or Kafka, with a Redis
-store: they share the partitions; when one is killed with SIGKILL, another takes over its
-partitions and the messages it had read and not committed (within 10 s on Redis Streams,
-where the leases show it), and the features end as those of one uninterrupted process."""
+"""Several stream processes in one consumer group: on Redis Streams or Kafka with a Redis
+store, and on the embedded log with the embedded store (processes of one machine). They share
+the partitions; when one is killed with SIGKILL, another takes over its partitions and the
+messages it had read and not committed (within 10 s on Redis Streams and the embedded log,
+where the leases and the lock files show it), and the features end as those of one
+uninterrupted process."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import redis
 from tastemaker.catalog import load_catalog
 from tastemaker.config import Config, LogConfig, dump_config
 from tastemaker.data.synthetic import ShopSpec, generate_shop
-from tastemaker.log import open_log, total_lag
+from tastemaker.log import EmbeddedEventLog, EventLog, open_log, total_lag
 from tastemaker.serving.runtime import Runtime
 from tastemaker.store import Cell
 from tests.conftest import make_config, wait_until
@@ -30,14 +32,23 @@ from tests.stream.test_exactly_once import _diff, _snapshot
 PARTITIONS = 4
 
 
-def _on_redis(config: Config, redis_url: str, name: str, kafka: str | None = None) -> Config:
-    log_url = f"{redis_url}?partitions={PARTITIONS}&prefix={name}:log&lease_s=3"
-    if kafka is not None:
-        log_url = f"kafka://{kafka}/{name}?partitions={PARTITIONS}&session_timeout_s=6"
+def _shared(
+    config: Config, root: Path, redis_url: str | None, name: str, kafka: str | None = None
+) -> Config:
+    """`config` on a partitioned log and a store the workers share: Redis Streams and Redis,
+    Kafka and Redis, or (no `redis_url`) the embedded log and store under `root`."""
+    store = config.store
+    if redis_url is None:
+        log_url = f"embedded://{root}/log?partitions={PARTITIONS}"
+    else:
+        store = msgspec.structs.replace(config.store, url=f"{redis_url}?prefix={name}:")
+        log_url = f"{redis_url}?partitions={PARTITIONS}&prefix={name}:log&lease_s=3"
+        if kafka is not None:
+            log_url = f"kafka://{kafka}/{name}?partitions={PARTITIONS}&session_timeout_s=6"
     return msgspec.structs.replace(
         config,
         log=LogConfig(url=log_url),
-        store=msgspec.structs.replace(config.store, url=f"{redis_url}?prefix={name}:"),
+        store=store,
         # Co-visitation pairs are merged every `covis_fold_batches` batches, and when the
         # stream stops: not when a worker pauses (one may, waiting to take over partitions),
         # so the maps are merged at the same points as the reference run's.
@@ -67,6 +78,12 @@ def _close_cells(a: Cell | None, b: Cell | None) -> bool:
     return a is not None and b is not None and _close(a.value, b.value)
 
 
+def _embedded_group(log: EventLog) -> tuple[int, int]:
+    """(live members, owned partitions) of the embedded log's group `features`."""
+    assert isinstance(log, EmbeddedEventLog)
+    return log.group_members("features")
+
+
 def _owners(client: redis.Redis, name: str) -> dict[int, str]:
     out = {}
     for p in range(PARTITIONS):
@@ -77,11 +94,12 @@ def _owners(client: redis.Redis, name: str) -> dict[int, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("log_backend", ["redis", "kafka"])
+@pytest.mark.parametrize("log_backend", ["embedded", "redis", "kafka"])
 def test_a_killed_workers_partitions_are_taken_over_with_nothing_lost_or_doubled(
-    tmp_path: Path, redis_url: str, log_backend: str, request: pytest.FixtureRequest
+    tmp_path: Path, log_backend: str, request: pytest.FixtureRequest
 ) -> None:
     kafka = request.getfixturevalue("kafka_servers") if log_backend == "kafka" else None
+    redis_url = None if log_backend == "embedded" else request.getfixturevalue("redis_url")
     shop = generate_shop(ShopSpec(n_users=3000, n_items=1500, seed=11))
     make_config(tmp_path / "catalog", shop.catalog())
     catalog = load_catalog(tmp_path / "catalog" / "catalog.parquet")
@@ -90,7 +108,8 @@ def test_a_killed_workers_partitions_are_taken_over_with_nothing_lost_or_doubled
     run = uuid.uuid4().hex[:8]
 
     # The reference: one process, uninterrupted, on the same partitioned log.
-    base = _on_redis(make_config(tmp_path / "base", catalog), redis_url, f"base{run}", kafka)
+    base_config = make_config(tmp_path / "base", catalog)
+    base = _shared(base_config, tmp_path / "base", redis_url, f"base{run}", kafka)
     log = open_log(base.log.url)
     for i in range(0, len(events), 5000):
         log.append(events[i : i + 5000])
@@ -101,11 +120,12 @@ def test_a_killed_workers_partitions_are_taken_over_with_nothing_lost_or_doubled
     expected = _snapshot(base, catalog, users)
 
     name = f"w{run}"
-    shared = _on_redis(make_config(tmp_path / "shared", catalog), redis_url, name, kafka)
+    shared_config = make_config(tmp_path / "shared", catalog)
+    shared = _shared(shared_config, tmp_path / "shared", redis_url, name, kafka)
     log = open_log(shared.log.url)
     for i in range(0, len(events), 5000):
         log.append(events[i : i + 5000])
-    client = redis.Redis.from_url(redis_url)
+    client = None if redis_url is None else redis.Redis.from_url(redis_url)
     workers: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for member in ("w1", "w2"):
@@ -119,7 +139,9 @@ def test_a_killed_workers_partitions_are_taken_over_with_nothing_lost_or_doubled
             )
         # Both work: each owns some partitions (on Redis Streams the leases say which; Kafka's
         # assignment is the broker's), and the stream has made progress.
-        if kafka is None:
+        if client is None:
+            wait_until(lambda: _embedded_group(log) == (2, 4), timeout=60)
+        elif kafka is None:
             wait_until(lambda: set(_owners(client, name).values()) == {"w1", "w2"}, timeout=60)
         total = len(events)
         wait_until(lambda: total_lag(log, "features") < total * 0.8, timeout=60)
@@ -127,7 +149,11 @@ def test_a_killed_workers_partitions_are_taken_over_with_nothing_lost_or_doubled
         workers["w1"].send_signal(signal.SIGKILL)
         workers["w1"].wait()
         killed_at = time.monotonic()
-        if kafka is None:
+        if client is None:  # one live member, w2, owns every partition
+            wait_until(lambda: _embedded_group(log) == (1, 4), timeout=30)
+            took = time.monotonic() - killed_at
+            assert took < 10, f"takeover took {took:.1f} s"
+        elif kafka is None:
             everything = dict.fromkeys(range(PARTITIONS), "w2")
             wait_until(lambda: _owners(client, name) == everything, timeout=30)
             took = time.monotonic() - killed_at
@@ -135,17 +161,19 @@ def test_a_killed_workers_partitions_are_taken_over_with_nothing_lost_or_doubled
         wait_until(lambda: total_lag(log, "features") == 0, timeout=120)
         workers["w2"].send_signal(signal.SIGTERM)
         assert workers["w2"].wait(timeout=30) == 0
-        # The group has nothing pending: every message was acknowledged by someone.
-        for p in range(PARTITIONS if kafka is None else 0):
-            pending = client.xpending(f"{name}:log:p{p}", "features")
-            assert pending["pending"] == 0
+        # On Redis Streams the group has nothing pending: every message was acknowledged.
+        if client is not None and kafka is None:
+            for p in range(PARTITIONS):
+                pending = client.xpending(f"{name}:log:p{p}", "features")
+                assert pending["pending"] == 0
     finally:
         for w in workers.values():
             if w.poll() is None:
                 w.kill()
                 w.wait()
         log.close()
-        client.close()
+        if client is not None:
+            client.close()
     got = _snapshot(shared, catalog, users)
     if kafka is None:
         diff = _diff(got, expected)

@@ -10,15 +10,26 @@ Durability (`fsync`):
 - "never": `PRAGMA synchronous=NORMAL`; the WAL is fsynced only at checkpoints. An
   acknowledged event survives a crash of the process (the data is in the OS page cache), but
   the last moments before a power loss may be lost. Several times faster on slow disks.
+
+Consumer groups: the stream processes of one machine share the partitions through file locks
+beside the database (`<directory>/groups/<group>/`, see `_GroupLocks`). A process owns a
+partition while it holds the partition's lock; the kernel releases a dead process's locks,
+so the others take its partitions over within `_REBALANCE_S`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import math
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import msgspec
 
@@ -65,10 +76,10 @@ class EmbeddedEventLog:
     threads of a process and between processes.
 
     Offsets are the table's row ids, shared by all partitions: dense when there is one
-    partition (the default), increasing within each partition when there are several. Every
-    member of a consumer group owns every partition: the embedded log is meant for one stream
-    process (several would each apply every event once; their store writes are idempotent,
-    not partitioned)."""
+    partition (the default), increasing within each partition when there are several. The
+    members of a consumer group (processes of this machine, or consumers of one process)
+    share the partitions, each partition read by one member at a time (`_GroupLocks`): with
+    `partitions=N`, up to N stream processes apply the log on N cores."""
 
     def __init__(
         self,
@@ -176,34 +187,196 @@ class EmbeddedEventLog:
             }
 
     def consumer(self, group: str, member: str) -> EmbeddedConsumer:
-        del member  # one stream process: it owns every partition
-        return EmbeddedConsumer(self, group)
+        return EmbeddedConsumer(self, group, member)
+
+    def group_members(self, group: str) -> tuple[int, int]:
+        """(live members, partitions owned) of `group`, as its lock files show them."""
+        root = self.path.parent / "groups" / _file_name(group)
+        members = sum(map(_locked, (root / "members").glob("*.lock")))
+        return members, sum(_locked(root / f"p{p}.lock") for p in range(self.partitions))
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
 
-class EmbeddedConsumer:
-    """Reads every partition from the group's committed offsets, round-robin."""
+_REBALANCE_S = 0.5  # how often a member counts the live members and takes or gives partitions
 
-    def __init__(self, log: EmbeddedEventLog, group: str) -> None:
+
+def _file_name(name: str) -> str:
+    """A group's directory name: readable when the name is plain, a hash otherwise."""
+    if name.replace("-", "").replace("_", "").replace(".", "").isalnum() and len(name) <= 64:
+        return name
+    return "h" + hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
+def _locked(path: Path) -> bool:
+    """Whether a process holds the lock of `path` (False where there is no such file)."""
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        return False
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+
+class _GroupLocks:
+    """Which partitions one member of a consumer group owns, decided with `flock` on files in
+    `<log directory>/groups/<group>/`:
+
+    - `members/<random>.lock`, one a member, held exclusively while the member lives (its
+      name is written inside for people reading the directory);
+    - `p<N>.lock`, one a partition, held exclusively by the member that owns the partition.
+
+    A member counts the live members (the member files whose lock it cannot take), gives up
+    its partitions beyond `ceil(partitions / live)`, highest first, and takes free ones up to
+    that share, as the Redis Streams log's leases do. The kernel releases the locks of a
+    process that dies, SIGKILL included, so no clock or lease is involved: a partition has
+    one owner at a time for as long as that owner lives, and another member takes it at its
+    next rebalance. A paused process keeps its partitions (no lease lapses under it).
+
+    Why file locks, by hand: the members are processes of one machine (the log is a local
+    SQLite file; SQLite does not support network file systems), and `flock` is the one
+    primitive there that is released whatever way its holder dies. SQLite's own locks are
+    held only for a transaction. Locks belong to an open file, so two consumers of one
+    process are two members too, and a consumer dropped without `close` gives its locks back
+    when its files are collected."""
+
+    def __init__(self, log_dir: Path, group: str, member: str, partitions: int) -> None:
+        self._dir = log_dir / "groups" / _file_name(group)
+        self._members = self._dir / "members"
+        self._members.mkdir(parents=True, exist_ok=True)
+        self._partitions = partitions
+        self.owned: dict[int, IO[bytes]] = {}
+        with self._directory_locked():
+            self._me = self._members / f"{uuid.uuid4().hex}.lock"
+            handle = self._me.open("wb")
+            fcntl.flock(handle, fcntl.LOCK_EX)  # before anyone can count it dead
+            handle.write(member.encode())
+            handle.flush()
+            self._handle: IO[bytes] | None = handle
+
+    @contextlib.contextmanager
+    def _directory_locked(self) -> Iterator[None]:
+        """Joining and removing dead members' files, one process at a time: a file is
+        locked by its member before anyone may remove it as dead."""
+        with (self._dir / "members.lock").open("ab") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _live(self) -> tuple[int, list[Path]]:
+        """The number of live members (this one included) and the files of dead ones."""
+        live, dead = 0, []
+        for path in self._members.glob("*.lock"):
+            if path == self._me or _locked(path):
+                live += 1
+            elif path.exists():  # not a member that left meanwhile
+                dead.append(path)
+        return max(live, 1), dead
+
+    def rebalance(self) -> frozenset[int]:
+        """Renew this member's share: give up partitions beyond it, take free ones up to it."""
+        if self._handle is None:
+            return frozenset()
+        live, dead = self._live()
+        if dead:
+            with self._directory_locked():
+                for path in dead:
+                    self._remove_if_dead(path)
+        fair = math.ceil(self._partitions / live)
+        for p in sorted(self.owned, reverse=True)[: max(0, len(self.owned) - fair)]:
+            self._give_up(p)
+        for p in range(self._partitions):
+            if len(self.owned) >= fair:
+                break
+            if p in self.owned:
+                continue
+            fh = (self._dir / f"p{p}.lock").open("ab")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()  # another member owns it
+                continue
+            self.owned[p] = fh
+        return frozenset(self.owned)
+
+    @staticmethod
+    def _remove_if_dead(path: Path) -> None:
+        """Remove a member's file if it is still unlocked (under the directory lock, which
+        a joining member holds until it has locked its file)."""
+        if not _locked(path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def _give_up(self, partition: int) -> None:
+        fh = self.owned.pop(partition)
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+    def leave(self) -> None:
+        """Give up every partition and leave the group."""
+        for p in list(self.owned):
+            self._give_up(p)
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        with self._directory_locked():
+            with contextlib.suppress(FileNotFoundError):
+                self._me.unlink()
+            handle.close()
+
+
+class EmbeddedConsumer:
+    """One member of a consumer group: reads the partitions it owns (`_GroupLocks`) from the
+    group's committed offsets, round-robin."""
+
+    def __init__(self, log: EmbeddedEventLog, group: str, member: str) -> None:
         self.log = log
         self.group = group
-        self._positions = log.committed(group)
+        self.member = member
+        self._positions: dict[int, int] = {}
         self._next = 0
-        self._all = frozenset(range(log.partitions))
+        self._locks = _GroupLocks(log.path.parent, group, member, log.partitions)
+        self._owned: frozenset[int] = frozenset()
+        self._rebalance_at = 0.0
 
     def assignment(self) -> frozenset[int]:
-        return self._all
+        now = time.monotonic()
+        if now < self._rebalance_at:
+            return self._owned
+        try:
+            owned = self._locks.rebalance()
+        except OSError as exc:
+            raise LogError(f"event log {self.log.path}: cannot share partitions: {exc}") from exc
+        self._rebalance_at = now + _REBALANCE_S
+        gained = owned - self._owned
+        if gained:
+            # Taken over (or first owned): read from the group's committed offsets; records
+            # its previous owner read and did not commit come again.
+            committed = self.log.committed(self.group)
+            for p in gained:
+                self._positions[p] = committed[p]
+        for p in self._owned - owned:
+            self._positions.pop(p, None)
+        self._owned = owned
+        return owned
 
     def poll(self, limit: int) -> list[LogRecord]:
-        n = self.log.partitions if limit > 0 else 0
+        owned = sorted(self._owned) if limit > 0 else []  # as of the last `assignment()`
+        n = len(owned)
         for i in range(n):
-            p = (self._next + i) % n
+            p = owned[(self._next + i) % n]
             records = self.log.read(p, self._positions[p], limit)
             if records:
-                self._next = (p + 1) % n
+                self._next = (owned.index(p) + 1) % n
                 self._positions[p] = records[-1].offset
                 return records
         return []
@@ -212,7 +385,10 @@ class EmbeddedConsumer:
         self.log.commit(self.group, {partition: offset})
 
     def seek(self, partition: int, offset: int) -> None:
-        self._positions[partition] = offset
+        if partition in self._owned:
+            self._positions[partition] = offset
 
     def close(self) -> None:
-        pass
+        self._locks.leave()
+        self._owned = frozenset()
+        self._positions.clear()

@@ -429,6 +429,7 @@ class StreamProcessor:
         self.partitions = log_.partitions
         self.member = config.stream.member or f"{socket.gethostname()}-{os.getpid()}"
         self._consumer: LogConsumer | None = None
+        self._owned: frozenset[int] = frozenset()  # the assignment `_follow_assignment` saw
         self.shards: dict[int, _Shard] = {}
         self._shard = self._load_shard(0) if self.partitions == 1 else None
         if getattr(store, "is_cluster", False):
@@ -587,11 +588,18 @@ class StreamProcessor:
 
     def _follow_assignment(self) -> None:
         """Drop the state of partitions this member no longer owns (another member writes
-        them now); a partition it has just been given is loaded at its first batch."""
+        them now), and of those it has just been given: another member may have written them
+        since this one loaded them (a standby of a one-partition log loads partition 0 when
+        it starts). A partition's state is loaded again at its first batch."""
         owned = self.consumer.assignment()
-        if self.partitions > 1:
-            for p in set(self.shards) - owned:
-                del self.shards[p]
+        changed = owned ^ self._owned
+        self._owned = owned
+        for p in changed:
+            self.shards.pop(p, None)
+            if p == 0 and self.partitions == 1:
+                self._shard = None
+        if self.partitions == 1 and 0 not in self.shards:
+            self._shard = self._load_shard(0)  # the single-partition view needs one
 
     def process_once(self) -> BatchResult | None:
         """Read and apply one microbatch of one partition, and write its state before
