@@ -191,9 +191,9 @@ class EmbeddedEventLog:
 
     def group_members(self, group: str) -> tuple[int, int]:
         """(live members, partitions owned) of `group`, as its lock files show them."""
-        root = self.path.parent / "groups" / _file_name(group)
+        root = _group_dir(self.path.parent, group)
         members = sum(map(_locked, (root / "members").glob("*.lock")))
-        return members, sum(_locked(root / f"p{p}.lock") for p in range(self.partitions))
+        return members, sum(_locked(_partition_lock(root, p)) for p in range(self.partitions))
 
     def close(self) -> None:
         with self._lock:
@@ -203,11 +203,16 @@ class EmbeddedEventLog:
 _REBALANCE_S = 0.5  # how often a member counts the live members and takes or gives partitions
 
 
-def _file_name(name: str) -> str:
-    """A group's directory name: readable when the name is plain, a hash otherwise."""
-    if name.replace("-", "").replace("_", "").replace(".", "").isalnum() and len(name) <= 64:
-        return name
-    return "h" + hashlib.sha256(name.encode()).hexdigest()[:32]
+def _group_dir(log_dir: Path, group: str) -> Path:
+    """A group's directory: named as the group when the name is plain, by a hash otherwise."""
+    name = group
+    if not group.replace("-", "").replace("_", "").replace(".", "").isalnum() or len(group) > 64:
+        name = "h" + hashlib.sha256(group.encode()).hexdigest()[:32]
+    return log_dir / "groups" / name
+
+
+def _partition_lock(group_dir: Path, partition: int) -> Path:
+    return group_dir / f"p{partition}.lock"
 
 
 def _locked(path: Path) -> bool:
@@ -248,7 +253,7 @@ class _GroupLocks:
     when its files are collected."""
 
     def __init__(self, log_dir: Path, group: str, member: str, partitions: int) -> None:
-        self._dir = log_dir / "groups" / _file_name(group)
+        self._dir = _group_dir(log_dir, group)
         self._members = self._dir / "members"
         self._members.mkdir(parents=True, exist_ok=True)
         self._partitions = partitions
@@ -299,7 +304,7 @@ class _GroupLocks:
                 break
             if p in self.owned:
                 continue
-            fh = (self._dir / f"p{p}.lock").open("ab")
+            fh = _partition_lock(self._dir, p).open("ab")
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
