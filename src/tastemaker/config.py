@@ -69,9 +69,11 @@ class StreamConfig(_Section, frozen=True):
     member: str = ""
     # The most records a microbatch reads; under a backlog a batch is sized to take about
     # `batch_target_s` (0: always `batch_size`). Under a steady load below capacity a batch
-    # holds what arrived since the last one, whatever these are.
-    batch_size: PositiveInt = 100_000
-    batch_target_s: NonNegative = 0.5
+    # holds what arrived since the last one, whatever these are. A larger batch costs less an
+    # event (a user's rows are read and written once a batch), so the target also sets the
+    # most a process can sustain: docs/stream.md, "Batch size".
+    batch_size: PositiveInt = 250_000
+    batch_target_s: NonNegative = 2.0
     poll_interval_s: Positive = 0.2
     session_gap_s: Positive = 1800.0
     dedup_window_s: Positive = 7 * DAY

@@ -79,7 +79,7 @@ _TYPE_WEIGHT = np.array([DEFAULT_WEIGHTS.get(t, 0.0) for t in TYPES])
 # Adaptive batch sizes (`BatchSizer`): the first limit, before any batch was timed, and the
 # least one (a batch's fixed costs, the popular lists and the log and store round trips,
 # are paid per batch).
-_FIRST_BATCH = 20_000
+_FIRST_BATCH = 50_000
 _MIN_BATCH = 1_000
 _ENGAGED = frozenset(t for t in TYPES if DEFAULT_WEIGHTS.get(t, 0.0) > 0)
 
