@@ -33,7 +33,9 @@ Prints progress, then one JSON object as the last line:
                             `fsync=never`), on this machine's cores: started on the empty log,
                             then the events appended at once once the group has settled
                             (every process in it, every partition owned), the clock running
-                            until the log is consumed. One run each. Not the target's
+                            until the log is consumed and the last co-visitation pairs
+                            merged (as the in-process runs' drain does; before session 17
+                            the clock stopped before that merge). One run each. Not the target's
                             measure (one processor process): how the embedded backend scales
                             out on one machine
     events_per_s_redis      the same on Redis (Valkey started here): the Redis Streams log
