@@ -32,12 +32,14 @@ def test_members_share_the_partitions_fairly_and_hand_them_over_at_once(
     wait_until(lambda: _settled((a, frozenset({0, 1})), (b, frozenset({2}))), timeout=5)
     assert len(_members(log, "grp")) == 2
     assert log.group_members("grp") == (2, 3)
+    assert log.group_owners("grp") == {0: "a", 1: "a", 2: "b"}
     # Another group shares nothing with this one.
     other = log.consumer("other", "c")
     assert other.assignment() == {0, 1, 2}
     other.close()
     a.close()  # leaves: `b` takes everything at its next rebalance
     wait_until(lambda: b.assignment() == {0, 1, 2}, timeout=5)
+    assert log.group_owners("grp") == {0: "b", 1: "b", 2: "b"}
     assert len(_members(log, "grp")) == 1
     b.close()
     assert _members(log, "grp") == []

@@ -265,6 +265,19 @@ class EmbeddedEventLog:
         members = sum(map(_locked, (root / "members").glob("*.lock")))
         return members, sum(_locked(_partition_lock(root, p)) for p in range(self.partitions))
 
+    def group_owners(self, group: str) -> dict[int, str]:
+        """The owned partitions of `group` and the names of their owners (`stream.member`),
+        as the partitions' lock files show them. A member takes a partition's lock, then
+        writes its name in the file: a partition just taken may show "" for a moment."""
+        root = _group_dir(self.path.parent, group)
+        out: dict[int, str] = {}
+        for p in range(self.partitions):
+            path = _partition_lock(root, p)
+            if _locked(path):
+                with contextlib.suppress(FileNotFoundError):
+                    out[p] = path.read_bytes().decode(errors="replace")
+        return out
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -327,12 +340,13 @@ class _GroupLocks:
         self._members = self._dir / "members"
         self._members.mkdir(parents=True, exist_ok=True)
         self._partitions = partitions
+        self._name = member.encode()
         self.owned: dict[int, IO[bytes]] = {}
         with self._directory_locked():
             self._me = self._members / f"{uuid.uuid4().hex}.lock"
             handle = self._me.open("wb")
             fcntl.flock(handle, fcntl.LOCK_EX)  # before anyone can count it dead
-            handle.write(member.encode())
+            handle.write(self._name)
             handle.flush()
             self._handle: IO[bytes] | None = handle
 
@@ -380,6 +394,9 @@ class _GroupLocks:
             except BlockingIOError:
                 fh.close()  # another member owns it
                 continue
+            fh.truncate(0)  # its owner's name, for `group_owners`
+            fh.write(self._name)
+            fh.flush()
             self.owned[p] = fh
         return frozenset(self.owned)
 
