@@ -22,7 +22,14 @@ from tastemaker.log import total_lag
 from tastemaker.metrics import METRICS
 from tastemaker.serving.runtime import Runtime
 from tastemaker.store import Cell, PreparedWrite, PreparedWrites, StoreError
-from tastemaker.stream.processor import _HeldMaps, _pack_pairs, _Pairs, _unpack_pairs
+from tastemaker.stream import processor as processor_module
+from tastemaker.stream.processor import (
+    _HeldMaps,
+    _pack_pairs,
+    _Pairs,
+    _PausedCollector,
+    _unpack_pairs,
+)
 from tests.conftest import T0, event, make_config
 
 
@@ -404,6 +411,88 @@ def test_the_garbage_collector_is_paused_for_a_batch_and_restored_after(
     finally:
         gc.enable()
     assert enabled_during == [False, False, False]
+
+
+@pytest.mark.parametrize("store_backend", ["embedded", "redis"])
+def test_the_collector_stays_paused_between_batches_only_while_a_write_is_in_flight(
+    tmp_path: Path,
+    shop: Shop,
+    store_backend: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`drain` on a Redis store leaves each batch's write in flight during the next batch:
+    the collector is not resumed in between (it would walk that write's cells), only when
+    the log runs dry. The embedded store writes in place: resumed after every batch. Either
+    way it is enabled again when `drain` returns, and after a batch that failed."""
+    catalog = shop.catalog()
+    events = shop_events(shop, 1000)
+    config = make_config(tmp_path, catalog)
+    if store_backend == "redis":
+        url = request.getfixturevalue("redis_url")
+        store = StoreConfig(url=f"{url}?prefix=gc{uuid.uuid4().hex[:6]}:")
+        config = msgspec.structs.replace(config, store=store)
+    config = msgspec.structs.replace(
+        config, stream=msgspec.structs.replace(config.stream, batch_size=200)
+    )
+    rt = Runtime(config, catalog)
+    rt.ingestor.ingest(events)
+    found: list[bool] = []  # whether the collector ran when each batch began
+    pause = _PausedCollector.pause
+
+    def spy(self: _PausedCollector) -> None:
+        found.append(gc.isenabled())
+        pause(self)
+
+    monkeypatch.setattr(_PausedCollector, "pause", spy)
+    assert gc.isenabled()
+    assert rt.processor.drain() == len(events)
+    assert gc.isenabled()
+    batches = len(events) // 200
+    assert len(found) >= batches + 1  # and the idle call that found the log dry
+    if store_backend == "redis":
+        assert found[0]
+        assert not any(found[1:batches])
+    else:
+        assert all(found)
+    # Paused no longer than `_MAX_PAUSE_S`, even with a write in flight.
+    monkeypatch.setattr(processor_module, "_MAX_PAUSE_S", 0.0)
+    rt.ingestor.ingest(shop_events(shop, 1400)[1000:])
+    found.clear()
+    assert rt.processor.drain() == 400
+    assert all(found)
+    # A batch that fails resumes it too.
+    monkeypatch.setattr(processor_module, "_MAX_PAUSE_S", 60.0)
+    rt.ingestor.ingest(shop_events(shop, 1800)[1400:])
+
+    def failing(*_args: Any, **_kw: Any) -> None:
+        raise StoreError("injected")
+
+    monkeypatch.setattr(rt.store, "write", failing)
+    if isinstance(rt.store, PreparedWrites):
+        monkeypatch.setattr(rt.store, "prepare_write", failing)
+    with pytest.raises(StoreError):
+        rt.processor.drain()
+    assert gc.isenabled()
+    rt.close()
+
+
+def test_a_paused_collector_restores_what_it_found() -> None:
+    collector = _PausedCollector()
+    collector.pause()
+    collector.pause()  # one pause, however many batches
+    assert not gc.isenabled()
+    collector.release(held=True)
+    assert not gc.isenabled()
+    collector.release(held=False)
+    assert gc.isenabled()
+    gc.disable()
+    try:  # a caller that had paused it keeps it paused
+        collector.pause()
+        collector.release(held=False)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def _close(a: Any, b: Any) -> bool:

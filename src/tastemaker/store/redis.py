@@ -31,7 +31,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
-from tastemaker.redisio import SentCommands
+from tastemaker.redisio import SentCommands, pack
 from tastemaker.store.base import (
     Cell,
     FamilySpec,
@@ -460,7 +460,7 @@ class RedisStore:
                 conn = self._local.conn = pool.connection_class(**pool.connection_kwargs)
                 self._own.add(conn)
             try:
-                conn.send_command(*command)
+                conn.send_packed_command([pack([command])])
                 return conn.read_response()
             except redis.TimeoutError:
                 conn.disconnect()
