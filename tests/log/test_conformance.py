@@ -153,6 +153,30 @@ def test_a_consumer_reads_every_partition_once_and_resumes_after_its_commits(
     assert sorted(r.event.event_id for r in more) == sorted([held, "late"])
 
 
+def test_commits_inside_one_read_acknowledge_exactly_the_records_up_to_them(
+    log: EventLog,
+) -> None:
+    """A read's records committed in steps (the Redis Streams consumer acknowledges a read's
+    entry ids up to the committed offset, splitting the read): a new member of the group
+    gets exactly the records after the last commit."""
+    log.append([event(f"e{i}", "u", "i") for i in range(10)])
+    p = partition_of("u", log.partitions)
+    first = log.consumer("steps", "a")
+    got = _drain(first, 10)
+    assert [r.event.event_id for r in got] == [f"e{i}" for i in range(10)]
+    for step in (2, 3, 6):
+        first.commit(p, got[step].offset)
+        # The Redis Streams consumer reads its commit's replies later: lag may lag it.
+        wait_until(lambda step=step: total_lag(log, "steps") == 9 - step)
+    first.close()
+    again = log.consumer("steps", "b")
+    rest = _drain(again, 3)
+    assert [r.event.event_id for r in rest] == ["e7", "e8", "e9"]
+    again.commit(p, rest[-1].offset)
+    wait_until(lambda: total_lag(log, "steps") == 0)
+    again.close()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", SHARING)
 def test_members_share_the_partitions_and_take_over_a_dead_members_messages(

@@ -24,5 +24,8 @@ def test_offsets_of_many_ids_equal_offset_of_each_and_round_trip() -> None:
 def test_an_entry_id_whose_sequence_does_not_fit_is_refused_by_name() -> None:
     with pytest.raises(LogError, match="1763928000123-1048576"):
         offsets_of([b"1-0", b"1763928000123-1048576"])
-    with pytest.raises(LogError, match="malformed"):
-        offsets_of([b"12", b"1-2"])
+    for malformed in ([b"12", b"1-2"], [b"1-x"], [b"1--2"], [b"1-2-3"], [b"1-2 3"]):
+        with pytest.raises(LogError, match="malformed"):
+            offsets_of(malformed)
+    with pytest.raises(LogError, match="malformed"):  # beyond a 64-bit offset
+        offsets_of([b"99999999999999999999-1"])

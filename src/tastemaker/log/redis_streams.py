@@ -26,9 +26,11 @@ from `poll`, and the stream processor retries after a pause.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import threading
 import time
+import warnings
 from collections import defaultdict, deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -46,6 +48,7 @@ __all__ = ["RedisStreamsConsumer", "RedisStreamsLog"]
 
 _SEQ_BITS = 20
 _SEQ_MASK = (1 << _SEQ_BITS) - 1
+_MS_MAX = (1 << (63 - _SEQ_BITS)) - 1  # an offset is a signed 64-bit integer
 _TRIM_EVERY_S = 60.0
 
 # Keeps the larger of two offsets: they are decimal strings of up to 19 digits, beyond the
@@ -109,13 +112,23 @@ def offset_of(entry_id: bytes | str) -> int:
 
 
 def offsets_of(entry_ids: Sequence[bytes | str]) -> list[int]:
-    """`offset_of` of many ids at once: numpy parses every `ms` and `seq` in one cast (a
-    20,000-entry read spent ~25 ms in `offset_of` one id at a time)."""
+    """`offset_of` of many ids at once: numpy parses every `ms` and `seq` as one text (a
+    20,000-entry read spent ~25 ms in `offset_of` one id at a time; casting the split
+    ids to integers took 29.6 ms for 50,000, parsing them as text 4.3 ms, measured)."""
     if not entry_ids:
         return []
     raw = [i.encode() if isinstance(i, str) else i for i in entry_ids]
-    parts = np.array(b"-".join(raw).split(b"-")).astype(np.int64)
-    if parts.size != 2 * len(raw):
+    text = b" ".join(raw)
+    if text.count(b"-") != len(raw):  # one dash an id
+        raise LogError(f"malformed stream entry ids among {raw[:3]!r}...")
+    text = text.replace(b"-", b" ")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # numpy < 2.3 warns where it stopped parsing
+            parts = np.fromstring(text, dtype=np.int64, sep=" ")  # text mode: not deprecated
+    except (ValueError, DeprecationWarning):
+        parts = np.zeros(0, np.int64)
+    if parts.size != 2 * len(raw) or (parts < 0).any() or (parts[0::2] > _MS_MAX).any():
         raise LogError(f"malformed stream entry ids among {raw[:3]!r}...")
     ms, seq = parts[0::2], parts[1::2]
     if (seq > _SEQ_MASK).any():
@@ -326,7 +339,9 @@ class RedisStreamsConsumer:
         self._members_key = f"{log.prefix}:members:{group}"
         self._owned: frozenset[int] = frozenset()
         self._claiming: dict[int, str] = {}  # partition -> XAUTOCLAIM cursor
-        self._delivered: dict[int, deque[tuple[int, bytes]]] = defaultdict(deque)
+        # Per partition, the reads delivered and not yet acknowledged, in order: (last
+        # offset, offsets, entry ids as read) each.
+        self._delivered: dict[int, deque[tuple[int, list[int], list[bytes]]]] = defaultdict(deque)
         # The commit sent last, its replies not read yet, with its partition and offset; see
         # `commit`.
         self._acking: tuple[SentCommands, int, int] | None = None
@@ -410,9 +425,9 @@ class RedisStreamsConsumer:
             records = log.records(p, entries)
             if records:
                 self._next = (owned.index(p) + 1) % len(owned)
-                # Each record's offset, and its entry id as read (acknowledged as is).
+                # The records' offsets, and their entry ids as read (acknowledged as is).
                 ids = [e[0] for e in entries if e is not None and e[1]]
-                self._delivered[p].extend(zip([r.offset for r in records], ids, strict=True))
+                self._delivered[p].append((records[-1].offset, [r.offset for r in records], ids))
                 return records
         return []
 
@@ -425,9 +440,17 @@ class RedisStreamsConsumer:
         batch once more."""
         self._settle()
         done = self._delivered[partition]
-        ids = []
-        while done and done[0][0] <= offset:
-            ids.append(done.popleft()[1])
+        ids: list[bytes] = []
+        while done and done[0][1][0] <= offset:
+            last, offsets, read = done[0]
+            if last <= offset:  # the usual commit: whole reads
+                ids.extend(read)
+                done.popleft()
+                continue
+            cut = bisect.bisect_right(offsets, offset)
+            ids.extend(read[:cut])
+            done[0] = (last, offsets[cut:], read[cut:])
+            break
         log = self.log
         commands: list[tuple[Any, ...]] = []
         if ids:
