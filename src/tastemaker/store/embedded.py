@@ -22,6 +22,7 @@ Durability (`fsync`):
 
 from __future__ import annotations
 
+import itertools
 import struct
 import threading
 import time
@@ -195,17 +196,20 @@ class EmbeddedStore:
             met.add(key)
         try:
             with self._env.begin(db=self._cells, write=True) as txn:
+                # `putmulti`: one call for all the keys, its loop in C (40,000 idempotency
+                # keys: 13-19 instead of 29-35 ms with a cursor's `put` per key, measured).
                 if seen:
                     expiry = _F64.pack(now + self._seen_ttl_s)
-                    # Through a cursor: no `db=` argument to parse per key (40,000 keys:
-                    # 22 instead of 28 ms, measured).
-                    put_seen = txn.cursor(db=self._seen).put
-                    for event_key in seen:
-                        put_seen(event_key.encode(), expiry)
+                    txn.cursor(db=self._seen).putmulti(
+                        zip(map(str.encode, seen), itertools.repeat(expiry))
+                    )
+                # The whole families first: any other mutation of one of their keys comes
+                # after it in `mutations`, and is merged over it below.
+                if ready:
+                    txn.cursor().putmulti([(keys[i][0], blob) for i, blob in ready.items()])
                 get, put = txn.get, txn.put
                 for i, (m, (key, expire_at)) in enumerate(zip(mutations, keys, strict=True)):
-                    if (blob := ready.get(i)) is not None:
-                        put(key, blob)
+                    if i in ready:
                         continue
                     raw = get(key)
                     cells: Mapping[str, _RawCell | Cell]
