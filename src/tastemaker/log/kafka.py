@@ -59,8 +59,11 @@ class KafkaLog:
         self.topic = topic
         self.timeout_s = timeout_s
         self.session_timeout_s = session_timeout_s
-        self._admin = AdminClient({"bootstrap.servers": servers})
-        self.partitions = self._ensure_topic(partitions)
+        # Only needed here: an AdminClient has no close, and one the log held went on
+        # reconnecting (and logging) after the broker was gone while the log was kept.
+        self.partitions = self._ensure_topic(
+            AdminClient({"bootstrap.servers": servers}), partitions
+        )
         self._producer = Producer(
             {
                 "bootstrap.servers": servers,
@@ -81,11 +84,11 @@ class KafkaLog:
         self._closed = False
         self._read_lock = threading.Lock()
 
-    def _ensure_topic(self, partitions: int) -> int:
+    def _ensure_topic(self, admin: AdminClient, partitions: int) -> int:
         try:
-            meta = self._admin.list_topics(timeout=self.timeout_s)
+            meta = admin.list_topics(timeout=self.timeout_s)
             if self.topic not in meta.topics or meta.topics[self.topic].error is not None:
-                futures = self._admin.create_topics(
+                futures = admin.create_topics(
                     [NewTopic(self.topic, num_partitions=partitions, replication_factor=1)]
                 )
                 try:
@@ -93,7 +96,7 @@ class KafkaLog:
                 except KafkaException as exc:
                     if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                         raise
-                meta = self._admin.list_topics(topic=self.topic, timeout=self.timeout_s)
+                meta = admin.list_topics(topic=self.topic, timeout=self.timeout_s)
             return len(meta.topics[self.topic].partitions)
         except KafkaException as exc:
             raise LogError(f"kafka log {self.servers}/{self.topic}: {exc}") from exc
