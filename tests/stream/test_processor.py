@@ -477,6 +477,46 @@ def test_the_collector_stays_paused_between_batches_only_while_a_write_is_in_fli
     rt.close()
 
 
+def test_run_resumes_the_collector_whatever_ends_it(
+    tmp_path: Path, shop: Shop, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run` stopped by an exception it does not catch (a KeyboardInterrupt, say) while a
+    Redis write is in flight leaves the collector as it found it."""
+
+    class Interrupted(BaseException):
+        pass
+
+    catalog = shop.catalog()
+    store = StoreConfig(url=f"{redis_url}?prefix=gcrun{uuid.uuid4().hex[:6]}:")
+    config = make_config(tmp_path, catalog, store=store)
+    config = msgspec.structs.replace(
+        config, stream=msgspec.structs.replace(config.stream, batch_size=200)
+    )
+    rt = Runtime(config, catalog)
+    rt.ingestor.ingest(shop_events(shop, 1000))
+    consumer = rt.processor.consumer
+    poll = consumer.poll
+    polls = 0
+    in_flight: list[bool] = []
+
+    def interrupted_poll(limit: int) -> list[Any]:
+        nonlocal polls
+        polls += 1
+        if polls == 3:
+            in_flight.append(rt.processor._in_flight is not None)
+            raise Interrupted
+        return poll(limit)
+
+    monkeypatch.setattr(consumer, "poll", interrupted_poll)
+    assert gc.isenabled()
+    with pytest.raises(Interrupted):
+        rt.processor.run()
+    assert in_flight == [True]  # the collector was held paused for it
+    assert gc.isenabled()
+    monkeypatch.undo()
+    rt.close()
+
+
 def test_a_paused_collector_restores_what_it_found() -> None:
     collector = _PausedCollector()
     collector.pause()

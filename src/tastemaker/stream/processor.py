@@ -1261,19 +1261,21 @@ class StreamProcessor:
         merged). Those still waiting at the end are merged on the way out."""
         merge_after_s = self.config.stream.covis_merge_after_s
         collector = _PausedCollector()
-        while not self._stop.is_set():
-            try:
-                result = self._overlapped(collector, merge_after_s=merge_after_s)
-            except Exception:
-                log.exception("stream batch failed; retrying")
-                METRICS.stream_errors.inc()
-                collector.release(held=False)
-                self._stop.wait(1.0)
-                continue
-            if result is None:
-                self._stop.wait(self.config.stream.poll_interval_s)
-        self._flush_quietly()
-        collector.release(held=False)
+        try:
+            while not self._stop.is_set():
+                try:
+                    result = self._overlapped(collector, merge_after_s=merge_after_s)
+                except Exception:
+                    log.exception("stream batch failed; retrying")
+                    METRICS.stream_errors.inc()
+                    collector.release(held=False)
+                    self._stop.wait(1.0)
+                    continue
+                if result is None:
+                    self._stop.wait(self.config.stream.poll_interval_s)
+            self._flush_quietly()
+        finally:
+            collector.release(held=False)  # whatever ended the loop
         try:
             self._merge_waiting(0.0)
         except Exception:
