@@ -343,40 +343,22 @@ def _cells_by_key(mutations: Iterable[Mutation]) -> dict[tuple[str, str], dict[s
     return out
 
 
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector paused for one microbatch. A batch holds tens of
-    thousands of young containers (events, states, cells, mutations) until its store write,
-    and the collector walked them again and again as they piled up: 20% of a drain's time
-    (2.5 -> 2.0 s for 133,921 events, bench_stream's shop). Almost all of them die by
-    reference counting when the batch ends; the few cycles wait for the next collection,
-    which runs between batches. Nested pauses leave the collector as the outermost found it.
-    It is paused for the whole process: in `serve` with the stream in a thread, the API
-    threads' cycles are also collected after the batch (a batch takes well under a second)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 # How long `_PausedCollector` may keep the collector paused across batches.
 _MAX_PAUSE_S = 10.0
 
 
 class _PausedCollector:
-    """The collector paused over a run of overlapped batches (`drain`, `run`). `_collector_paused`
-    around each batch resumed it after every batch; but with a write in flight (Redis) the
+    """Python's cyclic garbage collector paused, for one batch (`_collector_paused`) or over a
+    run of overlapped batches (`drain`, `run`), and restored as `pause` found it. Resumed
+    after every batch, it walked more than it had to: with a write in flight (Redis) the
     batch's cells, the log's buffered records and their entry ids are still alive then, and
     the first allocation after the resume walked all of them (a young collection of up to
-    ~150 ms; 0.9 s of a 13 s Redis drain, measured with `gc.callbacks`). So the collector
-    resumes only once no write is in flight (the log ran dry, or the batch wrote in place),
-    or after `_MAX_PAUSE_S` of one pause. A drain makes no cyclic garbage per batch (a
-    collection after a whole drain with the collector off found none embedded, and on Redis
-    only the batch a stored error's traceback held, fixed since), so the longer pause costs
-    no memory; other threads' cycles (the API in `serve`) wait for the resume."""
+    ~150 ms; 0.9 s of a 13 s Redis drain, measured with `gc.callbacks`). So over a run the
+    collector resumes only once no write is in flight (the log ran dry, or the batch wrote in
+    place), or after `_MAX_PAUSE_S` of one pause. A drain makes no cyclic garbage per batch
+    (a collection after a whole drain with the collector off found none embedded, and on
+    Redis only the batch a stored error's traceback held, fixed since), so the longer pause
+    costs no memory; other threads' cycles (the API in `serve`) wait for the resume."""
 
     def __init__(self) -> None:
         self._since: float | None = None  # when the pause began; None: not paused
@@ -396,6 +378,24 @@ class _PausedCollector:
         self._since = None
         if self._resume:
             gc.enable()
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused for one microbatch. A batch holds tens of
+    thousands of young containers (events, states, cells, mutations) until its store write,
+    and the collector walked them again and again as they piled up: 20% of a drain's time
+    (2.5 -> 2.0 s for 133,921 events, bench_stream's shop). Almost all of them die by
+    reference counting when the batch ends; the few cycles wait for the next collection,
+    which runs between batches. Nested pauses leave the collector as the outermost found it.
+    It is paused for the whole process: in `serve` with the stream in a thread, the API
+    threads' cycles are also collected after the batch (a batch takes well under a second)."""
+    collector = _PausedCollector()
+    collector.pause()
+    try:
+        yield
+    finally:
+        collector.release(held=False)
 
 
 class _Sessions(NamedTuple):
