@@ -1,4 +1,4 @@
-"""The `tastemaker` command: demo, serve, stream, and dataset downloads."""
+"""The `tastemaker` command: demo, serve, stream, batch jobs, API keys and dataset downloads."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 
 from tastemaker.catalog import CatalogError
-from tastemaker.config import Config, ConfigError, load_config
+from tastemaker.config import ApiKey, Config, ConfigError, ServingConfig, load_config
 from tastemaker.data.movielens import MovieLensError
 from tastemaker.log import LogError
 from tastemaker.offline.artifacts import ArtifactError
@@ -82,6 +82,8 @@ def _serve(
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from tastemaker.serving.auth import check_exposure
+
     config = load_config(args.config)
     if args.host or args.port is not None:
         serving = msgspec.structs.replace(
@@ -90,6 +92,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             port=config.serving.port if args.port is None else args.port,
         )
         config = msgspec.structs.replace(config, serving=serving)
+    check_exposure(config.serving)  # before anything slow is loaded
     print(
         f"tastemaker serving on http://{config.serving.host}:{config.serving.port} "
         f"(OpenAPI at /openapi.json)",
@@ -118,7 +121,9 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tastemaker.demo import run_demo
+    from tastemaker.serving.auth import check_exposure
 
+    check_exposure(ServingConfig(port=args.port))  # the demo's: loopback, no keys
     data_dir = Path(args.data_dir)
     if data_dir.exists():
         shutil.rmtree(data_dir)
@@ -248,6 +253,29 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from tastemaker.serving.auth import hash_key, new_key
+
+    if args.keys_command == "hash":
+        key = args.key if args.key not in (None, "-") else sys.stdin.readline().strip()
+        if not key:
+            raise ConfigError("keys hash: no key given (as an argument or on stdin)")
+        print(hash_key(key))
+        return 0
+    scopes = args.scopes.split("+")
+    key = new_key()
+    try:
+        entry = msgspec.convert(
+            {"name": args.name, "sha256": hash_key(key), "scopes": scopes}, ApiKey
+        )
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"keys new: {exc}") from exc
+    print(f"key: {key}\n(give the key to its client; the server keeps only the hash below)\n")
+    print(msgspec.toml.encode({"serving": {"api_keys": [msgspec.to_builtins(entry)]}}).decode())
+    print(f"or: TASTEMAKER_SERVING__API_KEYS={entry.name}:{entry.sha256}:{'+'.join(scopes)}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tastemaker", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -311,6 +339,17 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--users", type=int, default=3000, help="synthetic dataset: users")
     ev.set_defaults(func=_cmd_evaluate)
+    k = sub.add_parser("keys", help="make API keys and their hashes (serving.api_keys)")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    kn = ksub.add_parser("new", help="a fresh random key, its hash and its config entry")
+    kn.add_argument("--name", required=True, help="what logs and rate limits call the key")
+    kn.add_argument(
+        "--scopes", default="read", help="ingest, read, admin, metrics joined by + (default read)"
+    )
+    kn.set_defaults(func=_cmd_keys)
+    kh = ksub.add_parser("hash", help="the SHA-256 a config holds for a key")
+    kh.add_argument("key", nargs="?", default=None, help="the key (default: read from stdin)")
+    kh.set_defaults(func=_cmd_keys)
     return p
 
 

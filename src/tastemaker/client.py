@@ -14,7 +14,9 @@ answer type), by the methods of `_E`; what to do with an answer (decode it, rais
 error, or wait and retry on 429/503) is decided once, by `_outcome`. The two clients only
 move bytes (`httpx2.Client`, `httpx2.AsyncClient`) and carry one typed line per endpoint.
 Retries: answers 429 and 503 are retried after their Retry-After (at most `retries` times);
-`send_events` is safe to retry because event ids make the ingest idempotent.
+`send_events` is safe to retry because event ids make the ingest idempotent. `api_key` goes
+out as `X-API-Key` on every call; a 401 or 403 (no key, or one without the endpoint's scope)
+is an `ApiError`, never retried.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 Environment overrides use the prefix `TASTEMAKER_` and `__` between levels:
 `TASTEMAKER_STORE__URL=embedded:///var/lib/tm/store`, `TASTEMAKER_SERVING__PORT=9000`.
+`TASTEMAKER_SERVING__API_KEYS=NAME:SHA256:SCOPE+SCOPE,...` sets the list of API keys.
 `TASTEMAKER_CONFIG` is reserved: it names the config file when `--config` is not given.
 """
 
@@ -28,7 +29,7 @@ from tastemaker.features import (
     WindowedCount,
 )
 
-__all__ = ["Config", "ConfigError", "dump_config", "load_config", "local_config"]
+__all__ = ["ApiKey", "Config", "ConfigError", "dump_config", "load_config", "local_config"]
 
 DAY = 86400.0
 Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -126,6 +127,19 @@ class RankingConfig(_Section, frozen=True):
     )
 
 
+Scope = Literal["ingest", "read", "admin", "metrics"]
+
+
+class ApiKey(_Section, frozen=True):
+    """A client's key, held only as its SHA-256 (`tastemaker keys new` makes one). `name` is
+    what logs, errors and the rate limits (`api_key_rps`) call it; `admin` implies every
+    other scope."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
+    sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{64}$")]
+    scopes: Annotated[list[Scope], msgspec.Meta(min_length=1)]
+
+
 class ServingConfig(_Section, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
@@ -167,6 +181,18 @@ class ServingConfig(_Section, frozen=True):
     # by a little, so a longer cache costs no visible freshness (the user's own seeds are
     # read per request) and spares the store a read per long-tail seed.
     neighbour_cache_s: Positive = 10.0
+    # Access control (docs/serving.md): "keys" asks every request but the health checks and
+    # the schema for one of `api_keys`; with none configured, a server on a loopback address
+    # runs open and one on any other address refuses to start. "none": open on any address.
+    auth: Literal["keys", "none"] = "keys"
+    api_keys: list[ApiKey] = msgspec.field(default_factory=list)
+    metrics_auth: bool = False  # true: /metrics needs a key with the `metrics` scope
+
+    def __post_init__(self) -> None:
+        for field in ("name", "sha256"):
+            seen = [getattr(k, field).lower() for k in self.api_keys]
+            if len(set(seen)) < len(seen):
+                raise ConfigError(f"serving.api_keys: two keys have the same {field}")
 
 
 class OfflineConfig(_Section, frozen=True):
@@ -265,6 +291,24 @@ class Config(_Section, frozen=True):
 _RESERVED_ENV = frozenset({"TASTEMAKER_CONFIG", "TASTEMAKER_CACHE_DIR"})
 
 
+def _api_keys_from_env(name: str, value: str) -> list[dict[str, Any]]:
+    """`NAME:SHA256:SCOPE+SCOPE,...` as `[[serving.api_keys]]` tables. The parts are not
+    echoed in errors: a key pasted where its hash belongs must not reach the logs."""
+    keys = []
+    for i, entry in enumerate(e.strip() for e in value.split(",")):
+        if not entry:
+            continue
+        parts = entry.split(":")
+        if len(parts) != 3:
+            raise ConfigError(f"{name}: entry {i} is not NAME:SHA256:SCOPE+SCOPE")
+        keys.append({"name": parts[0], "sha256": parts[1], "scopes": parts[2].split("+")})
+    return keys
+
+
+# Settings that are lists of tables, set from one variable in a compact form.
+_ENV_PARSERS = {"TASTEMAKER_SERVING__API_KEYS": _api_keys_from_env}
+
+
 def _apply_env(tree: dict[str, Any], env: Mapping[str, str]) -> None:
     for key, value in env.items():
         if not key.startswith("TASTEMAKER_") or key in _RESERVED_ENV:
@@ -276,7 +320,8 @@ def _apply_env(tree: dict[str, Any], env: Mapping[str, str]) -> None:
             if not isinstance(child, dict):
                 raise ConfigError(f"{key}: {'.'.join(path)} is not a section")
             node = child
-        node[path[-1]] = value
+        parse = _ENV_PARSERS.get(key)
+        node[path[-1]] = value if parse is None else parse(key, value)
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:

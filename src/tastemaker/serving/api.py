@@ -23,6 +23,7 @@ from tastemaker import __version__
 from tastemaker.events import InvalidBatchError
 from tastemaker.log import LogError
 from tastemaker.metrics import METRICS
+from tastemaker.serving.auth import client_name, install_auth
 from tastemaker.serving.ingest import BackpressureError
 from tastemaker.serving.openapi import openapi_document
 from tastemaker.serving.pipeline import Request as PipelineRequest
@@ -131,10 +132,11 @@ def build_app(runtime: Runtime) -> Starlette:
     )
 
     def limited(request: Request) -> Response | None:
-        """429 when the request's API key (`X-API-Key`, else "anonymous") is over its rate."""
+        """429 when the request's API key is over its rate: the authenticated key's name,
+        else (auth off) the `X-API-Key` header, else "anonymous"."""
         if not limiter.enabled():
             return None
-        key = request.headers.get("x-api-key", "anonymous")
+        key = client_name(request.scope) or request.headers.get("x-api-key", "anonymous")
         wait = limiter.acquire(key)
         if wait <= 0:
             return None
@@ -229,7 +231,7 @@ def build_app(runtime: Runtime) -> Starlette:
     async def openapi(_: Request) -> Response:
         return Response(spec, media_type="application/json")
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/events", _timed("events", post_events), methods=["POST"]),
             Route("/v1/recommend", _timed("recommend", post_recommend), methods=["POST"]),
@@ -250,3 +252,5 @@ def build_app(runtime: Runtime) -> Starlette:
             Route("/openapi.json", openapi, methods=["GET"]),
         ]
     )
+    install_auth(app, s)
+    return app

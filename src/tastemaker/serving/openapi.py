@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 
 from tastemaker.events import Event, EventBatch
+from tastemaker.serving.auth import document_security
 from tastemaker.serving.schemas import (
     Accepted,
     ErrorBody,
@@ -53,11 +54,11 @@ def openapi_document(version: str) -> dict[str, Any]:
         **_json(r["ErrorBody"]),
     }
     limited = {
-        "description": "Over the API key's request rate (X-API-Key header); retry after the "
+        "description": "Over the API key's request rate; retry after the "
         "seconds in the Retry-After header.",
         **_json(r["ErrorBody"]),
     }
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "tastemaker",
@@ -180,3 +181,5 @@ def openapi_document(version: str) -> dict[str, Any]:
         },
         "components": {"schemas": components},
     }
+    document_security(doc, r["ErrorBody"])
+    return doc
