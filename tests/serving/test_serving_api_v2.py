@@ -163,7 +163,7 @@ def test_rate_limits_per_api_key(tmp_path: Path, catalog: Catalog) -> None:
         make_config(tmp_path, catalog),
         rate_limit_rps=0.001,
         rate_limit_burst=3,
-        api_key_rps={"big": 1000.0},
+        api_key_rps={"big": 1_000_000.0},
     )
     rt = Runtime.from_config(config)
     try:
