@@ -245,7 +245,7 @@ def bench_redis(url: str, users: int, reads: int) -> dict[str, float]:
     # The same number of new users again, through the columnar bulk write.
     bulk_rate = bulk_load(store, users, offset=users)
     assert sum(len(c) for c in store.get([f"u:{users}"], fams)[f"u:{users}"].values()) == 50
-    # Two writers at once: one Python process spends ~15 us of CPU encoding and batching a
+    # Two writers at once: one Python process spends its CPU encoding and batching a
     # row and then waits while the server applies the batch; a second overlaps the two.
     two_rate = parallel_load(url, 2 * users, 60_000)
     assert sum(len(c) for c in store.get([f"u:{2 * users}"], fams)[f"u:{2 * users}"].values()) == 50

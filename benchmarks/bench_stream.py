@@ -19,11 +19,10 @@ Prints progress, then one JSON object as the last line:
                             2-core machine one run of the same code varies by 10-25%
     events_per_s_embedded_1_partition
                             one run as `events_per_s_embedded` on a 1-partition log (the
-                            embedded log's default, and this benchmark's layout until
-                            session 16). With 4 partitions under a backlog, a microbatch of
-                            one partition holds a quarter of the users over four times the
-                            span of the log: a user's row is read and written once for more
-                            of their events
+                            embedded log's default). With 4 partitions under a backlog, a
+                            microbatch of one partition holds a quarter of the users over four
+                            times the span of the log: a user's row is read and written once
+                            for more of their events
     events_per_s_embedded_store_fsync
                             one run as `events_per_s_embedded` with the LMDB store's default
                             `fsync=always` (a fsync per microbatch's commit)
@@ -34,10 +33,9 @@ Prints progress, then one JSON object as the last line:
                             then the events appended at once once the group has settled
                             (each process owning its share of the partitions), the clock running
                             until the log is consumed and the last co-visitation pairs
-                            merged (as the in-process runs' drain does; before session 17
-                            the clock stopped before that merge). One run each. Not the target's
-                            measure (one processor process): how the embedded backend scales
-                            out on one machine
+                            merged (as the in-process runs' drain does). One run each. Not the
+                            target's measure (one processor process): how the embedded
+                            backend scales out on one machine
     events_per_s_redis      the same on Redis (Valkey started here): the Redis Streams log
                             (4 partitions, all owned by the one processor) and the Redis
                             online store; the median of 3 runs (`events_per_s_redis_runs`)
@@ -137,7 +135,7 @@ def throughput(
     assert applied == len({e.event_id for e in events})
     if not keep:
         # The kernel would write the store's dirty pages (fsync=never) back during the next
-        # runs, slowing them: three runs in a row measured 100K, 96K, 80K events/s (probe).
+        # runs, slowing each later run.
         shutil.rmtree(root)
     return len(events) / elapsed
 
@@ -171,8 +169,8 @@ def processes_throughput(root: Path, shop: Shop, events: list[Event], processes:
         deadline = time.monotonic() + 120
         # Every partition owned, and by every process: the first process to start takes all
         # of them, and gives them up to the others only at its next rebalance (appending
-        # once every partition had an owner left the second process idle for ~0.7 s of a
-        # 1.3 s run, probe).
+        # once every partition had an owner left the second process idle for much of a
+        # run).
         while not _spread(log.group_owners(group), processes):
             if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
                 raise RuntimeError(f"{processes} stream processes did not settle in a group")

@@ -27,7 +27,7 @@ class BatchHistogram(Collector):
 
     Written here because prometheus-client's `Histogram` takes one value a call, walking its
     bounds in Python: the stream observes the freshness of every user row it writes, ~2,000
-    a microbatch, which cost ~3% of a drain. Here a batch is counted with numpy
+    a microbatch, a visible share of a drain. Here a batch is counted with numpy
     (`searchsorted` puts a value in the first bucket whose bound is >= it, as `Histogram`
     does) and exported through the public collector API, as `Histogram` exports it:
     `_bucket` (cumulative, `le`), `_sum` and `_count`."""

@@ -1,6 +1,6 @@
 """The embedded log's storage: an append's records of one partition in chunks of up to
 `_CHUNK` (`log/embedded.py`). Reads that start or stop inside a chunk, lag counted in
-chunks, and a log written a row per record (before session 17) opened by this code."""
+chunks, and a log in the older row-per-record layout opened by this code."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def test_lag_counts_the_records_of_a_partly_committed_chunk(tmp_path: Path) -> N
 
 
 def _old_log(path: Path, events: list[Event], partitions: int | None) -> None:
-    """A log as written before session 17: a row per record in `events`, its offset the row
+    """A log in the older layout: a row per record in `events`, its offset the row
     id; without the partition column when `partitions` is None (before partitions)."""
     path.mkdir(parents=True)
     db = sqlite3.connect(path / "events.sqlite3")

@@ -39,7 +39,7 @@ class ShopSpec(msgspec.Struct, frozen=True, kw_only=True):
     sessions_per_user: float = 3.0
     views_per_session: float = 6.0
     seed: int = 7
-    start_ts: float = 1_760_000_000.0  # 2025-10-09
+    start_ts: float = 1_760_000_000.0  # 2025-10-09T08:53:20Z
 
 
 class Taste(msgspec.Struct, frozen=True):

@@ -61,9 +61,8 @@ def update_covisitation(
     n = len(links)
     if n > max_neighbours:
         # Strongest first by a C-level key (one float sort); only the links that tie with
-        # the last one kept are then ordered by id. 7.4 us a call instead of 10.1 us for
-        # sorting every link by id as well (calls recorded from a 20,000-user drain, same
-        # results); this runs for most touched items of every stream batch.
+        # the last one kept are then ordered by id, cheaper than sorting every link by id
+        # as well (same results); this runs for most touched items of every stream batch.
         order = sorted(links, key=links.__getitem__, reverse=True)
         cut = links[order[max_neighbours - 1]]
         if links[order[max_neighbours]] != cut:

@@ -112,9 +112,8 @@ def offset_of(entry_id: bytes | str) -> int:
 
 
 def offsets_of(entry_ids: Sequence[bytes | str]) -> list[int]:
-    """`offset_of` of many ids at once: numpy parses every `ms` and `seq` as one text (a
-    20,000-entry read spent ~25 ms in `offset_of` one id at a time; casting the split
-    ids to integers took 29.6 ms for 50,000, parsing them as text 4.3 ms, measured)."""
+    """`offset_of` of many ids at once: numpy parses every `ms` and `seq` as one text,
+    several times faster than `offset_of` one id at a time or casting the split ids."""
     if not entry_ids:
         return []
     raw = [i.encode() if isinstance(i, str) else i for i in entry_ids]
@@ -436,8 +435,8 @@ class RedisStreamsConsumer:
         Both are sent at once and their replies read by this consumer's next call (`poll`,
         `commit`, `seek`, `close`), which raises if they failed: the stream processor's
         position lives in the store, so the log's commit only serves lag and takeovers, and
-        waiting for it cost ~23 ms a 20,000-event batch. Lag read in between may count the
-        batch once more."""
+        is not worth a round trip's wait a batch. Lag read in between may count the batch
+        once more."""
         self._settle()
         done = self._delivered[partition]
         ids: list[bytes] = []

@@ -14,11 +14,8 @@ largest inner product with (q, 0) is the nearest by angle, which the lists are b
 (Bachrach et al., "Speeding up the Xbox recommender system using a euclidean transformation
 for inner-product spaces", RecSys 2014). Scores returned are the true inner products.
 
-Measured on the serving benchmark's 100,000 items with its users' real queries
-(docs/serving.md): the click-centroid ANN, 1,024 lists, nprobe 32 (what the tuning picks)
-0.067 / 0.143 ms p50 / p99 at recall 1.000 (HNSW M=32: 0.170 / 0.346 ms at 0.970); the ALS
-factors, nprobe 128 (tuned) 0.067 / 0.129 ms at recall 0.982 (HNSW: 0.203 / 0.331 ms at
-0.950).
+On the serving benchmark's items and queries it is faster than HNSW at a higher recall, for
+the click-centroid ANN and the ALS factors alike (measurements: docs/serving.md).
 """
 
 from __future__ import annotations
@@ -144,8 +141,8 @@ class IvfIndex:
         """(inner products, rows) of the `k` best rows for each query, best first; rows are
         -1 where fewer were found."""
         # One request asks for one query: faiss's C++ search is called on our own output
-        # arrays, without its Python wrapper's checks and copies (~14 of ~80 us an ALS
-        # search).
+        # arrays, without its Python wrapper's checks and copies (a sizeable share of a
+        # one-query search).
         x, norms = self._query(np.asarray(queries, dtype=np.float32))
         n = x.shape[0]
         sims = np.empty((n, k), np.float32)

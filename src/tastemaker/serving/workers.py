@@ -8,12 +8,11 @@ worker over a Unix socket pair (SCM_RIGHTS), as Node's `cluster` module does by 
 Why not uvicorn's own `workers=N`: there the workers share the listening socket, and the one
 that wakes first accepts every connection pending at that moment. A client holding a few
 keep-alive connections (a load balancer, a backend's connection pool) then often has all of
-them on one worker while the other idles: measured with `benchmarks/bench_serving.py`'s 16
-connections, one worker used 16 s of CPU and the other 1 s in an 18 s run, and the server
-held 665 of the 900 requests/s asked. No library we use deals accepted connections out to
-processes in the order they are accepted, so this is written here over the
-standard library; the workers are uvicorn's own server, adopting the sockets they are
-handed (`loop.connect_accepted_socket`).
+them on one worker while the other idles (as `benchmarks/bench_serving.py`'s keep-alive
+connections showed: one worker busy, the other nearly idle, the rate asked not held). No
+library we use deals accepted connections out to processes in the order they are accepted,
+so this is written here over the standard library; the workers are uvicorn's own server,
+adopting the sockets they are handed (`loop.connect_accepted_socket`).
 
 What happens when a part is down:
 - a worker that dies is started again within a second; until it reports ready, new

@@ -144,7 +144,7 @@ class PreparedWrites(Protocol):
     """A backend whose write is mostly waiting for a server (Redis) splits it, so a caller
     can do its own work meanwhile (the stream processor computes the next microbatch). The
     embedded store does not: its write is Python work under the GIL, and running it on
-    another thread slowed a stream drain down (2.27 -> 2.77 s)."""
+    another thread slowed a stream drain down (the two threads contend for the GIL)."""
 
     def prepare_write(
         self, mutations: Sequence[Mutation], *, seen: Sequence[str] = ()

@@ -17,7 +17,7 @@ Durability (`fsync`):
   undo the last commits, whole: each transaction stays atomic, so the state and the log
   position the stream processor writes with it roll back together, and the processor reads
   those events again from its log (which must then keep them: `fsync=always` on the log).
-  Measured on a stream drain of the demo shop: the per-commit fsync was 0.6 s of ~8 s.
+  The per-commit fsync is a large share of a stream drain's store writes (docs/store.md).
 """
 
 from __future__ import annotations
@@ -101,9 +101,8 @@ class EmbeddedStore:
         self._clock = clock
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(_Record).decode
-        # The write's merge and the sweep only compare times: decoding the stored values
-        # into Python objects and encoding them again cost a stream drain ~0.1 s of 2.1 s
-        # (a profile family: 4.9 us to decode whole, 2.2 us with its values left raw).
+        # The write's merge and the sweep only compare times: the stored values stay raw
+        # msgpack, which decodes in about half the time of whole Python objects.
         self._decode_raw = msgspec.msgpack.Decoder(_RawRecord).decode
         with _ENVS_LOCK:
             env, refs, policy = _ENVS.get(path, (None, 0, fsync))
@@ -116,9 +115,8 @@ class EmbeddedStore:
                 # writemap=False keeps a stray pointer from corrupting the file, and with
                 # `sync=False` keeps each commit atomic (LMDB's ACI without the D). The
                 # kernel's readahead stays on unless the file is larger than the RAM it may
-                # use (then it evicts pages other reads need): with it off, the first 100,000
-                # random reads of a million users just loaded took 544-7,928 major page
-                # faults and p99 0.018-0.154 ms; with it on 66-83 faults, p99 0.015-0.025 ms.
+                # use (then it evicts pages other reads need): with it off, the first random
+                # reads of a store just loaded take many more major page faults.
                 env = lmdb.open(
                     str(path / "store.lmdb"),
                     map_size=map_size,
@@ -176,8 +174,8 @@ class EmbeddedStore:
         }
         decode, encode = self._decode_raw, self._encode
         # Each mutation's key and expiry; a whole family is encoded here, before the write
-        # lock is taken: merging it would give the same cells (a drain's profile and session
-        # rows: 0.2-0.3 s of 1.2-1.5 s of cell writes, measured), unless an earlier mutation
+        # lock is taken: merging it would give the same cells (reading and merging a drain's
+        # profile and session rows is a large share of its cell writes), unless an earlier mutation
         # of this write has its key. LMDB has one writer at a time across processes, so
         # encoding under the lock made stream processes sharing the store wait for each other.
         keys: list[tuple[bytes, float]] = []
@@ -196,8 +194,8 @@ class EmbeddedStore:
             met.add(key)
         try:
             with self._env.begin(db=self._cells, write=True) as txn:
-                # `putmulti`: one call for all the keys, its loop in C (40,000 idempotency
-                # keys: 13-19 instead of 29-35 ms with a cursor's `put` per key, measured).
+                # `putmulti`: one call for all the keys, its loop in C (about half the time
+                # of a cursor's `put` per key).
                 if seen:
                     expiry = _F64.pack(now + self._seen_ttl_s)
                     txn.cursor(db=self._seen).putmulti(

@@ -48,8 +48,8 @@ __all__ = ["RedisStore", "StoreTimeoutError"]
 _KEYS_PER_SCRIPT = 256  # bounded script calls keep the server responsive to other clients
 _SEEN_PER_SCRIPT = 1000  # idempotency keys: one SET each, cheaper than a merge
 # A plain write (no idempotency keys) of at least two chunks is sent chunk by chunk as it is
-# encoded. 512 keys a chunk: one writer loading 30,000 users measured ~44.5K rows/s with
-# chunks of 128 keys, ~52K with 256, ~55K with 512 to 1,024, and 43K unchunked (2,048).
+# encoded, so the server merges one chunk while the client encodes the next. Smaller chunks
+# cost more calls, a write sent whole overlaps nothing (measurements: docs/store.md).
 _STREAM_CHUNK_KEYS = 512
 _STREAM_MIN_KEYS = 2 * _STREAM_CHUNK_KEYS
 _T = TypeVar("_T")
@@ -449,8 +449,8 @@ class RedisStore:
 
     def _read(self, *command: str) -> Any:
         """One read command on this thread's own connection. A request's reads skip
-        redis-py's per-call pool checkout, connection health check and retry wrapper: about
-        35 µs of CPU of the ~75 µs an MGET costs through `Redis.mget` (measured on loopback).
+        redis-py's per-call pool checkout, connection health check and retry wrapper, a
+        large share of the CPU an MGET costs through `Redis.mget`.
         The connection is the thread's for its life, outside the pool (closed with it); one
         the server dropped while idle is replaced once, a timeout raises at once."""
         conn = getattr(self._local, "conn", None)

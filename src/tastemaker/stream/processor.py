@@ -118,9 +118,7 @@ class _HeldMaps:
     than the family's TTL is read again: the store may have expired it.
 
     Why: the maps of hot items were read and decoded again every batch (on Redis, with the
-    other partitions' maps of the item beside them). A drain of 133,921 events, probes:
-    Redis Streams (4 partitions) + Redis 2.63-2.78 -> 2.48-2.52 s; embedded 1.93 ->
-    1.88-1.96 s."""
+    other partitions' maps of the item beside them)."""
 
     __slots__ = ("_cells", "_limit", "_ttl_s")
 
@@ -273,7 +271,7 @@ def _pack_pairs(pairs: _Pairs, ids: npt.NDArray[Any]) -> list[Any]:
     indexes into them and its weight."""
     both = np.concatenate([pairs.src, pairs.dst])
     # The items' positions among them by a mark per catalog row, not `np.unique`'s sort
-    # (0.25 s of a 20,000-user drain's 9 s went to that sort, probe).
+    # (that sort was a visible share of a drain).
     mark = np.zeros(ids.size, dtype=np.bool_)
     mark[both] = True
     index = (np.cumsum(mark) - 1)[both]
@@ -352,12 +350,11 @@ class _PausedCollector:
     run of overlapped batches (`drain`, `run`), and restored as `pause` found it. Resumed
     after every batch, it walked more than it had to: with a write in flight (Redis) the
     batch's cells, the log's buffered records and their entry ids are still alive then, and
-    the first allocation after the resume walked all of them (a young collection of up to
-    ~150 ms; 0.9 s of a 13 s Redis drain, measured with `gc.callbacks`). So over a run the
+    the first allocation after the resume walked all of them (a long young collection,
+    once a batch). So over a run the
     collector resumes only once no write is in flight (the log ran dry, or the batch wrote in
     place), or after `_MAX_PAUSE_S` of one pause. A drain makes no cyclic garbage per batch
-    (a collection after a whole drain with the collector off found none embedded, and on
-    Redis only the batch a stored error's traceback held, fixed since), so the longer pause
+    (a collection after a whole drain with the collector off finds none), so the longer pause
     costs no memory; other threads' cycles (the API in `serve`) wait for the resume."""
 
     def __init__(self) -> None:
@@ -384,8 +381,8 @@ class _PausedCollector:
 def _collector_paused() -> Iterator[None]:
     """Python's cyclic garbage collector paused for one microbatch. A batch holds tens of
     thousands of young containers (events, states, cells, mutations) until its store write,
-    and the collector walked them again and again as they piled up: 20% of a drain's time
-    (2.5 -> 2.0 s for 133,921 events, bench_stream's shop). Almost all of them die by
+    and the collector walked them again and again as they piled up, a large share of a
+    drain's time. Almost all of them die by
     reference counting when the batch ends; the few cycles wait for the next collection,
     which runs between batches. Nested pauses leave the collector as the outermost found it.
     It is paused for the whole process: in `serve` with the stream in a thread, the API
@@ -647,8 +644,8 @@ class StreamProcessor:
         """One microbatch. With `overlap`, on a store with `PreparedWrites` (Redis), its store
         write is encoded and left in flight: the next call sends it after its own reads,
         computes while the server applies it, then waits for it before starting its own.
-        On Redis a drain's writes spent 0.95 of their 1.42 s waiting for the server
-        (measured), which the next batch's computation now covers. When the log has nothing
+        On Redis most of a write's time is waiting for the server, which the next batch's
+        computation covers. When the log has nothing
         new, co-visitation pairs that have waited `merge_after_s` are merged into the maps."""
         s = self.config.stream
         started = time.perf_counter()
@@ -728,9 +725,9 @@ class StreamProcessor:
     def _start_write(self, store: PreparedWrites, computed: _Computed, done: _Done) -> _InFlight:
         """Encode the batch's write now; it is sent once the next batch has done its reads
         (`_send`) and its replies read at `flush`, all on this thread. (A writer thread
-        that sent it and waited took ~190 ms a batch where the server ran it in ~110, most
-        likely waiting for the GIL each time it woke; sent from here, the write is done by
-        the time the next batch is computed: `finish` takes ~0.2 ms.)"""
+        that sent it and waited took much longer than the server ran it, most likely
+        waiting for the GIL each time it woke; sent from here, the write is done by the time
+        the next batch is computed.)"""
         return _InFlight(
             store.prepare_write(computed.mutations, seen=computed.seen),
             done,
@@ -841,8 +838,8 @@ class StreamProcessor:
         states = self._get(rows, [PROFILE, SESSION])
         if not fold or not isinstance(self.store, PreparedWrites):
             # No maps merged, or no write in flight to wait behind: `_covisitation` reads
-            # exactly the rows it links, when it needs them (reading them here made an
-            # embedded drain ~5% slower: more rows, held decoded through the whole batch).
+            # exactly the rows it links, when it needs them (reading them here makes an
+            # embedded drain slower: more rows, held decoded through the whole batch).
             return _Reads(seen, states, {}, set())
         engaged = [e for e in events if e.type in _ENGAGED]
         items = {e.item_id for e in engaged}
@@ -961,9 +958,8 @@ class StreamProcessor:
         for agg in self.config.features:
             name = agg.name
             # Each user's stored cell of the feature (`_NO_CELL` where none is stored or a new
-            # session starts it from nothing), gathered with C-level `map`s. This bookkeeping
-            # for 16 features of 3,100 users took 36-45 ms with a listcomp per step, 31-38 ms
-            # this way (probe); the cells themselves are most of what is left.
+            # session starts it from nothing), gathered with C-level `map`s, cheaper than a
+            # listcomp per step; the cells themselves are most of what is left.
             if agg.family == PROFILE:
                 olds = list(
                     map(dict.get, profile_cells, itertools.repeat(name), itertools.repeat(_NO_CELL))
@@ -1039,8 +1035,8 @@ class StreamProcessor:
     ) -> tuple[npt.NDArray[np.int64], list[str]]:
         """The `item_id` key of facts whose catalog rows are `rows` (taken from the events
         at `take`): the row itself, the catalog's ids the vocabulary; items not in the catalog
-        are coded after them. Factorizing every fact's id in Python took ~0.2 s of a 9 s
-        drain (probe); the aggregations order values by the facts, never by code."""
+        are coded after them, which spares factorizing every fact's id in Python; the
+        aggregations order values by the facts, never by code."""
         unknown = np.flatnonzero(rows < 0)
         if not unknown.size:
             return rows, self._item_names
@@ -1107,8 +1103,8 @@ class StreamProcessor:
         maps wait in the next slot (`pending_row`), written with the batch's state and
         position, so a restart reads them back (`_load_shard`).
 
-        Why: merging every batch rewrote a hot item's ~5.7 KB map each time, a fifth of an
-        embedded drain of 20,000 users (probe: 7.6-7.9 s with, 5.9-6.4 s without). Over
+        Why: merging every batch rewrote a hot item's map each time, a fifth of an embedded
+        drain (docs/stream.md). Over
         `stream.covis_fold_batches` batches a map is merged and written once. The maps lag
         by those batches at most; the users' own features do not wait."""
         group = self.config.stream.group
@@ -1256,9 +1252,9 @@ class StreamProcessor:
 
         Co-visitation pairs waiting when the log runs dry are merged into the maps once they
         have waited `covis_merge_after_s`, not at every pause: under a steady load the log
-        runs dry between most batches, and a merge there is a store write of its own (p50
-        freshness at 20,000 events/s went 0.045 -> 0.078 s, measured, when every pause
-        merged). Those still waiting at the end are merged on the way out."""
+        runs dry between most batches, and a merge there is a store write of its own that
+        delays the next batch (freshness suffers). Those still waiting at the end are merged
+        on the way out."""
         merge_after_s = self.config.stream.covis_merge_after_s
         collector = _PausedCollector()
         try:
@@ -1432,7 +1428,7 @@ def _covisit_pairs(
     fact_at = np.concatenate(fact_parts) if fact_parts else np.zeros(0, np.int64)
     other_at = np.concatenate(other_parts) if other_parts else np.zeros(0, np.int64)
     item, other = seq_rows[fact_at], seq_rows[other_at]
-    # Each link once, its lower row first: links go both ways, and summing half as many
-    # pairs (sorting them, packing the waiting ones) saved a drain of 20,000 users ~0.4 s
-    # of 9 (probe). `_both_ways` makes them links both ways at the merge.
+    # Each link once, its lower row first: links go both ways, and half as many pairs are
+    # cheaper to sort and pack while they wait. `_both_ways` makes them links both ways at
+    # the merge.
     return _Pairs(np.minimum(item, other), np.maximum(item, other), seq_weights[fact_at])
