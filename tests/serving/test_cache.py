@@ -1,0 +1,153 @@
+"""The recommend cache: thread safety, per-user invalidation, and the catalog's deletions."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from tastemaker.catalog import Catalog, ItemChange
+from tastemaker.data.synthetic import Shop
+from tastemaker.ranking.rerank import Filters
+from tastemaker.serving.cache import RecommendCache
+from tastemaker.serving.pipeline import Recommendation, RecommendedItem, Request
+from tastemaker.serving.runtime import Runtime
+
+
+def answer(catalog: Catalog, first: int, n: int = 5) -> Recommendation:
+    items = [RecommendedItem(str(i), 1.0, ["popular"]) for i in catalog.ids[first : first + n]]
+    return Recommendation(items)
+
+
+@pytest.fixture
+def fast_switching() -> Iterator[None]:
+    """Threads switch every microsecond, so an unlocked dict access meets a concurrent change
+    within the test's few thousand operations rather than once in thousands of requests."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(before)
+
+
+def test_reads_writes_and_invalidations_race_safely(
+    catalog: Catalog, fast_switching: None
+) -> None:
+    cache = RecommendCache(ttl_s=300.0, size=50_000)
+    users = [f"u{i}" for i in range(1000)]
+    keys = [cache.key(u, Request(n=n)) for u in users for n in (5, 10, 20)]
+    rec = answer(catalog, 0)
+    for k in keys:
+        assert k is not None
+        cache.put(k, (1.0, 1), rec, catalog)
+    errors: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def run(work: object) -> None:
+        assert callable(work)
+        start.wait()
+        try:
+            for round_ in range(150):
+                work(round_)
+        except BaseException as exc:  # noqa: BLE001 - the test reports any failure
+            errors.append(exc)
+
+    def read(round_: int) -> None:
+        # A version that no longer matches makes `get` drop the entry.
+        for k in keys[round_ % 3 :: 3]:
+            assert k is not None
+            cache.get(k, (2.0, 1), catalog, None)
+
+    def write(round_: int) -> None:
+        for k in keys[round_ % 5 :: 5]:
+            assert k is not None
+            cache.put(k, (1.0, 1), rec, catalog)
+
+    def invalidate(round_: int) -> None:
+        for i in range(10):
+            cache.invalidate(users[(round_ + i) % 50 :: 50])
+
+    threads = [
+        threading.Thread(target=run, args=(w,))
+        for w in (read, read, write, write, invalidate, invalidate)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [], errors[:3]
+    # The index by user and the eviction order still describe the same entries.
+    held = [k for k in keys if k is not None and cache.get(k, (1.0, 1), catalog, None)]
+    assert len(held) == len(cache)
+
+
+def test_invalidation_forgets_only_the_users_answers(catalog: Catalog) -> None:
+    cache = RecommendCache(ttl_s=300.0, size=100)
+    a5, a10, b5 = (cache.key(u, Request(n=n)) for u, n in (("a", 5), ("a", 10), ("b", 5)))
+    assert a5 is not None and a10 is not None and b5 is not None
+    for k in (a5, a10, b5):
+        cache.put(k, (1.0, 1), answer(catalog, 0), catalog)
+    cache.invalidate({"a", "nobody"})
+    assert cache.get(a5, (1.0, 1), catalog, None) is None
+    assert cache.get(a10, (1.0, 1), catalog, None) is None
+    assert cache.get(b5, (1.0, 1), catalog, None) is not None
+    assert len(cache) == 1
+
+
+def test_a_full_cache_drops_its_oldest_tenth(catalog: Catalog) -> None:
+    cache = RecommendCache(ttl_s=300.0, size=20)
+    keys = [cache.key(f"u{i}", Request()) for i in range(21)]
+    for k in keys:
+        assert k is not None
+        cache.put(k, (1.0, 1), answer(catalog, 0), catalog)
+    assert len(cache) == 19  # 20, then the oldest 2 dropped for the 21st
+    assert keys[0] is not None and keys[2] is not None
+    assert cache.get(keys[0], (1.0, 1), catalog, None) is None
+    assert cache.get(keys[2], (1.0, 1), catalog, None) is not None
+
+
+def test_a_cached_answer_never_shows_an_item_deleted_since(runtime: Runtime, shop: Shop) -> None:
+    runtime.ingestor.ingest(next(iter(shop.events(chunk_users=100))))
+    runtime.processor.drain()
+    user = str(shop.user_ids[0])
+    p = runtime.pipeline
+    first = p.recommend(user, 5)
+    assert p.recommend(user, 5).cached
+    gone = first.items[0].item_id
+    runtime.upsert_items([ItemChange(gone, deleted=True)])
+    after = p.recommend(user, 5)
+    assert not after.cached
+    assert gone not in {i.item_id for i in after.items}
+    # An unrelated change keeps the (still true) answer cached.
+    other = next(str(i) for i in runtime.catalog.ids if i not in {x.item_id for x in after.items})
+    runtime.upsert_items([ItemChange(other, deleted=True)])
+    assert p.recommend(user, 5).cached
+
+
+def test_a_cached_answer_follows_the_filters_after_a_price_change(
+    runtime: Runtime, shop: Shop, catalog: Catalog
+) -> None:
+    runtime.ingestor.ingest(next(iter(shop.events(chunk_users=100))))
+    runtime.processor.drain()
+    user = str(shop.user_ids[0])
+    p = runtime.pipeline
+    cap = float(catalog.price.max())
+    req = Request(n=5, filters=Filters(price_max=cap))
+    first = p.recommend(user, request=req)
+    assert p.recommend(user, request=req).cached
+    item = first.items[0].item_id
+    row = runtime.catalog.index[item]
+    c = runtime.catalog
+    change = ItemChange(
+        item,
+        title=str(c.titles[row]),
+        category=str(c.category_names[c.category[row]]),
+        brand=str(c.brand_names[c.brand[row]]),
+        price=cap + 1.0,
+        embedding=[float(v) for v in c.embedding[row]],
+    )
+    runtime.upsert_items([change])
+    after = p.recommend(user, request=req)
+    assert not after.cached
+    assert item not in {i.item_id for i in after.items}
