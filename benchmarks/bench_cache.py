@@ -30,7 +30,7 @@ from tastemaker.serving.pipeline import Recommendation, RecommendedItem, Request
 
 
 def percentiles_ms(
-    fn: Callable[[int], None], calls: int, setup: Callable[[int], None]
+    fn: Callable[[int], object], calls: int, setup: Callable[[int], None]
 ) -> list[float]:
     """p50 and p99 of `fn(i)` in milliseconds; `setup(i)` runs untimed before each call."""
     times = np.empty(calls, np.float64)

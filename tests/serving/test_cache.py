@@ -11,9 +11,15 @@ import pytest
 from tastemaker.catalog import Catalog, ItemChange
 from tastemaker.data.synthetic import Shop
 from tastemaker.ranking.rerank import Filters
-from tastemaker.serving.cache import RecommendCache
+from tastemaker.serving.cache import CacheKey, RecommendCache
 from tastemaker.serving.pipeline import Recommendation, RecommendedItem, Request
 from tastemaker.serving.runtime import Runtime
+
+
+def key(cache: RecommendCache, user: str, n: int = 10) -> CacheKey:
+    k = cache.key(user, Request(n=n))
+    assert k is not None
+    return k
 
 
 def answer(catalog: Catalog, first: int, n: int = 5) -> Recommendation:
@@ -31,15 +37,13 @@ def fast_switching() -> Iterator[None]:
     sys.setswitchinterval(before)
 
 
-def test_reads_writes_and_invalidations_race_safely(
-    catalog: Catalog, fast_switching: None
-) -> None:
+@pytest.mark.usefixtures("fast_switching")
+def test_reads_writes_and_invalidations_race_safely(catalog: Catalog) -> None:
     cache = RecommendCache(ttl_s=300.0, size=50_000)
     users = [f"u{i}" for i in range(1000)]
-    keys = [cache.key(u, Request(n=n)) for u in users for n in (5, 10, 20)]
+    keys = [key(cache, u, n) for u in users for n in (5, 10, 20)]
     rec = answer(catalog, 0)
     for k in keys:
-        assert k is not None
         cache.put(k, (1.0, 1), rec, catalog)
     errors: list[BaseException] = []
     start = threading.Barrier(6)
@@ -50,18 +54,16 @@ def test_reads_writes_and_invalidations_race_safely(
         try:
             for round_ in range(150):
                 work(round_)
-        except BaseException as exc:  # noqa: BLE001 - the test reports any failure
+        except BaseException as exc:
             errors.append(exc)
 
     def read(round_: int) -> None:
         # A version that no longer matches makes `get` drop the entry.
         for k in keys[round_ % 3 :: 3]:
-            assert k is not None
             cache.get(k, (2.0, 1), catalog, None)
 
     def write(round_: int) -> None:
         for k in keys[round_ % 5 :: 5]:
-            assert k is not None
             cache.put(k, (1.0, 1), rec, catalog)
 
     def invalidate(round_: int) -> None:
@@ -78,14 +80,13 @@ def test_reads_writes_and_invalidations_race_safely(
         t.join()
     assert errors == [], errors[:3]
     # The index by user and the eviction order still describe the same entries.
-    held = [k for k in keys if k is not None and cache.get(k, (1.0, 1), catalog, None)]
+    held = [k for k in keys if cache.get(k, (1.0, 1), catalog, None)]
     assert len(held) == len(cache)
 
 
 def test_invalidation_forgets_only_the_users_answers(catalog: Catalog) -> None:
     cache = RecommendCache(ttl_s=300.0, size=100)
-    a5, a10, b5 = (cache.key(u, Request(n=n)) for u, n in (("a", 5), ("a", 10), ("b", 5)))
-    assert a5 is not None and a10 is not None and b5 is not None
+    a5, a10, b5 = key(cache, "a", 5), key(cache, "a", 10), key(cache, "b", 5)
     for k in (a5, a10, b5):
         cache.put(k, (1.0, 1), answer(catalog, 0), catalog)
     cache.invalidate({"a", "nobody"})
@@ -97,12 +98,10 @@ def test_invalidation_forgets_only_the_users_answers(catalog: Catalog) -> None:
 
 def test_a_full_cache_drops_its_oldest_tenth(catalog: Catalog) -> None:
     cache = RecommendCache(ttl_s=300.0, size=20)
-    keys = [cache.key(f"u{i}", Request()) for i in range(21)]
+    keys = [key(cache, f"u{i}") for i in range(21)]
     for k in keys:
-        assert k is not None
         cache.put(k, (1.0, 1), answer(catalog, 0), catalog)
     assert len(cache) == 19  # 20, then the oldest 2 dropped for the 21st
-    assert keys[0] is not None and keys[2] is not None
     assert cache.get(keys[0], (1.0, 1), catalog, None) is None
     assert cache.get(keys[2], (1.0, 1), catalog, None) is not None
 
