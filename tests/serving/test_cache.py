@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -41,42 +41,51 @@ def fast_switching() -> Iterator[None]:
 def test_reads_writes_and_invalidations_race_safely(catalog: Catalog) -> None:
     cache = RecommendCache(ttl_s=300.0, size=50_000)
     users = [f"u{i}" for i in range(1000)]
-    keys = [key(cache, u, n) for u in users for n in (5, 10, 20)]
+    keys = [key(cache, u, n) for u in users for n in range(1, 31)]
     rec = answer(catalog, 0)
     for k in keys:
         cache.put(k, (1.0, 1), rec, catalog)
     errors: list[BaseException] = []
-    start = threading.Barrier(6)
+    readers_done = threading.Event()
+    start = threading.Barrier(5)
 
-    def run(work: object) -> None:
-        assert callable(work)
+    def run(work: Callable[[], None]) -> None:
         start.wait()
         try:
-            for round_ in range(150):
-                work(round_)
+            work()
         except BaseException as exc:
             errors.append(exc)
+            readers_done.set()
 
-    def read(round_: int) -> None:
-        # A version that no longer matches makes `get` drop the entry.
-        for k in keys[round_ % 3 :: 3]:
-            cache.get(k, (2.0, 1), catalog, None)
+    def read(part: int) -> Callable[[], None]:
+        def work() -> None:
+            # A version that no longer matches makes `get` drop the entry: a read that
+            # writes, racing the invalidations' walks over the cache.
+            for k in keys[part::3]:
+                cache.get(k, (2.0, 1), catalog, None)
 
-    def write(round_: int) -> None:
-        for k in keys[round_ % 5 :: 5]:
+        return work
+
+    def write() -> None:
+        for k in keys[::7]:
+            if readers_done.is_set():
+                return
             cache.put(k, (1.0, 1), rec, catalog)
 
-    def invalidate(round_: int) -> None:
-        for i in range(10):
-            cache.invalidate(users[(round_ + i) % 50 :: 50])
+    def invalidate() -> None:
+        i = 0
+        while not readers_done.is_set():
+            cache.invalidate({users[i % len(users)], "nobody"})
+            i += 7
 
-    threads = [
-        threading.Thread(target=run, args=(w,))
-        for w in (read, read, write, write, invalidate, invalidate)
-    ]
+    workers = [read(0), read(1), read(2), write, invalidate]
+    threads = [threading.Thread(target=run, args=(w,)) for w in workers]
     for t in threads:
         t.start()
-    for t in threads:
+    for t in threads[:3]:
+        t.join()
+    readers_done.set()
+    for t in threads[3:]:
         t.join()
     assert errors == [], errors[:3]
     # The index by user and the eviction order still describe the same entries.
