@@ -54,6 +54,8 @@ def runtime(
         breaker_cooldown_s=1.0,
         health_timeout_ms=300.0,
         cache_ttl_s=0.0,  # every recommend reads the store
+        rate_limit_rps=10_000.0,  # the limiter's buckets on the same (hung) server
+        rate_limit_url=valkey[0],
     )
     config = make_config(tmp_path, catalog, serving=serving)
     config = msgspec.structs.replace(config, store=StoreConfig(url=valkey[0]))
@@ -97,6 +99,7 @@ def test_a_hung_store_stalls_nothing_and_trips_the_breaker(
         assert runtime.breakers["store"].state in ("open", "half_open")
         metrics = client.get("/metrics").text
         assert 'tastemaker_breaker_opened_total{backend="store"}' in metrics
+        assert 'tastemaker_breaker_opened_total{backend="ratelimit"}' in metrics
 
         took, ready = timed(lambda: client.get("/readyz"))
         assert took < 1.0
