@@ -22,6 +22,7 @@ from tastemaker.catalog import Catalog
 from tastemaker.config import ServingConfig, StoreConfig
 from tastemaker.data.synthetic import Shop
 from tastemaker.serving.api import build_app
+from tastemaker.serving.pipeline import Request
 from tastemaker.serving.runtime import Runtime
 from tastemaker.testing.servers import redis_server
 from tests.conftest import make_config, wait_until
@@ -101,6 +102,16 @@ def test_a_hung_store_stalls_nothing_and_trips_the_breaker(
         assert 'tastemaker_breaker_opened_total{backend="store"}' in metrics
         assert 'tastemaker_breaker_opened_total{backend="ratelimit"}' in metrics
 
+        ids = [str(i) for i in runtime.catalog.ids[:20]]
+        body = {"user_id": users[1], "item_ids": ids}
+        took, rank = timed(lambda: client.post("/v1/rank", json=body))
+        assert took < 1.0
+        assert rank.json()["degraded"] is True
+        assert sorted(it["item_id"] for it in rank.json()["items"]) == sorted(ids)
+        took, similar = timed(lambda: client.get(f"/v1/items/{ids[0]}/similar?n=5"))
+        assert took < 1.0
+        assert len(similar.json()["items"]) == 5
+
         took, ready = timed(lambda: client.get("/readyz"))
         assert took < 1.0
         assert ready.status_code == 503
@@ -118,3 +129,21 @@ def test_a_hung_store_stalls_nothing_and_trips_the_breaker(
         assert runtime.breakers["store"].state == "closed"
         after = client.post("/v1/recommend", json={"user_id": users[0], "n": 5}).json()
         assert after["degraded"] is False
+
+
+def test_the_deadline_fallbacks_read_no_store(runtime: Runtime, valkey: tuple[str, int]) -> None:
+    """What a request answers when its store work missed the deadline: computed without the
+    store (which is hung here), at once."""
+    p = runtime.pipeline
+    os.kill(valkey[1], signal.SIGSTOP)
+    ids = [str(i) for i in runtime.catalog.ids[:20]]
+    took, rec = timed(lambda: p.fallback("someone", Request(n=5), "deadline"))
+    assert (rec.degraded, rec.fallbacks, len(rec.items)) == (True, ["deadline"], 5)
+    took2, ranked = timed(lambda: p.rank("someone", ids, Request(n=20), fallback="deadline"))
+    assert (ranked.degraded, ranked.fallbacks) == (True, ["deadline"])
+    assert sorted(i.item_id for i in ranked.items) == sorted(ids)
+    took3, similar = timed(lambda: p.similar(ids[0], 5, use_store=False))
+    assert len(similar) == 5
+    assert "covisitation" not in {s for it in similar for s in it.sources}
+    assert max(took, took2, took3) < 1.0
+    assert runtime.breakers["store"].recent_failures == 0  # the store was never called

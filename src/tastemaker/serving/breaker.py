@@ -91,6 +91,12 @@ class CircuitBreaker:
         with self._lock:
             return self._state
 
+    @property
+    def recent_failures(self) -> int:
+        """Failures counted towards opening (within the window, while closed)."""
+        with self._lock:
+            return len(self._recent)
+
     def describe(self) -> str:
         """Why calls are refused (for health answers); "" while closed."""
         with self._lock:
