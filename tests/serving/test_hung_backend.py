@@ -92,7 +92,7 @@ def test_a_hung_store_stalls_nothing_and_trips_the_breaker(
             others = [timed(lambda: client.get("/openapi.json")) for _ in range(10)]
             others += [timed(lambda: client.get("/livez")) for _ in range(10)]
             answered = list(answers)
-        assert max(took for took, _ in others) < 0.5
+        assert max(took for took, _ in others) < 1.0
         assert all(r.status_code == 200 for _, r in others)
         assert max(took for took, _ in answered) < 1.0
         bodies = [r.json() for _, r in answered]

@@ -237,6 +237,7 @@ def build_app(runtime: Runtime) -> Starlette:
         try:
             items = await offload.run(within(None), runtime.pipeline.similar, item_id, int(raw_n))
         except DeadlineExceededError:  # without the store's co-visitation neighbours
+            METRICS.stage_fallbacks.labels("deadline").inc()
             items = runtime.pipeline.similar(item_id, int(raw_n), use_store=False)
         return _json(SimilarResponse(item_id, items))
 
