@@ -83,12 +83,15 @@ def make_config(root: Path, catalog: Catalog | None = None, **sections: Any) -> 
     Unless `serving` is given, the request deadline and stage budgets are seconds, not
     milliseconds: on a shared 2-core CI machine a cold first request can take longer than the
     production 50 ms, and a test that is not about deadlines must not fall back (an answer
-    with fallbacks is neither cached nor personal). Tests about deadlines set their own."""
+    with fallbacks is neither cached nor personal). Tests about deadlines set their own; the
+    hard timeout of a request's backend work gets seconds of grace too, so that a request
+    with a tiny `deadline_ms` shows the pipeline's own fallbacks."""
     if "serving" not in sections:
         sections["serving"] = ServingConfig(
             deadline_ms=10_000.0,
             budget_features_ms=2_000.0,
             budget_retrieve_ms=5_000.0,
+            deadline_grace_ms=5_000.0,
         )
     config = local_config(root, **sections)
     if catalog is None:

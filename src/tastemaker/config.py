@@ -181,6 +181,22 @@ class ServingConfig(_Section, frozen=True):
     # by a little, so a longer cache costs no visible freshness (the user's own seeds are
     # read per request) and spares the store a read per long-tail seed.
     neighbour_cache_s: Positive = 10.0
+    # Requests' backend calls (store reads, health probes, the shared rate limiter) run on a
+    # pool of this many threads, never on the event loop. A request waits for them until its
+    # deadline plus `deadline_grace_ms`, then answers without them (the degraded answer, or
+    # 503 where there is none): docs/serving.md, "Slow backends".
+    backend_threads: PositiveInt = 32
+    deadline_grace_ms: NonNegative = 25.0
+    # A backend's circuit opens after `breaker_failures` failures (timeouts included) within
+    # `breaker_window_s`; while open its calls fail at once; after `breaker_cooldown_s` one
+    # probe call goes through and closes it if it succeeds.
+    breaker_failures: PositiveInt = 5
+    breaker_window_s: Positive = 10.0
+    breaker_cooldown_s: Positive = 5.0
+    # /healthz and /readyz answer within this, from the last probe if the backends do not.
+    health_timeout_ms: Positive = 500.0
+    # /readyz fails when the stream is behind and has applied nothing for this long.
+    stream_stall_s: Positive = 60.0
     # Access control (docs/serving.md): "keys" asks every request but the health checks and
     # the schema for one of `api_keys`; with none configured, a server on a loopback address
     # runs open and one on any other address refuses to start. "none": open on any address.

@@ -193,6 +193,24 @@ class Metrics:
         self.recommendations = Counter(
             "tastemaker_recommendations", "Recommend calls by path taken.", ["path"], registry=r
         )
+        self.breaker_state = Gauge(
+            "tastemaker_breaker_state",
+            "Each backend's circuit breaker: 0 closed, 1 open (failing fast), 2 half-open.",
+            ["backend"],
+            registry=r,
+        )
+        self.breaker_opened = Counter(
+            "tastemaker_breaker_opened",
+            "Times each backend's circuit breaker opened.",
+            ["backend"],
+            registry=r,
+        )
+        self.breaker_rejected = Counter(
+            "tastemaker_breaker_rejected",
+            "Backend calls failed at once because the backend's circuit was open.",
+            ["backend"],
+            registry=r,
+        )
 
 
 METRICS = Metrics()

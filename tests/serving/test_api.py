@@ -92,12 +92,22 @@ def test_recommend_features_health_metrics_openapi(
         "items": len(catalog),
         "artifacts": {},
         "pid": os.getpid(),  # the process answering (a worker's, with `serve --workers N`)
+        "reasons": [],
     }
+    assert client.get("/livez").json() == {"status": "ok", "pid": os.getpid()}
+    ready = client.get("/readyz")
+    assert (ready.status_code, ready.json()["status"]) == (200, "ready")
     metrics = client.get("/metrics").text
     assert "tastemaker_events_accepted_total" in metrics
     assert 'tastemaker_request_seconds_count{endpoint="recommend"}' in metrics
     spec = msgspec.json.decode(client.get("/openapi.json").content)
-    assert set(spec["paths"]) >= {"/v1/events", "/v1/recommend", "/v1/users/{user_id}/features"}
+    assert set(spec["paths"]) >= {
+        "/v1/events",
+        "/v1/recommend",
+        "/v1/users/{user_id}/features",
+        "/livez",
+        "/readyz",
+    }
     event_schema = spec["components"]["schemas"]["Event"]
     assert set(event_schema["required"]) == {"event_id", "user_id", "item_id", "type", "ts"}
 

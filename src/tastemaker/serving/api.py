@@ -6,7 +6,6 @@ Why Starlette and not a bigger framework: the endpoints are few and hot, and mea
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -24,7 +23,9 @@ from tastemaker.events import InvalidBatchError
 from tastemaker.log import LogError
 from tastemaker.metrics import METRICS
 from tastemaker.serving.auth import client_name, install_auth
+from tastemaker.serving.health import health_routes
 from tastemaker.serving.ingest import BackpressureError
+from tastemaker.serving.offload import DeadlineExceededError
 from tastemaker.serving.openapi import openapi_document
 from tastemaker.serving.pipeline import Request as PipelineRequest
 from tastemaker.serving.ratelimit import RateLimiter, retry_after
@@ -34,7 +35,6 @@ from tastemaker.serving.schemas import (
     Accepted,
     ErrorBody,
     FeatureCell,
-    Health,
     ItemsAccepted,
     ItemsBatch,
     RankRequest,
@@ -44,6 +44,7 @@ from tastemaker.serving.schemas import (
     SimilarResponse,
     UserFeatures,
 )
+from tastemaker.store import StoreError
 
 __all__ = ["build_app"]
 
@@ -128,16 +129,34 @@ def build_app(runtime: Runtime) -> Starlette:
     limiter: RateLimiter | RedisRateLimiter = (
         RateLimiter(s.rate_limit_rps, s.rate_limit_burst, s.api_key_rps)
         if s.rate_limit_url is None
-        else RedisRateLimiter(s.rate_limit_url, s.rate_limit_rps, s.rate_limit_burst, s.api_key_rps)
+        else RedisRateLimiter(
+            s.rate_limit_url,
+            s.rate_limit_rps,
+            s.rate_limit_burst,
+            s.api_key_rps,
+            breaker=(s.breaker_failures, s.breaker_window_s, s.breaker_cooldown_s),
+        )
     )
+    offload = runtime.offload
 
-    def limited(request: Request) -> Response | None:
+    def within(deadline_ms: float | None) -> float:
+        """Seconds a request waits for its backend work: its deadline plus the grace."""
+        return ((s.deadline_ms if deadline_ms is None else deadline_ms) + s.deadline_grace_ms) / 1e3
+
+    async def limited(request: Request) -> Response | None:
         """429 when the request's API key is over its rate: the authenticated key's name,
         else (auth off) the `X-API-Key` header, else "anonymous"."""
         if not limiter.enabled():
             return None
         key = client_name(request.scope) or request.headers.get("x-api-key", "anonymous")
-        wait = limiter.acquire(key)
+        if isinstance(limiter, RedisRateLimiter):
+            try:
+                wait = await offload.run(within(None), limiter.acquire, key)
+            except DeadlineExceededError:
+                METRICS.rate_limit_errors.inc()  # let through, as when Redis fails
+                wait = 0.0
+        else:
+            wait = limiter.acquire(key)
         if wait <= 0:
             return None
         METRICS.rate_limited.inc()
@@ -146,19 +165,27 @@ def build_app(runtime: Runtime) -> Starlette:
         return response
 
     async def post_recommend(request: Request) -> Response:
-        if (refused := limited(request)) is not None:
+        if (refused := await limited(request)) is not None:
             return refused
         req = _decode(_recommend_decoder, await request.body())
         if isinstance(req, Response):
             return req
         options = _options(req, min(req.n, s.max_n))
-        rec = runtime.pipeline.recommend(req.user_id, request=options)
+        try:
+            rec = await offload.run(
+                within(options.deadline_ms),
+                runtime.pipeline.recommend,
+                req.user_id,
+                request=options,
+            )
+        except DeadlineExceededError:
+            rec = runtime.pipeline.fallback(req.user_id, options, "deadline")
         return _json(
             RecommendResponse(rec.items, rec.degraded, rec.request_id, rec.fallbacks, rec.cached)
         )
 
     async def post_rank(request: Request) -> Response:
-        if (refused := limited(request)) is not None:
+        if (refused := await limited(request)) is not None:
             return refused
         req = _decode(_rank_decoder, await request.body())
         if isinstance(req, Response):
@@ -171,11 +198,17 @@ def build_app(runtime: Runtime) -> Starlette:
                 f"{len(unknown)} item id(s) not in the catalog: {unknown[:20]}",
             )
         options = _options(req, req.n or len(req.item_ids))
-        rec = runtime.pipeline.rank(req.user_id, req.item_ids, options)
+        pipeline = runtime.pipeline
+        try:
+            rec = await offload.run(
+                within(options.deadline_ms), pipeline.rank, req.user_id, req.item_ids, options
+            )
+        except DeadlineExceededError:
+            rec = pipeline.rank(req.user_id, req.item_ids, options, fallback="deadline")
         return _json(RecommendResponse(rec.items, rec.degraded, rec.request_id, rec.fallbacks))
 
     async def post_items(request: Request) -> Response:
-        if (refused := limited(request)) is not None:
+        if (refused := await limited(request)) is not None:
             return refused
         try:
             batch = _items_decoder.decode(await request.body())
@@ -195,7 +228,7 @@ def build_app(runtime: Runtime) -> Starlette:
         return _json(ItemsAccepted(len(batch.items), version), 202)
 
     async def get_similar(request: Request) -> Response:
-        if (refused := limited(request)) is not None:
+        if (refused := await limited(request)) is not None:
             return refused
         item_id = request.path_params["item_id"]
         if item_id not in runtime.catalog.index:
@@ -203,12 +236,21 @@ def build_app(runtime: Runtime) -> Starlette:
         raw_n = request.query_params.get("n", "10")
         if not raw_n.isdigit() or not 1 <= int(raw_n) <= s.max_n:
             return _error(400, "invalid_request", f"n must be an integer in 1..{s.max_n}")
-        items = runtime.pipeline.similar(item_id, int(raw_n))
+        try:
+            items = await offload.run(within(None), runtime.pipeline.similar, item_id, int(raw_n))
+        except DeadlineExceededError:  # without the store's co-visitation neighbours
+            METRICS.stage_fallbacks.labels("deadline").inc()
+            items = runtime.pipeline.similar(item_id, int(raw_n), use_store=False)
         return _json(SimilarResponse(item_id, items))
 
     async def get_features(request: Request) -> Response:
         user_id = request.path_params["user_id"]
-        data = runtime.pipeline.user_features(user_id)
+        try:
+            data = await offload.run(within(None), runtime.pipeline.user_features, user_id)
+        except (DeadlineExceededError, StoreError) as exc:
+            response = _error(503, "store_unavailable", f"the online store did not answer: {exc}")
+            response.headers["Retry-After"] = "1"
+            return response
         features = {
             fam: {
                 col: FeatureCell(c.value, c.ts)
@@ -218,12 +260,6 @@ def build_app(runtime: Runtime) -> Starlette:
             for fam, cells in data.items()
         }
         return _json(UserFeatures(user_id, features))
-
-    async def healthz(_: Request) -> Response:
-        end = sum(runtime.log.end_offsets().values())
-        lag = sum(runtime.log.lag(runtime.config.stream.group).values())
-        served = {k: v for k, v in runtime.artifact_versions().items() if v is not None}
-        return _json(Health("ok", end, lag, len(runtime.catalog), served, os.getpid()))
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(METRICS.registry), media_type=CONTENT_TYPE_LATEST)
@@ -247,7 +283,7 @@ def build_app(runtime: Runtime) -> Starlette:
                 _timed("features", get_features),
                 methods=["GET"],
             ),
-            Route("/healthz", healthz, methods=["GET"]),
+            *health_routes(runtime),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ]

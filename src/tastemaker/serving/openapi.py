@@ -14,7 +14,9 @@ from tastemaker.serving.schemas import (
     Health,
     ItemsAccepted,
     ItemsBatch,
+    Liveness,
     RankRequest,
+    Readiness,
     RecommendRequest,
     RecommendResponse,
     SimilarResponse,
@@ -44,6 +46,8 @@ def openapi_document(version: str) -> dict[str, Any]:
         ItemsAccepted,
         UserFeatures,
         Health,
+        Liveness,
+        Readiness,
     )
     refs, components = msgspec.json.schema_components(types, ref_template=_REF)
     r = dict(zip((t.__name__ for t in types), refs, strict=True))
@@ -162,14 +166,35 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "200": {
                             "description": "Features by family and column",
                             **_json(r["UserFeatures"]),
-                        }
+                        },
+                        "503": {
+                            "description": "The online store did not answer in time; retry "
+                            "after the seconds in the Retry-After header.",
+                            **_json(r["ErrorBody"]),
+                        },
                     },
                 }
             },
             "/healthz": {
                 "get": {
-                    "summary": "Liveness and stream lag",
-                    "responses": {"200": {"description": "OK", **_json(r["Health"])}},
+                    "summary": "Summary: log end, stream lag, items, artifacts; status 'ok' or "
+                    "'degraded' with the reasons",
+                    "responses": {"200": {"description": "Always", **_json(r["Health"])}},
+                }
+            },
+            "/livez": {
+                "get": {
+                    "summary": "Liveness: the process answers (no backend is asked)",
+                    "responses": {"200": {"description": "Alive", **_json(r["Liveness"])}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness: the store and the log answer, the stream progresses",
+                    "responses": {
+                        "200": {"description": "Ready", **_json(r["Readiness"])},
+                        "503": {"description": "Not ready; the reasons", **_json(r["Readiness"])},
+                    },
                 }
             },
             "/metrics": {

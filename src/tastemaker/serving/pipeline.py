@@ -38,10 +38,12 @@ from tastemaker.catalog import Catalog
 from tastemaker.config import Config
 from tastemaker.features import Histogram
 from tastemaker.features.layout import (
+    COVIS,
     GLOBAL_ROW,
     POPULAR,
     PROFILE,
     SESSION,
+    item_row,
     merge_shards,
     user_row,
 )
@@ -74,6 +76,7 @@ from tastemaker.retrieval import (
     merge,
     with_rows,
 )
+from tastemaker.serving.cache import RecommendCache
 from tastemaker.store import Cell, OnlineStore, RowData, StoreError
 
 __all__ = ["RecommendPipeline", "Recommendation", "RecommendedItem", "Request"]
@@ -289,19 +292,13 @@ class RecommendPipeline:
             ctx = self.context(user_id, req.region, req.device)
         except StoreError:
             log.warning("store failed; answering with popular items", exc_info=True)
-            METRICS.recommendations.labels("degraded").inc()
-            METRICS.stage_fallbacks.labels("features").inc()
-            ctx = RetrievalContext(
-                {}, self._popular[1], self.catalog, user_id, req.region, req.device
-            )
-            items = self._fallback(ctx, req)
-            return Recommendation(items, True, request_id, ["features"])
+            return self.fallback(user_id, req, "features", request_id)
         if clock.elapsed_ms() > s.budget_features_ms:
             METRICS.stage_overruns.labels("features").inc()
         key = self.cache.key(user_id, req)
         version = _version(ctx.user) if key is not None else (0.0, 0)
         if key is not None:
-            hit = self.cache.get(key, version)
+            hit = self.cache.get(key, version, ctx.catalog, req.filters)
             if hit is not None:
                 METRICS.recommendations.labels("cached").inc()
                 return msgspec.structs.replace(hit, request_id=request_id, cached=True)
@@ -311,8 +308,22 @@ class RecommendPipeline:
             METRICS.stage_overruns.labels("request").inc()
         rec = Recommendation(items, bool(fallbacks), request_id, fallbacks)
         if key is not None and not fallbacks:
-            self.cache.put(key, version, rec)
+            self.cache.put(key, version, rec, ctx.catalog)
         return rec
+
+    def fallback(
+        self, user_id: str, request: Request, reason: str, request_id: str | None = None
+    ) -> Recommendation:
+        """The degraded answer without the store (popular items), named `reason` in its
+        `fallbacks`: for a store that failed ("features"), or a request whose store work did
+        not finish by its deadline ("deadline"). CPU only; it never waits on a backend."""
+        METRICS.recommendations.labels("degraded").inc()
+        METRICS.stage_fallbacks.labels(reason).inc()
+        ctx = RetrievalContext(
+            {}, self._popular[1], self.catalog, user_id, request.region, request.device
+        )
+        items = self._fallback(ctx, request)
+        return Recommendation(items, True, request_id or uuid.uuid4().hex, [reason])
 
     def _fallback(self, ctx: RetrievalContext, req: Request) -> list[RecommendedItem]:
         """Popular items without the store: the last top list read, else the batch
@@ -476,32 +487,49 @@ class RecommendPipeline:
         best = pool[np.argsort(-scores[pool], kind="stable")][:slots]
         return np.concatenate([top[: top.size - best.size], best])
 
-    def rank(self, user_id: str, item_ids: Sequence[str], request: Request) -> Recommendation:
+    def rank(
+        self,
+        user_id: str,
+        item_ids: Sequence[str],
+        request: Request,
+        *,
+        fallback: str | None = None,
+    ) -> Recommendation:
         """The client's candidates, ranked for the user by the same features and model;
-        ids not in the catalog are left out (the caller checks them first)."""
+        ids not in the catalog are left out (the caller checks them first). With `fallback`
+        (why: "deadline") the store is not read: ranked without user features, popular
+        candidates only, CPU only."""
         rows = self.catalog.rows(list(item_ids))
         clock = _Clock(
             self.config.serving.deadline_ms if request.deadline_ms is None else request.deadline_ms
         )
         fallbacks: list[str] = []
         request_id = uuid.uuid4().hex
-        try:
-            ctx = self.context(user_id, request.region, request.device)
-        except StoreError:
-            log.warning("store failed; ranking without user features", exc_info=True)
-            METRICS.stage_fallbacks.labels("features").inc()
-            fallbacks.append("features")
+        retrievers = None
+        if fallback is None:
+            try:
+                ctx = self.context(user_id, request.region, request.device)
+            except StoreError:
+                log.warning("store failed; ranking without user features", exc_info=True)
+                fallback = "features"
+        else:
+            retrievers = self.retrievers[:1]
+        if fallback is not None:
+            METRICS.stage_fallbacks.labels(fallback).inc()
+            fallbacks.append(fallback)
             ctx = RetrievalContext(
                 {}, self._popular[1], self.catalog, user_id, request.region, request.device
             )
         req = msgspec.structs.replace(request, n=min(request.n, int((rows >= 0).sum())))
-        items = self._rank(ctx, req, clock, fallbacks, request_id, given=rows[rows >= 0])
+        items = self._rank(
+            ctx, req, clock, fallbacks, request_id, retrievers=retrievers, given=rows[rows >= 0]
+        )
         return Recommendation(items, bool(fallbacks), request_id, fallbacks)
 
-    def similar(self, item_id: str, n: int) -> list[RecommendedItem]:
+    def similar(self, item_id: str, n: int, *, use_store: bool = True) -> list[RecommendedItem]:
         """Items like `item_id`: its nearest items by embedding, its co-visitation neighbours
-        from the stream and the batch item-kNN neighbours; each source's score scaled to
-        (0, 1] and summed."""
+        from the stream (unless not `use_store`: the fallback when the store is slow) and the
+        batch item-kNN neighbours; each source's score scaled to (0, 1] and summed."""
         row = self.catalog.index[item_id]
         emb = self.catalog.embedding
         sims = emb @ emb[row]
@@ -517,19 +545,8 @@ class RecommendPipeline:
             r = neighbours.getrow(row)
             results.append(Candidates(r.indices.astype(np.int64), r.data.astype(np.float32)))
             names.append("item_knn")
-        try:
-            from tastemaker.features.layout import COVIS, item_row
-
-            data = self.store.get([item_row(item_id)], [COVIS]).get(item_row(item_id), {})
-            links = merge_shards(data.get(COVIS, {})).get("neighbours")
-            if links is not None and links.value:
-                ids = list(links.value)
-                rows = self.catalog.rows(ids)
-                w = np.fromiter(links.value.values(), np.float32, len(ids))
-                results.append(Candidates(rows[rows >= 0], w[rows >= 0]))
-                names.append("covisitation")
-        except StoreError:
-            log.warning("store failed; similar items without co-visitation", exc_info=True)
+        if use_store:
+            self._similar_covisitation(item_id, results, names)
         cands = merge(names, results)
         top_scores = cands.scores.max(axis=0)
         total = (cands.scores / np.where(top_scores > 0, top_scores, 1.0)).sum(axis=1)
@@ -544,6 +561,24 @@ class RecommendPipeline:
             for i in top.tolist()
         ]
 
+    def _similar_covisitation(
+        self, item_id: str, results: list[Candidates], names: list[str]
+    ) -> None:
+        """The item's co-visitation neighbours, appended to `results` (none if the store
+        fails)."""
+        try:
+            data = self.store.get([item_row(item_id)], [COVIS]).get(item_row(item_id), {})
+        except StoreError:
+            log.warning("store failed; similar items without co-visitation", exc_info=True)
+            return
+        links = merge_shards(data.get(COVIS, {})).get("neighbours")
+        if links is not None and links.value:
+            ids = list(links.value)
+            rows = self.catalog.rows(ids)
+            w = np.fromiter(links.value.values(), np.float32, len(ids))
+            results.append(Candidates(rows[rows >= 0], w[rows >= 0]))
+            names.append("covisitation")
+
     def _catalog_order(self, n: int) -> list[RecommendedItem]:
         """Before any event was processed there is no popularity: the catalog's first items."""
         return [RecommendedItem(str(i), 0.0, ["catalog"]) for i in self.catalog.ids[:n]]
@@ -556,47 +591,3 @@ def _version(user: RowData) -> tuple[float, int]:
     counts = user.get(PROFILE, {}).get("counts")
     total = sum(counts.value.values()) if counts is not None and counts.value else 0
     return newest, int(total)
-
-
-class RecommendCache:
-    """Answers per (user, request), for `ttl_s`, valid while the user's features are
-    unchanged. Requests with an `exclude` list or a fixed `now` are not cached."""
-
-    def __init__(self, ttl_s: float, size: int) -> None:
-        self.ttl_s = ttl_s
-        self.size = size
-        self._entries: dict[tuple[str, bytes], tuple[float, tuple[float, int], Recommendation]] = {}
-        self._lock = threading.Lock()
-
-    def key(self, user_id: str, req: Request) -> tuple[str, bytes] | None:
-        if self.ttl_s <= 0 or req.exclude or req.now is not None:
-            return None
-        return user_id, msgspec.msgpack.encode(
-            (req.n, req.filters, req.explain, req.region, req.device)
-        )
-
-    def get(self, key: tuple[str, bytes], version: tuple[float, int]) -> Recommendation | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        expires, stored_version, rec = entry
-        if expires < time.monotonic() or stored_version != version:
-            self._entries.pop(key, None)
-            return None
-        return rec
-
-    def put(self, key: tuple[str, bytes], version: tuple[float, int], rec: Recommendation) -> None:
-        with self._lock:
-            if len(self._entries) >= self.size:
-                # Drop the oldest tenth (dicts keep insertion order): cheap, and hot users
-                # come straight back.
-                for k in list(self._entries)[: max(1, self.size // 10)]:
-                    self._entries.pop(k, None)
-            self._entries[key] = (time.monotonic() + self.ttl_s, version, rec)
-
-    def invalidate(self, user_ids: Collection[str]) -> None:
-        """Forget the users' answers (their new events were just accepted here)."""
-        users = set(user_ids)
-        with self._lock:
-            for k in [k for k in self._entries if k[0] in users]:
-                self._entries.pop(k, None)

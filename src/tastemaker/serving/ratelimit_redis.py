@@ -4,7 +4,8 @@ The same token bucket as `RateLimiter`, kept in one hash per key (`<prefix>{rl:<
 updated by a Lua script, so N workers on M machines share one limit per key. The server's
 clock is used (`TIME`), so the processes' clocks do not matter. If the server cannot be
 reached the limiter lets the request through (it is a guard against abuse, not a reason to
-fail requests) and counts it in `tastemaker_rate_limit_errors`.
+fail requests) and counts it in `tastemaker_rate_limit_errors`; a circuit breaker then lets
+it through without trying until a probe finds the server again.
 """
 
 from __future__ import annotations
@@ -15,11 +16,17 @@ from typing import Any
 import redis
 
 from tastemaker.metrics import METRICS
+from tastemaker.serving.breaker import CircuitBreaker
 from tastemaker.serving.ratelimit import Limits
 
 __all__ = ["RedisRateLimiter"]
 
 log = logging.getLogger(__name__)
+
+
+class _CircuitOpen(redis.ConnectionError):
+    """The limiter's circuit is open: the server was not asked."""
+
 
 # KEYS[1] bucket; ARGV rate, burst. Returns 0 (go ahead) or the milliseconds to wait.
 _SCRIPT = """
@@ -53,9 +60,20 @@ class RedisRateLimiter(Limits):
         *,
         prefix: str = "",
         timeout_s: float = 0.05,
+        breaker: tuple[int, float, float] = (5, 10.0, 5.0),
     ) -> None:
+        """`breaker`: its failures, window and cool-down (`serving.breaker_*`)."""
         super().__init__(rate, burst, per_key)
         self.prefix = prefix
+        failures, window_s, cooldown_s = breaker
+        self.breaker = CircuitBreaker(
+            "ratelimit",
+            failures=failures,
+            window_s=window_s,
+            cooldown_s=cooldown_s,
+            counted=(redis.RedisError,),
+            open_error=_CircuitOpen,
+        )
         self._client: Any = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
@@ -67,9 +85,12 @@ class RedisRateLimiter(Limits):
         if rate <= 0:
             return 0.0
         try:
-            wait_ms = self._script(keys=[f"{self.prefix}{{rl:{key}}}"], args=[rate, self.burst])
-        except redis.RedisError:
-            log.warning("rate limiter unreachable; letting the request through", exc_info=True)
+            wait_ms = self.breaker.call(
+                self._script, keys=[f"{self.prefix}{{rl:{key}}}"], args=[rate, self.burst]
+            )
+        except redis.RedisError as exc:
+            if not isinstance(exc, _CircuitOpen):
+                log.warning("rate limiter unreachable; letting the request through: %s", exc)
             METRICS.rate_limit_errors.inc()
             return 0.0
         return float(wait_ms) / 1000.0

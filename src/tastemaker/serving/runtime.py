@@ -19,15 +19,24 @@ from tastemaker.catalog import (
 )
 from tastemaker.config import Config
 from tastemaker.features.layout import default_families
-from tastemaker.log import EventLog, open_log
+from tastemaker.log import EventLog, LogError, open_log
 from tastemaker.metrics import METRICS
 from tastemaker.offline.feature_log import FeatureLogger
 from tastemaker.offline.lake import Lake
 from tastemaker.offline.scheduler import Scheduler
 from tastemaker.serving.artifacts import ArtifactWatcher
+from tastemaker.serving.breaker import (
+    CircuitBreaker,
+    GuardedLog,
+    GuardedStore,
+    LogUnavailableError,
+    StoreUnavailableError,
+    breaker,
+)
 from tastemaker.serving.ingest import Ingestor
+from tastemaker.serving.offload import Offloader
 from tastemaker.serving.pipeline import RecommendPipeline
-from tastemaker.store import OnlineStore, open_store
+from tastemaker.store import OnlineStore, StoreError, open_store
 from tastemaker.stream.processor import StreamProcessor
 
 __all__ = ["ItemsError", "Runtime", "freeze_loaded_heap"]
@@ -81,14 +90,25 @@ class Runtime:
             ),
             seen_ttl_s=config.stream.dedup_window_s,
         )
+        # Requests reach the store and the log through circuit breakers, so a hung backend
+        # costs a probe, not a timeout per request (the stream uses them directly: it retries
+        # on its own), and their calls run on `offload`'s threads, never on the event loop.
+        sv = config.serving
+        self.breakers: dict[str, CircuitBreaker] = {
+            "store": breaker("store", sv, (StoreError, OSError), StoreUnavailableError),
+            "log": breaker("log", sv, (LogError, OSError), LogUnavailableError),
+        }
+        self.guarded_store = GuardedStore(self.store, self.breakers["store"])
+        self.guarded_log = GuardedLog(self.log, self.breakers["log"])
+        self.offload = Offloader(sv.backend_threads)
         st = config.stream
         self.ingestor = Ingestor(
-            self.log,
+            self.guarded_log,
             group=st.group,
             max_lag_events=st.max_lag_events,
             retry_after_s=st.retry_after_s,
         )
-        self.pipeline = RecommendPipeline(config, self.store, catalog)
+        self.pipeline = RecommendPipeline(config, self.guarded_store, catalog)
         # A user's new events make their cached answers stale at once in this process.
         self.ingestor.on_accepted = self.pipeline.cache.invalidate
         self._processor: StreamProcessor | None = None
@@ -172,6 +192,10 @@ class Runtime:
             self._processor = StreamProcessor(self.config, self.log, self.store, self.catalog)
         return self._processor
 
+    def stream_stopped(self) -> bool:
+        """Whether the stream this process runs (`start_stream`) has stopped by itself."""
+        return self._thread is not None and not self._thread.is_alive()
+
     def start_stream(self) -> None:
         """Run the stream processor in a daemon thread until `close()`."""
         if self._thread is None:
@@ -181,6 +205,7 @@ class Runtime:
             self._thread.start()
 
     def close(self) -> None:
+        self.offload.close()
         self._catalog_stop.set()
         if self._catalog_thread is not None:
             self._catalog_thread.join(timeout=5)

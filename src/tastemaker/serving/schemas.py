@@ -18,7 +18,9 @@ __all__ = [
     "Health",
     "ItemsAccepted",
     "ItemsBatch",
+    "Liveness",
     "RankRequest",
+    "Readiness",
     "RecommendRequest",
     "RecommendResponse",
     "SimilarResponse",
@@ -106,9 +108,21 @@ class UserFeatures(msgspec.Struct, frozen=True):
 
 
 class Health(msgspec.Struct, frozen=True):
-    status: str
+    status: str  # "ok", or "degraded" with the reasons
     log_end_offset: int
     stream_lag: int
     items: int
     artifacts: dict[str, int] = {}  # artifact name -> version served
     pid: int = 0  # the API process that answered (one of several with `serve --workers N`)
+    reasons: list[str] = []  # what is wrong: a backend unreachable, the stream stalled
+
+
+class Liveness(msgspec.Struct, frozen=True):
+    status: str  # always "ok": the process answers
+    pid: int
+
+
+class Readiness(msgspec.Struct, frozen=True):
+    status: str  # "ready", or "not_ready" (with 503) and the reasons
+    reasons: list[str]
+    pid: int
