@@ -23,6 +23,7 @@ from tastemaker.offline.artifacts import ArtifactError
 from tastemaker.offline.evaluate import EvalError
 from tastemaker.offline.jobs import JobError
 from tastemaker.offline.scheduler import OfflineBusyError
+from tastemaker.privacy.cli import add_commands as add_privacy_commands
 from tastemaker.store import StoreError
 
 __all__ = ["main"]
@@ -311,6 +312,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--users", type=int, default=3000, help="synthetic dataset: users")
     ev.set_defaults(func=_cmd_evaluate)
+    add_privacy_commands(sub)  # users erase, log trim
     return p
 
 

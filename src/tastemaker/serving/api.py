@@ -26,6 +26,7 @@ from tastemaker.metrics import METRICS
 from tastemaker.serving.ingest import BackpressureError
 from tastemaker.serving.openapi import openapi_document
 from tastemaker.serving.pipeline import Request as PipelineRequest
+from tastemaker.serving.privacy_api import privacy_routes
 from tastemaker.serving.ratelimit import RateLimiter, retry_after
 from tastemaker.serving.ratelimit_redis import RedisRateLimiter
 from tastemaker.serving.runtime import ItemsError, Runtime
@@ -245,6 +246,7 @@ def build_app(runtime: Runtime) -> Starlette:
                 _timed("features", get_features),
                 methods=["GET"],
             ),
+            *privacy_routes(runtime),  # admin scope
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),

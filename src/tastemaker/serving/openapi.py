@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 
 from tastemaker.events import Event, EventBatch
+from tastemaker.serving.privacy_api import openapi_paths
 from tastemaker.serving.schemas import (
     Accepted,
     ErrorBody,
@@ -48,6 +49,9 @@ def openapi_document(version: str) -> dict[str, Any]:
     r = dict(zip((t.__name__ for t in types), refs, strict=True))
     # EventBatch carries raw events (validated one by one for per-index errors); document them.
     components["EventBatch"]["properties"]["events"]["items"] = r["Event"]
+    # `erase` is the log's erasure tombstone, refused from clients.
+    kinds = components["EventType"]["enum"]
+    components["EventType"]["enum"] = [k for k in kinds if k != "erase"]
     error = {
         "description": "Invalid request; the body names what is wrong.",
         **_json(r["ErrorBody"]),
@@ -57,7 +61,7 @@ def openapi_document(version: str) -> dict[str, Any]:
         "seconds in the Retry-After header.",
         **_json(r["ErrorBody"]),
     }
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "tastemaker",
@@ -180,3 +184,7 @@ def openapi_document(version: str) -> dict[str, Any]:
         },
         "components": {"schemas": components},
     }
+    paths, more = openapi_paths(_REF)
+    doc["paths"].update(paths)
+    components.update(more)
+    return doc
