@@ -228,7 +228,8 @@ class Lake:
         for f in self.files():
             table = self._read_files([f.path])
             keep = pc.invert(pc.is_in(table.column("user_id"), value_set=users))
-            n = table.num_rows - pc.sum(keep.cast(pa.int64())).as_py()
+            # An empty file (all its rows erased before) sums to null.
+            n = table.num_rows - (pc.sum(keep.cast(pa.int64())).as_py() or 0)
             if n:
                 self._write(table.filter(keep), f.day, f.first, f.last)
                 removed += n
