@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from tastemaker.events import EventType
@@ -149,3 +150,22 @@ def test_forget_deletes_idempotency_keys_only(store: OnlineStore) -> None:
     assert store.seen(["e1", "e2", "e3"]) == {"e2"}
     assert store.get(["u:a"], ["profile"])["u:a"]["profile"]["n"].value == 1
     store.forget([])
+
+
+def test_trim_log_applies_the_configured_retention(tmp_path: Path) -> None:
+    from tastemaker.config import LogConfig, local_config
+    from tastemaker.privacy import trim_log
+
+    config = local_config(tmp_path)
+    log = open_log(config.log.url)
+    try:
+        log.append([event(f"e{k}", "u", "i", ts=T0) for k in range(10)])
+        log.commit(config.stream.group, {0: 10})
+        assert trim_log(log, config) == 0  # no retention configured
+        kept = msgspec.structs.replace(config, log=LogConfig(url=config.log.url, retention_s=60))
+        assert trim_log(log, kept) == 0  # the archiver (required by default) has not read
+        log.commit("archiver", {0: 10})
+        assert trim_log(log, kept) == 10
+        assert log.read(0, 0, 10) == []
+    finally:
+        log.close()
