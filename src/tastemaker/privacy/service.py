@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Collection
 from typing import TYPE_CHECKING
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
     from tastemaker.serving.runtime import Runtime
 
 __all__ = ["erase_users", "set_consent"]
+
+log = logging.getLogger(__name__)
 
 # Feature log rows buffered in another process when a user is erased are written within its
 # flush interval (`FeatureLogger`, 5 s); the feature log is scrubbed again after that long.
@@ -42,10 +45,17 @@ def erase_users(runtime: Runtime, user_ids: Collection[str]) -> ErasureReport:
         runtime.watcher.check()
     if runtime.config.offline.feature_log_sample > 0:
         lake = Lake(runtime.config.offline.lake_url)
-        timer = threading.Timer(_RESCRUB_AFTER_S, scrub_feature_log, (lake, users))
+        timer = threading.Timer(_RESCRUB_AFTER_S, _rescrub, (lake, users))
         timer.daemon = True
         timer.start()
     return report
+
+
+def _rescrub(lake: Lake, users: list[str]) -> None:
+    try:
+        scrub_feature_log(lake, users)
+    except Exception:  # a timer thread has no caller to tell
+        log.exception("could not scrub the feature log again for erased users")
 
 
 def set_consent(runtime: Runtime, user_id: str, personalization: bool) -> ErasureReport | None:
