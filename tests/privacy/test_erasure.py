@@ -7,7 +7,7 @@ What is scanned after the erasure:
   user's event ids;
 - every file under the lake (events and feature log) and the artifacts directory: Parquet
   files decoded (every cell of every row), every other file (manifests, `.npy`, models) as
-  raw bytes. The LMDB and SQLite files themselves are not grepped: their free pages keep
+  raw bytes. The LMDB and SQLite files themselves are not grepped as files: their free pages keep
   deleted bytes until reused, which only their own APIs (above) see past.
 """
 
@@ -30,6 +30,7 @@ from tastemaker.features.layout import user_row
 from tastemaker.offline.scheduler import run_offline
 from tastemaker.serving.api import build_app
 from tastemaker.serving.runtime import Runtime
+from tastemaker.store import EmbeddedStore
 from tests.conftest import event, make_config
 
 USER = "erase-me-7f3a"
@@ -72,6 +73,28 @@ def _files_naming(root: Path, needle: str) -> list[str]:
     return hits
 
 
+def _store_keys_and_values_naming(rt: Runtime, needle: str) -> list[bytes]:
+    """Every live key of the store whose key or value bytes hold `needle`, read through the
+    backend's own iteration (LMDB cursors; Redis SCAN and GET), which sees no free pages."""
+    raw = needle.encode()
+    hits: list[bytes] = []
+    if isinstance(rt.store, EmbeddedStore):
+        env = rt.store._env  # the test looks at every entry, past the protocol
+        for name in (b"cells", b"seen"):
+            with env.begin(db=env.open_db(name)) as txn:
+                hits += [bytes(k) for k, v in txn.cursor() if raw in bytes(k) or raw in bytes(v)]
+        return hits
+    client = rt.store._client  # type: ignore[attr-defined]
+    prefix = rt.config.store.url.split("prefix=")[1]
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        value = client.get(key) if client.type(key) == b"string" else repr(client.hgetall(key))
+        if raw in key or (
+            value is not None and raw in (value if isinstance(value, bytes) else value.encode())
+        ):
+            hits.append(key)
+    return hits
+
+
 def _user_events(catalog: Catalog, n: int, start: int) -> list[Event]:
     items = catalog.ids
     return [
@@ -93,6 +116,7 @@ def _everywhere(rt: Runtime, tmp_path: Path, event_ids: list[str]) -> dict[str, 
         "log": [e.event_id for e in records if e.type is not EventType.ERASE],
         "tombstones": [e.item_id for e in records if e.type is EventType.ERASE],
         "store": rt.store.get([user_row(USER)], rt.store.families),
+        "store_scan": _store_keys_and_values_naming(rt, USER),
         "seen": rt.store.seen(event_ids),
         "files": _files_naming(tmp_path / "lake", USER)
         + _files_naming(tmp_path / "artifacts", USER),
@@ -128,6 +152,7 @@ def test_an_erased_user_is_nowhere(
         rt.ingestor.ingest(late)
         ids = [e.event_id for e in mine + more + late]
         before = _everywhere(rt, tmp_path, ids)
+        assert before["store_scan"]
         assert before["log"]
         assert before["store"]
         assert before["seen"]
@@ -148,7 +173,14 @@ def test_an_erased_user_is_nowhere(
         rt.processor.drain()  # applies the tombstone
         run_offline(config, rt.log, catalog, JOBS)  # the archiver meets it too
         after = _everywhere(rt, tmp_path, ids)
-        assert after == {"log": [], "tombstones": ["*"], "store": {}, "seen": set(), "files": []}
+        assert after == {
+            "log": [],
+            "tombstones": ["*"],
+            "store": {},
+            "store_scan": [],
+            "seen": set(),
+            "files": [],
+        }
         cold = client.post("/v1/recommend", json={"user_id": "never-seen", "n": 5}).json()
         mine_now = client.post("/v1/recommend", json={"user_id": USER, "n": 5}).json()
         assert [i["item_id"] for i in mine_now["items"]] == [i["item_id"] for i in cold["items"]]
