@@ -10,6 +10,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tastemaker.catalog import Catalog
+from tastemaker.config import Config
 from tastemaker.events import EventType, InvalidBatchError, decode_batch
 from tastemaker.events.tombstones import without_erased
 from tastemaker.features.layout import user_row
@@ -134,3 +135,21 @@ def test_the_stream_and_the_archiver_apply_tombstones_of_records_left_in_the_log
     Archiver(log, lake).run_once()
     archived = lake.read().column("event_id").to_pylist()
     assert sorted(archived) == ["x10", "y1"]
+
+
+def test_another_process_cache_does_not_serve_an_erased_users_answer(
+    runtime: Runtime, config: Config, catalog: Catalog
+) -> None:
+    from tastemaker.privacy.service import erase_users
+
+    other = Runtime.from_config(config)  # another API worker on the same store
+    try:
+        items = catalog.ids
+        runtime.ingestor.ingest([event(f"w{i}", "w", items[i], EventType.CLICK) for i in range(4)])
+        runtime.processor.drain()
+        assert not other.pipeline.recommend("w", 5).cached
+        assert other.pipeline.recommend("w", 5).cached
+        erase_users(runtime, ["w"])
+        assert not other.pipeline.recommend("w", 5).cached
+    finally:
+        other.close()
