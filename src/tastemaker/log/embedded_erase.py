@@ -67,6 +67,10 @@ def _runs(
     return rows
 
 
+def _keep(events: Sequence[Event], users: set[str]) -> list[bool]:
+    return [e.user_id not in users or e.type is EventType.ERASE for e in events]
+
+
 def erase_users(
     path: Path, partitions: int, user_ids: Collection[str], *, timeout_s: float = 30.0
 ) -> list[str]:
@@ -74,19 +78,20 @@ def erase_users(
     users = set(user_ids)
     if not users:
         return []
-    found: list[tuple[_Chunk, list[bool]]] = []
+    found: list[tuple[int, int, int]] = []  # partition, first, last of chunks to rewrite
     try:
         with closing(_connect(path, timeout_s)) as db:
             for p in sorted({partition_of(u, partitions) for u in users}):
-                for chunk in _chunks(db, p):
-                    keep = [e.user_id not in users or e.type is EventType.ERASE for e in chunk[3]]
-                    if not all(keep):
-                        found.append((chunk, keep))
+                found += [
+                    (p, first, last)
+                    for first, last, _, events in _chunks(db, p)
+                    if not all(_keep(events, users))
+                ]
             if not found:
                 return []
             db.execute("BEGIN IMMEDIATE")
             try:
-                erased = _rewrite(db, found)
+                erased = _rewrite(db, found, users)
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -97,18 +102,28 @@ def erase_users(
     return erased
 
 
-def _rewrite(db: sqlite3.Connection, found: list[tuple[_Chunk, list[bool]]]) -> list[str]:
+def _rewrite(
+    db: sqlite3.Connection, found: list[tuple[int, int, int]], users: set[str]
+) -> list[str]:
+    """Rewrite the chunks found by the scan, as they are now: read again under the write
+    lock, so a chunk trimmed or split (by another erasure) since the scan is handled too."""
     erased: list[str] = []
-    for (first, last, partition, events), keep in found:
-        row = db.execute("SELECT first FROM chunks WHERE last = ?", (last,)).fetchone()
-        if row is None or int(row[0]) != first:
-            continue  # trimmed since the scan
-        db.execute("DELETE FROM chunks WHERE last = ?", (last,))
-        db.executemany(
-            "INSERT INTO chunks(last, first, partition, payload) VALUES (?, ?, ?, ?)",
-            [(lst, fst, partition, payload) for lst, fst, payload in _runs(first, events, keep)],
-        )
-        erased.extend(e.event_id for e, k in zip(events, keep, strict=True) if not k)
+    for partition, lo, hi in found:
+        rows = db.execute(
+            "SELECT first, last, payload FROM chunks WHERE partition = ? AND last BETWEEN ? AND ?",
+            (partition, lo, hi),
+        ).fetchall()
+        for first, last, payload in rows:
+            events = _decode(first, last, payload)
+            keep = _keep(events, users)
+            if all(keep):
+                continue
+            db.execute("DELETE FROM chunks WHERE last = ?", (last,))
+            db.executemany(
+                "INSERT INTO chunks(last, first, partition, payload) VALUES (?, ?, ?, ?)",
+                [(lst, fst, partition, data) for lst, fst, data in _runs(first, events, keep)],
+            )
+            erased.extend(e.event_id for e, k in zip(events, keep, strict=True) if not k)
     return erased
 
 
