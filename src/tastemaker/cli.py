@@ -23,6 +23,7 @@ from tastemaker.offline.artifacts import ArtifactError
 from tastemaker.offline.evaluate import EvalError
 from tastemaker.offline.jobs import JobError
 from tastemaker.offline.scheduler import OfflineBusyError
+from tastemaker.privacy.cli import add_commands as add_privacy_commands
 from tastemaker.store import StoreError
 
 __all__ = ["main"]
@@ -350,6 +351,7 @@ def _parser() -> argparse.ArgumentParser:
     kh = ksub.add_parser("hash", help="the SHA-256 a config holds for a key")
     kh.add_argument("key", nargs="?", default=None, help="the key (default: read from stdin)")
     kh.set_defaults(func=_cmd_keys)
+    add_privacy_commands(sub)  # users erase, log trim
     return p
 
 

@@ -48,6 +48,12 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 class LogConfig(_Section, frozen=True):
     url: str = "embedded://tastemaker-data/log"
+    # Retention of the embedded log (docs/privacy.md): records older than `retention_s` or
+    # beyond the newest `retention_records` of a partition go, once every consumer group has
+    # committed past them and each of `retention_groups` (and the stream's group) has too.
+    retention_s: Positive | None = None
+    retention_records: PositiveInt | None = None
+    retention_groups: list[str] = msgspec.field(default_factory=lambda: ["archiver"])
 
 
 class StoreConfig(_Section, frozen=True):

@@ -211,6 +211,14 @@ class Metrics:
             ["backend"],
             registry=r,
         )
+        self.events_dropped_no_consent = Counter(
+            "tastemaker_events_dropped_no_consent",
+            "Events dropped at ingest: their user opted out of personalization.",
+            registry=r,
+        )
+        self.users_erased = Counter(
+            "tastemaker_users_erased", "Users erased (DELETE /v1/users/{id}, CLI).", registry=r
+        )
 
 
 METRICS = Metrics()

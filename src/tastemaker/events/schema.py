@@ -27,6 +27,10 @@ class EventType(enum.StrEnum):
     DISLIKE = "dislike"
     IMPRESSION = "impression"
     SEARCH = "search"
+    # A tombstone: the user was erased (`tastemaker.privacy`). Written to the log by the
+    # erasure, never accepted from clients; the stream deletes the user's state when it
+    # applies one, so events of the user still in flight before it leave nothing behind.
+    ERASE = "erase"
 
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]

@@ -7,7 +7,7 @@ import re
 
 import msgspec
 
-from tastemaker.events.schema import Event, EventBatch
+from tastemaker.events.schema import Event, EventBatch, EventType
 
 __all__ = ["EventProblem", "InvalidBatchError", "decode_batch"]
 
@@ -95,6 +95,15 @@ def decode_batch(body: bytes) -> list[Event]:
             event = _event_decoder.decode(raw)
         except msgspec.ValidationError as exc:
             problems.extend(_field_problems(index, raw, _problem(index, exc)))
+            continue
+        if event.type is EventType.ERASE:
+            problems.append(
+                EventProblem(
+                    index=index,
+                    field="type",
+                    error="'erase' is written by DELETE /v1/users/{id}, not sent as an event",
+                )
+            )
             continue
         if event.value is not None and not math.isfinite(event.value):
             problems.append(EventProblem(index=index, field="value", error="must be finite"))

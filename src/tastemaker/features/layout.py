@@ -14,6 +14,7 @@ import numpy as np
 from tastemaker.store import Cell, FamilySpec
 
 __all__ = [
+    "CONSENT",
     "COVIS",
     "GLOBAL_ROW",
     "OFFSETS",
@@ -21,6 +22,7 @@ __all__ = [
     "PROFILE",
     "SESSION",
     "STATS",
+    "consent_row",
     "default_families",
     "item_row",
     "merge_shards",
@@ -37,6 +39,7 @@ STATS = "stats"  # per-item stream statistics (popularity accumulator)
 COVIS = "covis"  # per-item co-visitation neighbours
 POPULAR = "popular"  # global top lists, overall and per category
 OFFSETS = "offsets"  # per consumer group: the log position the stored state reflects
+CONSENT = "consent"  # a user's consent choices (`tastemaker.privacy`), kept through erasure
 
 GLOBAL_ROW = "g:popular"
 
@@ -50,6 +53,10 @@ def pending_row(group: str, partition: int, slot: int) -> str:
     into the neighbour maps (`stream.covis_fold_batches`; how many slots wait is the
     `covis_pending` column of `offsets_row(group)`)."""
     return f"j:{partition}:{slot}:{group}"
+
+
+def consent_row(user_id: str) -> str:
+    return "c:" + user_id
 
 
 def user_row(user_id: str) -> str:
@@ -71,6 +78,7 @@ def default_families(
         FamilySpec(COVIS, covis_ttl_s),
         FamilySpec(POPULAR, None),
         FamilySpec(OFFSETS, None),
+        FamilySpec(CONSENT, None),
     ]
 
 

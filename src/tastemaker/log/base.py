@@ -17,7 +17,7 @@ Two ways to read:
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Protocol
 
 import msgspec
@@ -115,6 +115,13 @@ class EventLog(Protocol):
 
     def consumer(self, group: str, member: str) -> LogConsumer:
         """Join consumer group `group` as `member` (a name unique among live members)."""
+        ...
+
+    def erase_users(self, user_ids: Collection[str]) -> list[str]:
+        """Erasure: delete every record of these users (tombstones, `EventType.ERASE`, are
+        kept: the stream must still apply them) where the backend can delete single records,
+        and return the event ids deleted. A backend that cannot (Kafka) deletes nothing and
+        returns []; docs/privacy.md says what each backend does."""
         ...
 
     def close(self) -> None:

@@ -28,13 +28,14 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Literal
 
 import msgspec
 
 from tastemaker.events import Event
+from tastemaker.log import embedded_erase
 from tastemaker.log.base import LogError, LogRecord, partition_of
 from tastemaker.sqlite import connect_wal
 
@@ -281,6 +282,31 @@ class EmbeddedEventLog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def erase_users(self, user_ids: Collection[str]) -> list[str]:
+        """Rewrites the chunks holding the users' records without them
+        (`tastemaker.log.embedded_erase`)."""
+        return embedded_erase.erase_users(self.path, self.partitions, user_ids)
+
+    def trim(
+        self,
+        *,
+        max_age_s: float | None,
+        max_records: int | None,
+        groups: Sequence[str] = (),
+        now: float | None = None,
+    ) -> int:
+        """Retention: deletes chunks past `max_age_s` or beyond `max_records` per partition
+        that every consumer group (and each of `groups`) has committed past; returns how
+        many records (`tastemaker.log.embedded_erase.trim`)."""
+        return embedded_erase.trim(
+            self.path,
+            self.partitions,
+            max_age_s=max_age_s,
+            max_records=max_records,
+            groups=groups,
+            now=now,
+        )
 
 
 _REBALANCE_S = 0.5  # how often a member counts the live members and takes or gives partitions

@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -240,6 +240,17 @@ class KafkaLog:
 
     def consumer(self, group: str, member: str) -> KafkaConsumer:
         return KafkaConsumer(self, group, member)
+
+    def erase_users(self, user_ids: Collection[str]) -> list[str]:
+        """Deletes nothing and returns []: Kafka cannot delete single records. The topic's
+        retention (`retention.ms`, a delete policy) drops whole old segments, consumed or not;
+        `DeleteRecords` only truncates a partition's beginning; compaction keeps the newest
+        record of each key (the user), so on this topic it would throw away every user's
+        history, and a null-valued tombstone deletes all of a user's records only on a
+        compacted topic. The erasure's own tombstone makes the stream and the archiver drop
+        the user's records still in flight; the records themselves expire with retention."""
+        del user_ids
+        return []
 
     def close(self) -> None:
         if self._closed:

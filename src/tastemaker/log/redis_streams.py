@@ -32,7 +32,7 @@ import threading
 import time
 import warnings
 from collections import defaultdict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -40,7 +40,7 @@ import numpy as np
 import redis
 from redis.exceptions import NoScriptError
 
-from tastemaker.events import Event
+from tastemaker.events import Event, EventType
 from tastemaker.log.base import LogError, LogRecord, partition_of
 from tastemaker.redisio import SentCommands
 
@@ -319,6 +319,32 @@ class RedisStreamsLog:
 
     def close(self) -> None:
         self.client.close()
+
+    def erase_users(self, user_ids: Collection[str], page: int = 10_000) -> list[str]:
+        """Scans the partitions of the users (XRANGE, `page` entries at a time) and XDELs
+        their entries. Entries a consumer read and did not acknowledge stay in its pending
+        list as ids without data, which XAUTOCLAIM hands over as deleted (skipped)."""
+        users = set(user_ids)
+        erased: list[str] = []
+        try:
+            for p in sorted({partition_of(u, self.partitions) for u in users}):
+                start = "-"
+                while entries := self.client.xrange(self.key(p), start, "+", count=page):
+                    doomed = [
+                        (entry_id(r.offset), r.event.event_id)
+                        for r in self.records(p, entries)
+                        if r.event.user_id in users and r.event.type is not EventType.ERASE
+                    ]
+                    if doomed:
+                        self.client.xdel(self.key(p), *(i for i, _ in doomed))
+                        erased.extend(e for _, e in doomed)
+                    if len(entries) < page:
+                        break
+                    last = entries[-1][0]
+                    start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+        except redis.RedisError as exc:
+            raise LogError(f"event log {self.url}: cannot erase users: {exc}") from exc
+        return erased
 
 
 def _name(group_info: Mapping[str, Any]) -> str:

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tastemaker.events import Event
+from tastemaker.events.tombstones import has_tombstones, kept_and_erased
 from tastemaker.log import EventLog, LogRecord
 
 __all__ = ["EVENT_SCHEMA", "ArchiveResult", "Archiver", "Lake", "LakeError", "events_table"]
@@ -227,7 +228,8 @@ class Lake:
         for f in self.files():
             table = self._read_files([f.path])
             keep = pc.invert(pc.is_in(table.column("user_id"), value_set=users))
-            n = table.num_rows - pc.sum(keep.cast(pa.int64())).as_py()
+            # An empty file (all its rows erased before) sums to null.
+            n = table.num_rows - (pc.sum(keep.cast(pa.int64())).as_py() or 0)
             if n:
                 self._write(table.filter(keep), f.day, f.first, f.last)
                 removed += n
@@ -351,6 +353,13 @@ class Archiver:
                 known.setdefault(day_of(r.event.ts), set()).add(r.event.event_id)
         return out
 
+    def _erase(self, records: list[LogRecord]) -> list[LogRecord]:
+        """Erasure tombstones: the users' rows are deleted from the lake, and their records
+        before the tombstone (in flight when they were erased) are not written."""
+        keep, users = kept_and_erased([r.event for r in records])
+        self.lake.delete_users(users)
+        return [r for r, k in zip(records, keep, strict=True) if k]
+
     def _state_path(self) -> str:
         return f"{self.lake.root}/_archiver/{self.group}.json"
 
@@ -395,6 +404,8 @@ class Archiver:
                         LogRecord(state.seq + i + 1, r.event, p) for i, r in enumerate(records)
                     ]
                 fresh = self._fresh(records, known)
+                if has_tombstones([r.event for r in fresh]):
+                    fresh = self._erase(fresh)
                 # The file names keep the batch's whole offset range, dropped duplicates or not.
                 files += len(self.lake.append(fresh, records[0].offset, records[-1].offset))
                 events += len(fresh)

@@ -24,6 +24,7 @@ from tastemaker.metrics import METRICS
 from tastemaker.offline.artifacts import ArtifactStore, Version
 from tastemaker.offline.jobs import JOBS, JobContext, run_jobs
 from tastemaker.offline.lake import Archiver, ArchiveResult, Lake
+from tastemaker.privacy.retention import trim_log
 
 __all__ = ["OfflineBusyError", "OfflineRun", "Scheduler", "run_offline"]
 
@@ -88,6 +89,8 @@ def _run_offline(
     archived = None
     if archive and log_ is not None:
         archived = Archiver(log_, lake).run_once(o.archive_batch_size)
+        if trimmed := trim_log(log_, config):
+            log.info("log retention deleted %d records", trimmed)
     compacted = lake.compact(o.compact_min_files)
     expired = lake.expire(o.retention_days, time.time())
     ctx = JobContext(config, lake, ArtifactStore(o.artifacts_path, keep=o.keep_versions), catalog)

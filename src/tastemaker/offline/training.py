@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 import shutil
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -179,6 +179,10 @@ class _NoLog:
 
     def consumer(self, group: str, member: str) -> LogConsumer:
         raise NotImplementedError("a replay has no log to consume")
+
+    def erase_users(self, user_ids: Collection[str]) -> list[str]:
+        del user_ids
+        return []
 
     def close(self) -> None:
         pass

@@ -28,6 +28,7 @@ from tastemaker.serving.ingest import BackpressureError
 from tastemaker.serving.offload import DeadlineExceededError
 from tastemaker.serving.openapi import openapi_document
 from tastemaker.serving.pipeline import Request as PipelineRequest
+from tastemaker.serving.privacy_api import privacy_routes
 from tastemaker.serving.ratelimit import RateLimiter, retry_after
 from tastemaker.serving.ratelimit_redis import RedisRateLimiter
 from tastemaker.serving.runtime import ItemsError, Runtime
@@ -284,6 +285,7 @@ def build_app(runtime: Runtime) -> Starlette:
                 methods=["GET"],
             ),
             *health_routes(runtime),
+            *privacy_routes(runtime),  # admin scope (serving/auth.py)
             Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ]

@@ -39,12 +39,16 @@ class Ingestor:
         max_lag_events: int,
         retry_after_s: int = 1,
         on_accepted: Callable[[set[str]], None] | None = None,
+        admit: Callable[[Sequence[Event]], list[Event]] | None = None,
     ) -> None:
         self.log = log
         self.group = group
         self.max_lag_events = max_lag_events
         self.retry_after_s = retry_after_s
         self.on_accepted = on_accepted  # told the users of every accepted batch
+        # Drops the events that must not be stored (users who withdrew consent:
+        # `privacy.ConsentRegistry.admit`) before anything is appended.
+        self.admit = admit
         self._lag = 0
         self._lag_at = -1.0
         self._appended = 0
@@ -87,7 +91,11 @@ class Ingestor:
         return self.ingest(events)
 
     def ingest(self, events: Sequence[Event]) -> int:
-        """Append already-typed events durably; returns how many were accepted."""
+        """Append already-typed events durably; returns how many were accepted (stored)."""
+        if self.admit is not None:
+            events = self.admit(events)
+            if not events:
+                return 0
         lag = self.lag()
         if lag > self.max_lag_events and (lag := self.lag(fresh=True)) > self.max_lag_events:
             METRICS.backpressure.inc()

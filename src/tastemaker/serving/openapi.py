@@ -8,6 +8,7 @@ import msgspec
 
 from tastemaker.events import Event, EventBatch
 from tastemaker.serving.auth import document_security
+from tastemaker.serving.privacy_api import openapi_paths
 from tastemaker.serving.schemas import (
     Accepted,
     ErrorBody,
@@ -53,6 +54,9 @@ def openapi_document(version: str) -> dict[str, Any]:
     r = dict(zip((t.__name__ for t in types), refs, strict=True))
     # EventBatch carries raw events (validated one by one for per-index errors); document them.
     components["EventBatch"]["properties"]["events"]["items"] = r["Event"]
+    # `erase` is the log's erasure tombstone, refused from clients.
+    kinds = components["EventType"]["enum"]
+    components["EventType"]["enum"] = [k for k in kinds if k != "erase"]
     error = {
         "description": "Invalid request; the body names what is wrong.",
         **_json(r["ErrorBody"]),
@@ -206,5 +210,8 @@ def openapi_document(version: str) -> dict[str, Any]:
         },
         "components": {"schemas": components},
     }
+    paths, more = openapi_paths(_REF)
+    doc["paths"].update(paths)
+    components.update(more)
     document_security(doc, r["ErrorBody"])
     return doc

@@ -24,6 +24,7 @@ from tastemaker.metrics import METRICS
 from tastemaker.offline.feature_log import FeatureLogger
 from tastemaker.offline.lake import Lake
 from tastemaker.offline.scheduler import Scheduler
+from tastemaker.privacy.consent import ConsentRegistry
 from tastemaker.serving.artifacts import ArtifactWatcher
 from tastemaker.serving.breaker import (
     CircuitBreaker,
@@ -111,6 +112,8 @@ class Runtime:
         self.pipeline = RecommendPipeline(config, self.guarded_store, catalog)
         # A user's new events make their cached answers stale at once in this process.
         self.ingestor.on_accepted = self.pipeline.cache.invalidate
+        self.consent = ConsentRegistry(self.store)
+        self.ingestor.admit = self.consent.admit  # opted-out users' events are not stored
         self._processor: StreamProcessor | None = None
         self._thread: threading.Thread | None = None
         self.feature_logger: FeatureLogger | None = None

@@ -120,6 +120,12 @@ class OnlineStore(Protocol):
         """Delete every family of each row (erasure)."""
         ...
 
+    def forget(self, keys: Sequence[str]) -> None:
+        """Delete idempotency keys recorded by `write(..., seen=...)` (erasure of a user's
+        event ids); keys never recorded are ignored. An event whose id is forgotten and
+        that is delivered again is applied again: forget only the ids of erased events."""
+        ...
+
     def close(self) -> None:
         """Release resources."""
         ...

@@ -252,6 +252,16 @@ class EmbeddedStore:
                     if not cursor.delete():
                         break
 
+    def forget(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        try:
+            with self._env.begin(db=self._seen, write=True) as txn:
+                for key in keys:
+                    txn.delete(key.encode())
+        except lmdb.Error as exc:
+            raise StoreError(f"embedded store forget failed: {exc}") from exc
+
     def sweep(self) -> int:
         """Delete expired families and idempotency keys; returns how many families. Reads never
         need it, it frees space."""

@@ -406,6 +406,23 @@ class RedisStore:
         except redis.RedisError as exc:
             raise _wrap(exc) from exc
 
+    def forget(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        wanted = [self._seen_key(k) for k in keys]
+
+        def delete() -> None:
+            for client, slots in self._by_node(wanted, write=True).values():
+                pipe = client.pipeline(transaction=False)
+                for slot_keys in slots.values():
+                    pipe.delete(*slot_keys)  # one slot's keys: one DEL even on a cluster
+                pipe.execute()
+
+        try:
+            self._retry_moved(delete)
+        except redis.RedisError as exc:
+            raise _wrap(exc) from exc
+
     def _seen_key(self, key: str) -> str:
         return f"{self._prefix}{{s:{key}}}"
 

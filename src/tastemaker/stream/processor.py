@@ -30,6 +30,7 @@ import numpy.typing as npt
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config
 from tastemaker.events import Event
+from tastemaker.events.tombstones import has_tombstones, without_erased
 from tastemaker.features import Popularity, update_covisitation
 from tastemaker.features.aggregations import DEFAULT_WEIGHTS
 from tastemaker.features.base import TYPES, FactBatch, factorize
@@ -688,6 +689,8 @@ class StreamProcessor:
                     {self._col("log"): Cell(float(last_offset), last_offset)},
                 )
                 events = [r.event for r in fresh_records]
+                if has_tombstones(events):
+                    events = self._erase(events)
                 fold = len(shard.pending) + 1 >= s.covis_fold_batches
                 reads = self._read_ahead(events, fold=fold)
                 self._send()  # the previous batch's write: the server runs it meanwhile
@@ -721,6 +724,16 @@ class StreamProcessor:
             raise
         n_events = len(computed.seen)
         return BatchResult(n_events, len(fresh_records) - n_events, done.users, last_offset, p)
+
+    def _erase(self, events: list[Event]) -> list[Event]:
+        """Apply the batch's erasure tombstones (`events.tombstones`): the previous write
+        lands, then the erased users' rows are deleted, before this batch reads any state."""
+        kept, users = without_erased(events)
+        self.flush()
+        self.store.delete_rows([user_row(u) for u in sorted(users)])
+        if self.on_users_changed is not None:
+            self.on_users_changed(users)
+        return kept
 
     def _start_write(self, store: PreparedWrites, computed: _Computed, done: _Done) -> _InFlight:
         """Encode the batch's write now; it is sent once the next batch has done its reads
