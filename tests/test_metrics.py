@@ -1,9 +1,17 @@
-"""`BatchHistogram` against prometheus-client's own `Histogram`."""
+"""`BatchHistogram` against prometheus-client's own `Histogram`, and the metrics of several
+processes (prometheus-client's multiprocess mode) summed in one scrape."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.parser import text_string_to_metric_families
 
 from tastemaker.metrics import BatchHistogram
 
@@ -41,3 +49,77 @@ def test_an_empty_batch_changes_nothing() -> None:
     batch.observe_many(np.empty(0, np.float64))
     assert _exposed(registry) == before
     assert "h_seconds_count 0.0" in before
+
+
+# -- multiprocess mode: every process's values in one scrape ---------------------------------
+
+_CHILD = """
+import sys
+import numpy as np
+from prometheus_client import CollectorRegistry, Histogram
+from tastemaker.metrics import METRICS, BatchHistogram, multiprocess
+
+assert multiprocess()
+n = int(sys.argv[1])
+METRICS.events_processed.inc(n)
+METRICS.lag_events.labels("0").set(n)
+METRICS.catalog_items.set(n)
+values = np.arange(n, dtype=np.float64) / 4
+METRICS.freshness_seconds.observe_many(values)
+theirs = Histogram("theirs_seconds", "H.", registry=CollectorRegistry(), buckets={bounds})
+ours = BatchHistogram("ours_seconds", "H.", {bounds}, registry=CollectorRegistry())
+ours.observe_many(values)
+for v in values.tolist():
+    theirs.observe(v)
+if len(sys.argv) > 2:
+    sys.stdout.write(generate_latest(METRICS.registry).decode())
+""".replace("{bounds}", repr(_BOUNDS))
+
+
+def _child(directory: Path, n: int, scrape: bool = False) -> str:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    code = "from prometheus_client import generate_latest\n" + _CHILD
+    argv = [sys.executable, "-c", code, str(n), *(["scrape"] if scrape else [])]
+    done = subprocess.run(argv, env=env, capture_output=True, check=True)
+    return done.stdout.decode()
+
+
+def _samples(text: str) -> dict[str, float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()) if k != "pid")
+            out[f"{s.name}{{{labels}}}"] = s.value
+    return out
+
+
+def test_a_scrape_in_multiprocess_mode_sums_every_process(tmp_path: Path) -> None:
+    _child(tmp_path, 8)
+    _child(tmp_path, 12)
+    scraped = _samples(_child(tmp_path, 4, scrape=True))  # a third process's /metrics
+    assert scraped["tastemaker_events_processed_total{}"] == 24
+    assert scraped["tastemaker_feature_freshness_seconds_count{}"] == 24
+    assert scraped["tastemaker_feature_freshness_seconds_sum{}"] == (28 + 66 + 6) / 4
+    assert scraped["tastemaker_feature_freshness_seconds_bucket{le=0.25}"] == 6  # 0 and 0.25
+    # The lag: the newest measurement (the third process's), not a sum or a stale max.
+    assert scraped["tastemaker_stream_lag_events{partition=0}"] == 4
+    # The batch histogram's files merge as prometheus-client's own histogram's do.
+    ours = {k.replace("ours", ""): v for k, v in scraped.items() if k.startswith("ours")}
+    theirs = {k.replace("theirs", ""): v for k, v in scraped.items() if k.startswith("theirs")}
+    assert ours == theirs
+    assert ours["_seconds_count{}"] == 24
+
+
+def test_a_dead_process_leaves_its_counters_and_not_its_gauges(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+    _child(tmp_path, 5)
+    pids = {int(f.stem.rsplit("_", 1)[1]) for f in tmp_path.glob("gauge_live*.db")}
+    assert len(pids) == 1
+    before = _samples(generate_latest(registry).decode())
+    assert before["tastemaker_catalog_items{}"] == 5
+    mark_process_dead(pids.pop(), str(tmp_path))  # type: ignore[no-untyped-call]
+    after = _samples(generate_latest(registry).decode())
+    assert "tastemaker_catalog_items{}" not in after
+    assert "tastemaker_stream_lag_events{partition=0}" not in after
+    assert after["tastemaker_events_processed_total{}"] == 5
