@@ -177,7 +177,8 @@ class Metrics:
             "tastemaker_stream_batch_limit",
             "The most records the stream's next poll may read (stream.batch_target_s).",
             registry=r,
-            multiprocess_mode="liveall",  # one a stream process, labelled by its pid
+            # The largest of the stream processes' (an API process's is 0, never set).
+            multiprocess_mode="livemax",
         )
         self.freshness_seconds = BatchHistogram(
             "tastemaker_feature_freshness_seconds",
