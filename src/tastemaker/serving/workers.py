@@ -155,6 +155,11 @@ class _Supervisor:
             log.warning("API worker %d exited with status %s; starting it again", slot.index, code)
             self.start(slot)
             self.metrics.worker_restarts.inc(1)
+        self.check_streams(now)
+
+    def check_streams(self, now: float) -> None:
+        """Start again any stream process that exited, whatever its status: the stream
+        stops only with the supervisor."""
         for stream in self.streams:
             if stream.proc is None or stream.proc.poll() is None:
                 continue
