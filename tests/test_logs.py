@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import logging
+import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import msgspec
@@ -147,6 +149,7 @@ def test_configure_logging_replaces_its_own_handler(capsys: pytest.CaptureFixtur
     root = logging.getLogger()
     before = list(root.handlers)
     level = root.level
+    hooks = sys.excepthook, threading.excepthook
     try:
         configure_logging("text")
         configure_logging("json", "WARNING", 10.0)
@@ -161,7 +164,29 @@ def test_configure_logging_replaces_its_own_handler(capsys: pytest.CaptureFixtur
         (text,) = [h for h in root.handlers if h not in before]
         assert text.formatter is not None
         assert text.formatter._fmt == TEXT_FORMAT
+        assert sys.excepthook is sys.__excepthook__  # the JSON call's hook is gone
     finally:
         for h in [h for h in root.handlers if h not in before]:
             root.removeHandler(h)
         root.setLevel(level)
+        sys.excepthook, threading.excepthook = hooks
+
+
+def test_in_json_an_uncaught_exception_is_a_json_line_too() -> None:
+    code = (
+        "import threading\n"
+        "from tastemaker.logs import configure_logging\n"
+        "configure_logging('json')\n"
+        "def fail(): raise KeyError('in a thread')\n"
+        "t = threading.Thread(target=fail, name='worker-1'); t.start(); t.join()\n"
+        "raise ValueError('boom')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False)
+    assert done.returncode == 1
+    records = [msgspec.json.decode(line) for line in done.stderr.decode().splitlines()]
+    assert [(r["level"], r["message"]) for r in records] == [
+        ("CRITICAL", "uncaught exception in thread worker-1"),
+        ("CRITICAL", "uncaught exception"),
+    ]
+    assert records[0]["exception"].endswith("KeyError: 'in a thread'")
+    assert records[1]["exception"].endswith("ValueError: boom")

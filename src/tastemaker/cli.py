@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ from tastemaker.catalog import CatalogError
 from tastemaker.config import Config, ConfigError, load_config
 from tastemaker.data.movielens import MovieLensError
 from tastemaker.log import LogError
-from tastemaker.logs import configure_logging
+from tastemaker.logs import configure_logging, logs_json
 from tastemaker.offline.artifacts import ArtifactError
 from tastemaker.offline.evaluate import EvalError
 from tastemaker.offline.jobs import JobError
@@ -348,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
         LogError,  # the log's server is unreachable at start, say
         StoreError,
     ) as exc:
-        print(f"tastemaker: error: {exc}", file=sys.stderr)
+        if logs_json():
+            logging.getLogger("tastemaker").error("%s", exc)
+        else:
+            print(f"tastemaker: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

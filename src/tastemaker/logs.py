@@ -17,11 +17,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Literal
 
 import msgspec
 
-__all__ = ["JsonFormatter", "TracebackLimiter", "configure_logging"]
+__all__ = ["JsonFormatter", "TracebackLimiter", "configure_logging", "logs_json"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -130,7 +131,9 @@ def configure_logging(
 ) -> None:
     """Send every log record of the process to stderr in `log_format`, tracebacks limited as
     the module says. Replaces the handler an earlier call installed, so a command can set a
-    default at start and apply its config once it has read it."""
+    default at start and apply its config once it has read it. In JSON, an exception that
+    ends the process or a thread is logged too (as a record of `tastemaker`), so that every
+    line of the output is JSON."""
     handler = _Handler()
     handler.setFormatter(
         JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
@@ -142,3 +145,37 @@ def configure_logging(
         old.close()
     root.addHandler(handler)
     root.setLevel(level)
+    if log_format == "json":
+        sys.excepthook = _log_uncaught
+        threading.excepthook = _log_uncaught_in_thread
+    else:  # the hooks set by an earlier JSON call go; anyone else's stay
+        if sys.excepthook is _log_uncaught:
+            sys.excepthook = sys.__excepthook__
+        if threading.excepthook is _log_uncaught_in_thread:
+            threading.excepthook = threading.__excepthook__
+
+
+def logs_json() -> bool:
+    """Whether `configure_logging` made this process's output JSON lines."""
+    root = logging.getLogger()
+    return any(
+        isinstance(h, _Handler) and isinstance(h.formatter, JsonFormatter) for h in root.handlers
+    )
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    logging.getLogger("tastemaker").critical("uncaught exception", exc_info=(kind, exc, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None or issubclass(args.exc_type, SystemExit):
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("tastemaker").critical(
+        "uncaught exception in thread %s",
+        name,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )

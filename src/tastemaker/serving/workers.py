@@ -149,7 +149,8 @@ class _Supervisor:
             self.lost(slot)
             self.exited(slot.proc)
             if not slot.was_ready:
-                raise SystemExit(f"API worker {slot.index} exited with status {code} at start")
+                log.error("API worker %d exited with status %s at start", slot.index, code)
+                raise SystemExit(1)
             if now - slot.started_at < _RESTART_EVERY_S:
                 continue  # a worker dying at once again: not more than one start a second
             log.warning("API worker %d exited with status %s; starting it again", slot.index, code)
