@@ -1,6 +1,6 @@
 """`tastemaker serve --workers 2` with a stream process, as an operator runs it: the
-supervisor starts a killed stream process again, and one scrape of `/metrics` on any worker
-reports the whole deployment."""
+supervisor starts a killed stream process again (one that cannot start, ever more slowly),
+and one scrape of `/metrics` on any worker reports the whole deployment."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tastemaker.catalog import Catalog
 from tastemaker.config import dump_config
+from tastemaker.serving.workers import _metrics_directory, _Supervisor, restart_delay
 from tastemaker.testing.servers import free_port, wait_for_http
 from tests.conftest import make_config, wait_until
 
@@ -199,3 +201,44 @@ def test_every_scrape_reports_the_sum_over_the_processes(deployment: Deployment)
         assert samples["tastemaker_stream_batch_events_count{}"] >= 1
         assert samples["tastemaker_stream_restarts_total{}"] == 0
     assert len(pids) == 2  # the scrapes were answered by both workers
+
+
+@pytest.mark.parametrize(
+    ("lived_s", "status", "backoff_s", "delay_s"),
+    [
+        (5.0, -9, 0.0, 0.0),  # killed: at once
+        (0.4, -9, 0.0, 0.6),  # killed soon after its start: one start a second at most
+        (5.0, 0, 0.0, 0.0),  # stopped
+        (0.2, 2, 0.0, 1.0),  # failed at start: 1 s, then doubling
+        (0.2, 2, 1.0, 2.0),
+        (3.0, 2, 8.0, 10.0),  # at most 10 s
+        (60.0, 1, 8.0, 0.0),  # failed after a while: at once, the backoff forgotten
+    ],
+)
+def test_when_a_stream_process_is_started_again(
+    lived_s: float, status: int, backoff_s: float, delay_s: float
+) -> None:
+    assert restart_delay(100.0, 100.0 + lived_s, status, backoff_s) == pytest.approx(delay_s)
+
+
+def test_a_stream_process_that_cannot_start_is_retried_ever_more_slowly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stream process that exits with status 2 at once (as `tastemaker stream` does when
+    its log is unreachable): started again after 1 s, 2 s, 4 s."""
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    command = [sys.executable, "-c", "raise SystemExit(2)"]
+    try:
+        with _metrics_directory() as directory:
+            env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory}
+            supervisor = _Supervisor("127.0.0.1", 0, 0, env, stream_command=command, streams=1)
+            stop = threading.Timer(5.0, lambda: setattr(supervisor, "stopping", True))
+            stop.start()
+            supervisor.run()
+            restarts = supervisor.metrics.stream_restarts.get()
+    finally:
+        signal.signal(signal.SIGTERM, handlers[0])
+        signal.signal(signal.SIGINT, handlers[1])
+    waits = [r.getMessage().rsplit(" in ", 1)[1] for r in caplog.records if "exited" in r.message]
+    assert waits[:3] == ["1.0 s", "2.0 s", "4.0 s"]
+    assert restarts == 2  # at ~1 s and ~3 s; the next is due at ~7 s

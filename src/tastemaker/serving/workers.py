@@ -25,7 +25,8 @@ What happens when a part is down:
 - a stream process (`python -m tastemaker stream`) that exits, whatever its status, is
   started again within a second (at most once a second each), counted in
   `tastemaker_stream_restarts_total`; its partitions wait for it or move to another
-  stream process of the group meanwhile;
+  stream process of the group meanwhile. One that keeps failing at start (its log or store
+  is down) is started after 1, 2, 4, 8, then every 10 s;
 - when the supervisor dies its workers see the pair close, finish their open requests and
   exit; its stream processes keep running until they are stopped.
 
@@ -67,6 +68,11 @@ log = logging.getLogger(__name__)
 _READY = b"R"
 _CONN = b"C"
 _RESTART_EVERY_S = 1.0
+# A stream process that fails by itself (a status > 0) within this long of its start cannot
+# start (its log or store is down, say): each such failure doubles the wait before the next
+# start, up to `_MAX_BACKOFF_S`, so that a long outage does not start and log one a second.
+_CRASH_LOOP_S = 10.0
+_MAX_BACKOFF_S = 10.0
 
 
 @dataclass
@@ -84,11 +90,23 @@ class _Slot:
 
 @dataclass
 class _Stream:
-    """One stream process and when it was last started."""
+    """One stream process, when it was last started, and when it is to be started again
+    (None while it runs) after waiting `backoff_s`."""
 
     index: int
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
+    restart_at: float | None = None
+    backoff_s: float = 0.0
+
+
+def restart_delay(started_at: float, now: float, status: int, backoff_s: float) -> float:
+    """How long after `now` to start again a stream process started at `started_at` that
+    exited with `status` (negative: killed by that signal) after a wait of `backoff_s` before
+    its start: at most one start a second, and a doubling wait while it fails at start."""
+    if status > 0 and now - started_at < _CRASH_LOOP_S:
+        return min(max(2 * backoff_s, _RESTART_EVERY_S), _MAX_BACKOFF_S)
+    return max(0.0, started_at + _RESTART_EVERY_S - now)
 
 
 class _Supervisor:
@@ -164,20 +182,26 @@ class _Supervisor:
         for stream in self.streams:
             if stream.proc is None or stream.proc.poll() is None:
                 continue
-            self.exited(stream.proc)
-            if now - stream.started_at < _RESTART_EVERY_S:
-                continue
-            log.warning(
-                "stream process %d exited with status %s; starting it again",
-                stream.index,
-                stream.proc.returncode,
-            )
-            self.start_stream(stream)
-            self.metrics.stream_restarts.inc(1)
+            if stream.restart_at is None:  # it exited since the last check
+                self.exited(stream.proc)
+                code = stream.proc.returncode
+                delay = restart_delay(stream.started_at, now, code, stream.backoff_s)
+                stream.backoff_s = delay if code > 0 and delay >= _RESTART_EVERY_S else 0.0
+                stream.restart_at = now + delay
+                log.warning(
+                    "stream process %d exited with status %s; starting it again in %.1f s",
+                    stream.index,
+                    code,
+                    delay,
+                )
+            if now >= stream.restart_at:
+                self.start_stream(stream)
+                self.metrics.stream_restarts.inc(1)
 
     def start_stream(self, stream: _Stream) -> None:
         stream.proc = subprocess.Popen(self.stream_command, env=self.env)
         stream.started_at = time.monotonic()
+        stream.restart_at = None
 
     def exited(self, proc: subprocess.Popen[bytes]) -> None:
         """A child exited: its `live*` gauges leave the deployment's metrics (its counters
