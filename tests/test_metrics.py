@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.parser import text_string_to_metric_families
 
 from tastemaker.metrics import BatchHistogram
+from tastemaker.metrics_files import DeploymentCollector, fold_dead_process
 
 _BOUNDS = (0.05, 0.1, 0.25, 1, 5, 86400)
 
@@ -112,14 +112,36 @@ def test_a_scrape_in_multiprocess_mode_sums_every_process(tmp_path: Path) -> Non
 
 def test_a_dead_process_leaves_its_counters_and_not_its_gauges(tmp_path: Path) -> None:
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+    DeploymentCollector(registry, path=str(tmp_path))
     _child(tmp_path, 5)
-    pids = {int(f.stem.rsplit("_", 1)[1]) for f in tmp_path.glob("gauge_live*.db")}
-    assert len(pids) == 1
+    _child(tmp_path, 7)
+    pids = sorted({int(f.stem.rsplit("_", 1)[1]) for f in tmp_path.glob("gauge_live*.db")})
+    assert len(pids) == 2
     before = _samples(generate_latest(registry).decode())
-    assert before["tastemaker_catalog_items{}"] == 5
-    mark_process_dead(pids.pop(), str(tmp_path))  # type: ignore[no-untyped-call]
+    assert before["tastemaker_events_processed_total{}"] == 12
+    assert before["tastemaker_stream_lag_events{partition=0}"] == 7
+    fold_dead_process(pids[1], str(tmp_path))
+    after = _samples(generate_latest(registry).decode())
+    assert after["tastemaker_stream_lag_events{partition=0}"] == 5  # the live one's
+    fold_dead_process(pids[0], str(tmp_path))
+    fold_dead_process(pids[0], str(tmp_path))  # again: nothing
     after = _samples(generate_latest(registry).decode())
     assert "tastemaker_catalog_items{}" not in after
     assert "tastemaker_stream_lag_events{partition=0}" not in after
-    assert after["tastemaker_events_processed_total{}"] == 5
+    # Counters and histograms: the same sums, from one file of the dead per type.
+    summed = {
+        k: v
+        for k, v in before.items()
+        if not k.startswith(
+            (
+                "tastemaker_catalog",
+                "tastemaker_stream_lag",
+                "tastemaker_stream_batch_limit",
+                "tastemaker_artifact_v",
+                "tastemaker_stream_covis",
+            )
+        )
+    }
+    assert {k: after[k] for k in summed} == summed
+    assert summed["tastemaker_feature_freshness_seconds_count{}"] == 12
+    assert sorted(f.name for f in tmp_path.glob("*.db")) == ["counter_dead.db", "histogram_dead.db"]

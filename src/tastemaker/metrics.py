@@ -9,7 +9,7 @@ was chosen over the supervisor scraping its children: the values of a process th
 counted (a counter does not fall back when a stream process is restarted), a scrape needs no
 call between processes, and the supervisor, which serves no HTTP, stays a few hundred lines.
 Gauges say how the processes' values combine (`multiprocess_mode`); `live*` modes drop a
-dead process's value once the supervisor calls `mark_process_dead`.
+dead process's value once the supervisor has seen it exit (`metrics_files.py`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import values as prom_values
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+from tastemaker.metrics_files import DeploymentCollector
 
 # prometheus-client's own `le` format ("1.0", "+Inf"), which it leaves untyped.
 _go_float = cast("Callable[[float], str]", floatToGoString)
@@ -132,7 +133,7 @@ class Metrics:
         r = registry or CollectorRegistry()
         if multiprocess():
             self.registry = CollectorRegistry()
-            MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
+            DeploymentCollector(self.registry)
         else:
             self.registry = r
         self.events_accepted = Counter(

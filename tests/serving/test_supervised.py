@@ -70,6 +70,9 @@ class Deployment:
         counts = msgspec.json.decode(body)["features"].get("profile", {}).get("counts")
         return 0 if counts is None else int(counts["value"].get("click", 0))
 
+    def processed(self) -> float:
+        return self.scrape()[0].get("tastemaker_events_processed_total{}", 0.0)
+
     def scrape(self) -> tuple[dict[str, float], int]:
         """Every sample of one `/metrics` answer by name and labels, and the worker's pid."""
         status, body, pid = self.request("GET", "/metrics")
@@ -148,6 +151,9 @@ def test_a_killed_stream_process_is_started_again_and_applies_later_events(
 ) -> None:
     server = deployment.server
     wait_until(lambda: len(stream_pids(server)) == 1, timeout=10)
+    deployment.post_clicks("before", 3)  # applied by the first stream process
+    wait_until(lambda: deployment.clicks("before") == 3, timeout=60, interval=0.2)
+    wait_until(lambda: deployment.processed() == 3, timeout=10, interval=0.1)
     for round_ in range(3):
         (victim,) = stream_pids(server)
         os.kill(victim, signal.SIGKILL)
@@ -163,10 +169,12 @@ def test_a_killed_stream_process_is_started_again_and_applies_later_events(
         user = f"after-kill-{round_}"
         deployment.post_clicks(user, 3)
         wait_until(lambda: deployment.clicks(user) == 3, timeout=60, interval=0.2)  # noqa: B023
+        wait_until(lambda: deployment.processed() == 6 + 3 * round_, timeout=10, interval=0.1)  # noqa: B023
     samples, _ = deployment.scrape()
     assert samples["tastemaker_stream_restarts_total{}"] == 3
     assert samples["tastemaker_worker_restarts_total{}"] == 0
-    assert samples["tastemaker_events_processed_total{}"] == 9
+    # The dead processes' counts stay in the sums.
+    assert samples["tastemaker_events_processed_total{}"] == 12
     # Every process logs JSON lines; the supervisor logged each restart.
     records = [msgspec.json.decode(line) for line in deployment.log.read_text().splitlines()]
     restarts = [r for r in records if r["message"].startswith("stream process 0 exited")]
@@ -180,10 +188,7 @@ def test_every_scrape_reports_the_sum_over_the_processes(deployment: Deployment)
     for u in range(6):  # over new connections: half to each worker
         deployment.post_clicks(f"user-{u}", 4)
 
-    def processed() -> float:
-        return deployment.scrape()[0].get("tastemaker_events_processed_total{}", 0.0)
-
-    wait_until(lambda: processed() == 24, timeout=60, interval=0.2)
+    wait_until(lambda: deployment.processed() == 24, timeout=60, interval=0.2)
     # The lag is measured about once a second by the stream process.
     wait_until(
         lambda: deployment.scrape()[0].get("tastemaker_stream_lag_events{partition=0}") == 0,

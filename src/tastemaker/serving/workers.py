@@ -32,8 +32,9 @@ What happens when a part is down:
 
 Metrics: before it starts any process the supervisor makes a fresh directory and names it in
 `PROMETHEUS_MULTIPROC_DIR`, so every child keeps its metrics there and any worker's
-`/metrics` reports the whole deployment (`tastemaker/metrics.py`); it marks each child that
-exits dead there (its `live*` gauges dropped) and removes the directory when it stops.
+`/metrics` reports the whole deployment (`tastemaker/metrics.py`); when a child exits it
+drops its `live*` gauges and folds its counters into those of the dead
+(`tastemaker/metrics_files.py`), and it removes the directory when it stops.
 """
 
 from __future__ import annotations
@@ -55,11 +56,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
-from prometheus_client.multiprocess import mark_process_dead
 
 from tastemaker.config import load_config
 from tastemaker.logs import configure_logging
 from tastemaker.metrics import SupervisorMetrics
+from tastemaker.metrics_files import fold_dead_process
 
 __all__ = ["serve_workers"]
 
@@ -204,9 +205,10 @@ class _Supervisor:
         stream.restart_at = None
 
     def exited(self, proc: subprocess.Popen[bytes]) -> None:
-        """A child exited: its `live*` gauges leave the deployment's metrics (its counters
-        stay counted). Called again while it waits to be restarted: removing nothing."""
-        mark_process_dead(proc.pid, self.env["PROMETHEUS_MULTIPROC_DIR"])  # type: ignore[no-untyped-call]
+        """A child exited: its `live*` gauges leave the deployment's metrics, its counters
+        stay counted (folded into those of the dead). Called again while it waits to be
+        restarted: doing nothing."""
+        fold_dead_process(proc.pid, self.env["PROMETHEUS_MULTIPROC_DIR"])
 
     def on_channel(self, slot: _Slot) -> None:
         assert slot.channel is not None
