@@ -3,6 +3,7 @@ processes (prometheus-client's multiprocess mode) summed in one scrape."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -145,3 +146,19 @@ def test_a_dead_process_leaves_its_counters_and_not_its_gauges(tmp_path: Path) -
     assert {k: after[k] for k in summed} == summed
     assert summed["tastemaker_feature_freshness_seconds_count{}"] == 12
     assert sorted(f.name for f in tmp_path.glob("*.db")) == ["counter_dead.db", "histogram_dead.db"]
+
+
+def test_a_fold_does_not_wait_for_a_scrape(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    DeploymentCollector(registry, path=str(tmp_path))
+    _child(tmp_path, 5)
+    (pid,) = {int(f.stem.rsplit("_", 1)[1]) for f in tmp_path.glob("counter_*.db")}
+    with (tmp_path / "scrape.lock").open("ab") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_SH)  # a scrape reading the files
+        assert not fold_dead_process(pid, str(tmp_path))
+        assert (tmp_path / f"counter_{pid}.db").exists()
+        assert not (tmp_path / "counter_dead.db").exists()
+    assert fold_dead_process(pid, str(tmp_path))
+    assert not (tmp_path / f"counter_{pid}.db").exists()
+    text = generate_latest(registry).decode()
+    assert _samples(text)["tastemaker_events_processed_total{}"] == 5

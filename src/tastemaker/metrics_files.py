@@ -9,7 +9,7 @@ scrape reports do not change. The fold writes the new sums, then removes the dea
 scrape between the two steps would count the dead process twice, or, having listed a file
 the fold removed, fail. So the fold holds an exclusive lock on a file of the directory and a
 scrape a shared one (`DeploymentCollector`): scrapes wait only while a fold runs, a few
-milliseconds after a process died.
+milliseconds after a process died; the fold does not wait for a scrape, it is tried again.
 """
 
 from __future__ import annotations
@@ -49,18 +49,23 @@ class DeploymentCollector(MultiProcessCollector):
             return list(super().collect())  # type: ignore[no-untyped-call]
 
 
-def fold_dead_process(pid: int, directory: str) -> None:
+def fold_dead_process(pid: int, directory: str) -> bool:
     """Process `pid` exited: its `live*` gauges are dropped, and its counters and histograms
-    added into the directory's `*_dead.db` files, its own removed. Called again for the same
-    pid, does nothing."""
+    added into the directory's `*_dead.db` files, its own removed. False if a scrape held the
+    lock (the counters are then left for a later call: the supervisor never waits on a
+    worker); called again once done, does nothing."""
     mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
     files = [(typ, os.path.join(directory, f"{typ}_{pid}.db")) for typ in _SUMMED]
     files = [(typ, path) for typ, path in files if os.path.exists(path)]
     if not files:
-        return
-    with _locked(directory, fcntl.LOCK_EX):
-        for typ, path in files:
-            _fold(path, os.path.join(directory, f"{typ}_dead.db"))
+        return True
+    try:
+        with _locked(directory, fcntl.LOCK_EX | fcntl.LOCK_NB):
+            for typ, path in files:
+                _fold(path, os.path.join(directory, f"{typ}_dead.db"))
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _fold(dead: str, into: str) -> None:

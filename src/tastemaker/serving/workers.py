@@ -132,6 +132,7 @@ class _Supervisor:
         self.stopping = False
         self.next = 0
         self.metrics = SupervisorMetrics()
+        self.unfolded: set[int] = set()  # dead children whose metrics files wait to be folded
 
     # -- workers -------------------------------------------------------------------------
 
@@ -161,6 +162,8 @@ class _Supervisor:
         """Start again any worker or stream process that exited; fail if a worker exits
         before it was ever ready."""
         now = time.monotonic()
+        if self.unfolded:
+            self.fold()
         for slot in self.slots:
             if slot.proc is None or slot.proc.poll() is None:
                 continue
@@ -206,9 +209,13 @@ class _Supervisor:
 
     def exited(self, proc: subprocess.Popen[bytes]) -> None:
         """A child exited: its `live*` gauges leave the deployment's metrics, its counters
-        stay counted (folded into those of the dead). Called again while it waits to be
-        restarted: doing nothing."""
-        fold_dead_process(proc.pid, self.env["PROMETHEUS_MULTIPROC_DIR"])
+        stay counted (folded into those of the dead, now or at a later check)."""
+        self.unfolded.add(proc.pid)
+        self.fold()
+
+    def fold(self) -> None:
+        directory = self.env["PROMETHEUS_MULTIPROC_DIR"]
+        self.unfolded = {pid for pid in self.unfolded if not fold_dead_process(pid, directory)}
 
     def on_channel(self, slot: _Slot) -> None:
         assert slot.channel is not None
