@@ -66,10 +66,11 @@ class TracebackLimiter(logging.Filter):
                     _append(record, f" [{left_out} more like this since the last traceback]")
                 return True
             seen.left_out += 1
-        exc = exc_info[1]
-        _append(
-            record, f": {exc_info[0].__name__}: {exc}" if str(exc) else f": {exc_info[0].__name__}"
-        )
+        try:
+            said = str(exc_info[1])
+        except Exception:  # an exception whose __str__ fails: its type says enough
+            said = ""
+        _append(record, f": {exc_info[0].__name__}" + (f": {said}" if said else ""))
         record.exc_info = None
         record.exc_text = None
         return True
