@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from tastemaker.catalog import CatalogError
 from tastemaker.config import ApiKey, Config, ConfigError, ServingConfig, load_config
 from tastemaker.data.movielens import MovieLensError
 from tastemaker.log import LogError
+from tastemaker.logs import configure_logging, logs_json
 from tastemaker.offline.artifacts import ArtifactError
 from tastemaker.offline.evaluate import EvalError
 from tastemaker.offline.jobs import JobError
@@ -32,60 +32,73 @@ __all__ = ["main"]
 def _serve(
     runtime_config: Config, config_path: str | None, workers: int, stream_workers: int = 1
 ) -> None:
+    """One process (API and the stream thread) when `workers` is 1 and at most one stream
+    processor runs; else the supervisor of `serving/workers.py` with `workers` API processes
+    and `stream_workers` stream processes, each started again when it dies."""
+    from tastemaker.serving.workers import serve_workers
+
+    s = runtime_config.serving
+    streams = stream_workers if runtime_config.stream.run_in_server else 0
+    if workers == 1 and streams <= 1:
+        _serve_one_process(runtime_config)
+        return
+    if not hasattr(socket, "send_fds"):
+        raise ConfigError("--workers > 1 deals connections to processes over Unix sockets")
+    if config_path is None:
+        raise ConfigError("--workers or --stream-workers > 1 needs --config FILE")
+    path = str(Path(config_path).resolve())
+    serve_workers(
+        s.host,
+        s.port,
+        workers,
+        {**os.environ, "TASTEMAKER_CONFIG": path},
+        stream_command=[sys.executable, "-m", "tastemaker", "stream", "--config", path],
+        streams=streams,
+    )
+
+
+def _serve_one_process(runtime_config: Config) -> None:
     import uvicorn
 
     from tastemaker.serving.api import build_app
     from tastemaker.serving.runtime import Runtime, freeze_loaded_heap
-    from tastemaker.serving.workers import serve_workers
 
     s = runtime_config.serving
-    run_stream = runtime_config.stream.run_in_server
-    if workers > 1 and not hasattr(socket, "send_fds"):
-        raise ConfigError("--workers > 1 deals connections to processes over Unix sockets")
-    if config_path is None and (workers > 1 or (run_stream and stream_workers > 1)):
-        raise ConfigError("--workers or --stream-workers > 1 needs --config FILE")
-    # Stream processes beside the API processes (with one API process, the first stream
-    # processor is a thread of it).
-    extra_streams = stream_workers if workers > 1 else stream_workers - 1
-    streams = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tastemaker", "stream", "--config", str(config_path)]
-        )
-        for _ in range(extra_streams if run_stream else 0)
-    ]
+    runtime = Runtime.from_config(runtime_config)
+    runtime.watch_artifacts()
+    runtime.watch_catalog()
+    if runtime_config.stream.run_in_server:
+        runtime.start_stream()
+        runtime.start_scheduler()
+    freeze_loaded_heap()
     try:
-        if workers == 1:
-            runtime = Runtime.from_config(runtime_config)
-            runtime.watch_artifacts()
-            runtime.watch_catalog()
-            if run_stream:
-                runtime.start_stream()
-                runtime.start_scheduler()
-            freeze_loaded_heap()
-            try:
-                uvicorn.run(
-                    build_app(runtime),
-                    host=s.host,
-                    port=s.port,
-                    log_level="warning",
-                    access_log=False,
-                )
-            finally:
-                runtime.close()
-            return
-        env = {**os.environ, "TASTEMAKER_CONFIG": str(Path(str(config_path)).resolve())}
-        serve_workers(s.host, s.port, workers, env)
+        uvicorn.run(
+            build_app(runtime),
+            host=s.host,
+            port=s.port,
+            log_level="warning",
+            log_config=None,  # uvicorn's records go to the handler of `tastemaker.logs`
+            access_log=False,
+        )
     finally:
-        for stream in streams:
-            stream.send_signal(signal.SIGTERM)
-        for stream in streams:
-            stream.wait(timeout=15)
+        runtime.close()
+
+
+def _configure_logging(args: argparse.Namespace) -> Config:
+    """The command's config, its logging applied; `--log-format` overrides the config's and,
+    set in the environment, that of every process `serve` starts."""
+    if getattr(args, "log_format", None):
+        os.environ["TASTEMAKER_LOGGING__FORMAT"] = args.log_format
+    config = load_config(args.config)
+    lg = config.logging
+    configure_logging(lg.format, lg.level, lg.traceback_interval_s)
+    return config
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from tastemaker.serving.auth import check_exposure
 
-    config = load_config(args.config)
+    config = _configure_logging(args)
     if args.host or args.port is not None:
         serving = msgspec.structs.replace(
             config.serving,
@@ -106,7 +119,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_stream(args: argparse.Namespace) -> int:
     from tastemaker.serving.runtime import Runtime, freeze_loaded_heap
 
-    runtime = Runtime.from_config(load_config(args.config))
+    runtime = Runtime.from_config(_configure_logging(args))
     runtime.watch_catalog()  # items added through POST /v1/items in the API processes
     runtime.start_scheduler()  # archiver + batch jobs, if offline.schedule_interval_s > 0
     processor = runtime.processor
@@ -277,6 +290,9 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+_LOG_FORMAT = "log lines as text or one JSON object each (default: logging.format)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tastemaker", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -302,9 +318,11 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         help="stream processes sharing the log's partitions (one reader a partition at a time)",
     )
+    s.add_argument("--log-format", choices=["text", "json"], default=None, help=_LOG_FORMAT)
     s.set_defaults(func=_cmd_serve)
     st = sub.add_parser("stream", help="run the stream processor as its own process")
     st.add_argument("--config", default=None)
+    st.add_argument("--log-format", choices=["text", "json"], default=None, help=_LOG_FORMAT)
     st.set_defaults(func=_cmd_stream)
     m = sub.add_parser("movielens", help="download MovieLens-100K into the user cache")
     m.add_argument("--cache", default=None, help="cache directory (default: user cache dir)")
@@ -357,9 +375,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tastemaker` command."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()  # until a command has read its config's [logging]
     args = _parser().parse_args(argv)
     try:
         code: int = args.func(args)
@@ -374,7 +390,10 @@ def main(argv: list[str] | None = None) -> int:
         LogError,  # the log's server is unreachable at start, say
         StoreError,
     ) as exc:
-        print(f"tastemaker: error: {exc}", file=sys.stderr)
+        if logs_json():
+            logging.getLogger("tastemaker").error("%s", exc)
+        else:
+            print(f"tastemaker: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -249,6 +249,16 @@ class OfflineConfig(_Section, frozen=True):
     label_horizon_s: Positive = 7 * DAY
 
 
+class LoggingConfig(_Section, frozen=True):
+    """The log output of every process (`tastemaker/logs.py`)."""
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # A traceback of the same exception type from the same place at most this often per
+    # process; the failures in between log their line without it. 0: every traceback.
+    traceback_interval_s: NonNegative = 10.0
+
+
 def default_features() -> list[FeatureKind]:
     """The feature set of the demo shop; see docs/config.example.toml."""
     engaged = [
@@ -289,6 +299,7 @@ class Config(_Section, frozen=True):
     ranking: RankingConfig = RankingConfig()
     serving: ServingConfig = ServingConfig()
     offline: OfflineConfig = OfflineConfig()
+    logging: LoggingConfig = LoggingConfig()
     features: list[FeatureKind] = msgspec.field(default_factory=default_features)
 
     def __post_init__(self) -> None:

@@ -1,25 +1,75 @@
-"""Prometheus metrics, one registry for the process, named `tastemaker_*`."""
+"""Prometheus metrics named `tastemaker_*`: one registry for the process, or, when several
+processes serve one deployment, the sum over all of them.
+
+Several processes: `tastemaker serve` with API worker processes or stream processes sets
+`PROMETHEUS_MULTIPROC_DIR` to a fresh directory it owns before it starts any of them (see
+`serving/workers.py`), so each child's prometheus-client keeps its values in memory-mapped
+files there (its "multiprocess mode") and any process's `/metrics` reads every file. This
+was chosen over the supervisor scraping its children: the values of a process that died stay
+counted (a counter does not fall back when a stream process is restarted), a scrape needs no
+call between processes, and the supervisor, which serves no HTTP, stays a few hundred lines.
+Gauges say how the processes' values combine (`multiprocess_mode`); `live*` modes drop a
+dead process's value once the supervisor has seen it exit (`metrics_files.py`).
+"""
 
 from __future__ import annotations
 
 import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import values as prom_values
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from tastemaker.metrics_files import DeploymentCollector
+
 # prometheus-client's own `le` format ("1.0", "+Inf"), which it leaves untyped.
 _go_float = cast("Callable[[float], str]", floatToGoString)
 
-__all__ = ["METRICS", "BatchHistogram", "Metrics"]
+__all__ = ["METRICS", "BatchHistogram", "Metrics", "SupervisorMetrics", "multiprocess"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+
+# Counted by the supervisor of `tastemaker serve`, which writes them into the multiprocess
+# directory itself (`SupervisorMetrics`); every process declares them, so a single process
+# exports them too (as 0).
+STREAM_RESTARTS = (
+    "tastemaker_stream_restarts",
+    "Stream processes that died and were started again.",
+)
+WORKER_RESTARTS = (
+    "tastemaker_worker_restarts",
+    "API worker processes that died and were started again.",
+)
+
+
+def multiprocess() -> bool:
+    """Whether this process keeps its metrics in `PROMETHEUS_MULTIPROC_DIR`'s files: decided
+    by prometheus-client when it is first imported, from that variable."""
+    return prom_values.ValueClass is not prom_values.MutexValue
+
+
+class SupervisorMetrics:
+    """The counters the supervisor writes into the multiprocess directory
+    `PROMETHEUS_MULTIPROC_DIR` (set in its own environment first). The supervisor imported
+    prometheus-client before it made that directory, so its own `METRICS` are single-process;
+    these values are a file of the directory, as a child's counters are, summed with theirs
+    at every scrape. One value class for both: each class maps the process's file once."""
+
+    def __init__(self) -> None:
+        value_class: Any = prom_values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+        def counter(name: str, documentation: str) -> Any:
+            return value_class("counter", name, name + "_total", (), (), documentation)
+
+        self.stream_restarts = counter(*STREAM_RESTARTS)
+        self.worker_restarts = counter(*WORKER_RESTARTS)
 
 
 class BatchHistogram(Collector):
@@ -30,7 +80,9 @@ class BatchHistogram(Collector):
     a microbatch, a visible share of a drain. Here a batch is counted with numpy
     (`searchsorted` puts a value in the first bucket whose bound is >= it, as `Histogram`
     does) and exported through the public collector API, as `Histogram` exports it:
-    `_bucket` (cumulative, `le`), `_sum` and `_count`."""
+    `_bucket` (cumulative, `le`), `_sum` and `_count`. The counts are kept in
+    prometheus-client's value objects, under the names `Histogram` gives them, so in
+    multiprocess mode they are files of the directory that every process's scrape sums."""
 
     def __init__(
         self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
@@ -38,9 +90,13 @@ class BatchHistogram(Collector):
         self._name = name
         self._documentation = documentation
         self._bounds = np.asarray(sorted(float(b) for b in buckets), dtype=np.float64)
-        self._counts = np.zeros(self._bounds.size + 1, dtype=np.int64)  # the last is +Inf
         self._labels = [_go_float(b) for b in [*self._bounds.tolist(), math.inf]]
-        self._sum = 0.0
+        value: Any = prom_values.ValueClass
+        self._buckets = [
+            value("histogram", name, name + "_bucket", ("le",), (le,), documentation)
+            for le in self._labels  # the last is +Inf
+        ]
+        self._sum = value("histogram", name, name + "_sum", (), (), documentation)
         self._lock = threading.Lock()
         registry.register(self)
 
@@ -51,26 +107,35 @@ class BatchHistogram(Collector):
         if values.size == 0:
             return
         slots = np.searchsorted(self._bounds, values, side="left")
-        counts = np.bincount(slots, minlength=self._counts.size)
+        counts = np.bincount(slots, minlength=len(self._buckets)).tolist()
         total = float(values.sum())
         with self._lock:
-            self._counts += counts
-            self._sum += total
+            for bucket, count in zip(self._buckets, counts, strict=True):
+                if count:
+                    bucket.inc(count)
+            self._sum.inc(total)
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            cumulative = np.cumsum(self._counts).tolist()
-            total = self._sum
+            cumulative = np.cumsum([b.get() for b in self._buckets]).tolist()
+            total = self._sum.get()
         family = HistogramMetricFamily(self._name, self._documentation, labels=[])
         family.add_metric([], list(zip(self._labels, cumulative, strict=True)), total)
         yield family
 
 
 class Metrics:
-    """Every metric tastemaker exports. One instance per process (`METRICS`)."""
+    """Every metric tastemaker exports. One instance per process (`METRICS`); `registry` is
+    what `/metrics` exports: this process's metrics, or in multiprocess mode every process's
+    (their files read afresh at each scrape, this process's among them)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        r = self.registry = registry or CollectorRegistry()
+        r = registry or CollectorRegistry()
+        if multiprocess():
+            self.registry = CollectorRegistry()
+            DeploymentCollector(self.registry)
+        else:
+            self.registry = r
         self.events_accepted = Counter(
             "tastemaker_events_accepted", "Events appended to the log via the API.", registry=r
         )
@@ -113,6 +178,8 @@ class Metrics:
             "tastemaker_stream_batch_limit",
             "The most records the stream's next poll may read (stream.batch_target_s).",
             registry=r,
+            # The largest of the stream processes' (an API process's is 0, never set).
+            multiprocess_mode="livemax",
         )
         self.freshness_seconds = BatchHistogram(
             "tastemaker_feature_freshness_seconds",
@@ -126,12 +193,18 @@ class Metrics:
             "the neighbour maps (stream.covis_fold_batches).",
             ["partition"],
             registry=r,
+            # Set by the process that owns the partition, which the newest setter is.
+            multiprocess_mode="livemostrecent",
         )
         self.lag_events = Gauge(
             "tastemaker_stream_lag_events",
             "Events of each log partition not yet applied (committed) by the stream group.",
             ["partition"],
             registry=r,
+            # Every stream process measures the whole group's lag of every partition about
+            # once a second: the newest measurement is the true one (a max would keep the
+            # figure of a process that measured before the others applied their batches).
+            multiprocess_mode="livemostrecent",
         )
         self.request_seconds = Histogram(
             "tastemaker_request_seconds",
@@ -145,6 +218,7 @@ class Metrics:
             "Artifact version this process serves (-1: none yet).",
             ["artifact"],
             registry=r,
+            multiprocess_mode="liveall",  # one a process, labelled by its pid
         )
         self.artifact_reloads = Counter(
             "tastemaker_artifact_reloads", "New artifact versions swapped in.", registry=r
@@ -183,7 +257,10 @@ class Metrics:
             registry=r,
         )
         self.catalog_items = Gauge(
-            "tastemaker_catalog_items", "Active items in this process's catalog.", registry=r
+            "tastemaker_catalog_items",
+            "Active items in this process's catalog.",
+            registry=r,
+            multiprocess_mode="liveall",  # one a process, labelled by its pid
         )
         self.rate_limit_errors = Counter(
             "tastemaker_rate_limit_errors",
@@ -198,6 +275,7 @@ class Metrics:
             "Each backend's circuit breaker: 0 closed, 1 open (failing fast), 2 half-open.",
             ["backend"],
             registry=r,
+            multiprocess_mode="liveall",  # one a process, labelled by its pid
         )
         self.breaker_opened = Counter(
             "tastemaker_breaker_opened",
@@ -219,6 +297,8 @@ class Metrics:
         self.users_erased = Counter(
             "tastemaker_users_erased", "Users erased (DELETE /v1/users/{id}, CLI).", registry=r
         )
+        self.stream_restarts = Counter(*STREAM_RESTARTS, registry=r)
+        self.worker_restarts = Counter(*WORKER_RESTARTS, registry=r)
 
 
 METRICS = Metrics()

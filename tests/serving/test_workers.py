@@ -118,6 +118,14 @@ def test_a_killed_worker_is_started_again_and_connections_go_to_the_live_ones(
 
     wait_until(both_workers_answer, timeout=60, interval=0.2)
     assert all(victim not in pids for pids in seen)
+    # Counted once, in the metrics of the deployment (summed over its processes).
+    conn = http.client.HTTPConnection("127.0.0.1", served, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    assert "\ntastemaker_worker_restarts_total 1.0\n" in text
 
 
 def test_serve_stops_when_a_worker_cannot_start(tmp_path: Path, catalog: Catalog) -> None:
