@@ -1,12 +1,16 @@
-"""The OpenAPI 3.1 document, generated from the wire Structs by msgspec."""
+"""The OpenAPI 3.1 document, generated from the wire Structs by msgspec, then narrowed to
+what the server accepts under its config (`limits.py` adds those limits)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
 
+from tastemaker.config import Config
 from tastemaker.events import Event, EventBatch
+from tastemaker.serving.openapi_limits import apply_limits, body_errors
 from tastemaker.serving.schemas import (
     Accepted,
     ErrorBody,
@@ -29,7 +33,12 @@ def _json(ref: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": ref}}}
 
 
-def openapi_document(version: str) -> dict[str, Any]:
+def openapi_document(
+    version: str, config: Config | None = None, dim: int = 0, now: float | None = None
+) -> dict[str, Any]:
+    """The document for a server running `config` (default: the defaults) on a catalog of
+    `dim`-number embeddings; `now` (the clock) bounds `ts` as the server will from now on."""
+    config = Config() if config is None else config
     types = (
         Event,
         EventBatch,
@@ -48,10 +57,12 @@ def openapi_document(version: str) -> dict[str, Any]:
     r = dict(zip((t.__name__ for t in types), refs, strict=True))
     # EventBatch carries raw events (validated one by one for per-index errors); document them.
     components["EventBatch"]["properties"]["events"]["items"] = r["Event"]
+    apply_limits(components, config, dim, time.time() if now is None else now)
     error = {
         "description": "Invalid request; the body names what is wrong.",
         **_json(r["ErrorBody"]),
     }
+    refused = body_errors(r["ErrorBody"])
     limited = {
         "description": "Over the API key's request rate (X-API-Key header); retry after the "
         "seconds in the Retry-After header.",
@@ -72,6 +83,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "responses": {
                         "202": {"description": "Durably appended", **_json(r["Accepted"])},
                         "400": error,
+                        **refused,
                         "429": {
                             "description": "The stream is behind; nothing was written. Retry "
                             "after the seconds in the Retry-After header.",
@@ -91,6 +103,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "Ranked items", **_json(r["RecommendResponse"])},
                         "400": error,
+                        **refused,
                         "429": limited,
                     },
                 }
@@ -104,7 +117,12 @@ def openapi_document(version: str) -> dict[str, Any]:
                             "description": "The candidates, best first",
                             **_json(r["RecommendResponse"]),
                         },
-                        "400": error,
+                        "400": {
+                            "description": "Invalid request, or item ids not in the catalog "
+                            "(`unknown_items`, naming them); the body says which.",
+                            **_json(r["ErrorBody"]),
+                        },
+                        **refused,
                         "429": limited,
                     },
                 }
@@ -117,6 +135,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "responses": {
                         "202": {"description": "Appended to the feed", **_json(r["ItemsAccepted"])},
                         "400": error,
+                        **refused,
                         "429": limited,
                     },
                 }
@@ -135,7 +154,12 @@ def openapi_document(version: str) -> dict[str, Any]:
                             "name": "n",
                             "in": "query",
                             "required": False,
-                            "schema": {"type": "integer", "minimum": 1, "default": 10},
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": config.serving.max_n,
+                                "default": 10,
+                            },
                         },
                     ],
                     "responses": {
@@ -154,14 +178,20 @@ def openapi_document(version: str) -> dict[str, Any]:
                             "name": "user_id",
                             "in": "path",
                             "required": True,
-                            "schema": {"type": "string"},
+                            "schema": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": config.events.max_id_bytes,
+                                "x-maxBytes": config.events.max_id_bytes,
+                            },
                         }
                     ],
                     "responses": {
                         "200": {
                             "description": "Features by family and column",
                             **_json(r["UserFeatures"]),
-                        }
+                        },
+                        "400": error,
                     },
                 }
             },
