@@ -47,13 +47,17 @@ def _problem(index: int, exc: msgspec.ValidationError) -> EventProblem:
     if match is None:
         return EventProblem(index=index, field="", error=text)
     path = match.group("path").lstrip(".")
-    error = text[: match.start()]
-    if path.endswith("ts") and error == _FLOOR_ERROR:
+    return EventProblem(index=index, field=path, error=text[: match.start()])
+
+
+def _reworded(p: EventProblem) -> EventProblem:
+    if p.field == "ts" and p.error == _FLOOR_ERROR:
         error = (
             f"before {TS_FLOOR:.0f} (2001-01-01), the date floor of accepted timestamps "
             "(seconds since the Unix epoch)"
         )
-    return EventProblem(index=index, field=path, error=error)
+        return EventProblem(p.index, p.field, error)
+    return p
 
 
 _FIELDS = {f.name: f for f in msgspec.structs.fields(Event)}
@@ -119,12 +123,16 @@ def decode_batch(
         except msgspec.ValidationError as exc:
             problems.extend(_field_problems(index, raw, _problem(index, exc)))
             continue
-        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
-            problems.append(EventProblem(index=index, field="", error=f"malformed: {exc}"))
+        except UnicodeDecodeError as exc:
+            error = f"a string is not valid UTF-8 ({exc.reason})"
+            problems.append(EventProblem(index=index, field="", error=error))
+            continue
+        except (msgspec.DecodeError, RecursionError) as exc:
+            problems.append(EventProblem(index=index, field="", error=f"malformed JSON: {exc}"))
             continue
         events.append(event)
     if problems:
-        raise InvalidBatchError(problems)
+        raise InvalidBatchError([_reworded(p) for p in problems])
     found = check_events(events, limits, time.time() if now is None else now)
     if found:
         raise InvalidBatchError([EventProblem(i, field, error) for i, field, error in found])
