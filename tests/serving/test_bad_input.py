@@ -334,3 +334,14 @@ def test_a_1_gb_streamed_body_is_413_without_being_read_whole(
             b"Content-Length: 1000000000\r\n\r\n{"
         )
         assert sock.recv(65536).startswith(b"HTTP/1.1 413")
+
+
+def test_a_price_bound_past_float32_is_compared_not_overflowed(
+    client: TestClient, catalog: Catalog
+) -> None:
+    filters = {"price_min": 0.0, "price_max": 3.4028235677973366e38}
+    r = client.post(
+        "/v1/rank", json={"user_id": "u", "item_ids": [catalog.ids[0]], "filters": filters}
+    )
+    assert r.status_code == 200, r.text
+    assert [i["item_id"] for i in r.json()["items"]] == [catalog.ids[0]]
