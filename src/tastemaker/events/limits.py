@@ -8,7 +8,9 @@ prefix and fits any UUID, ULID or hex digest.
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 from collections.abc import Sequence
 from typing import Annotated
 
@@ -21,6 +23,7 @@ __all__ = ["MAX_ID_BYTES_CEILING", "EventLimits", "check_events", "id_problem"]
 # No setting may raise the id limit past this: 511 (LMDB's key limit) less the longest row
 # prefix and family name the store puts around an id.
 MAX_ID_BYTES_CEILING = 400
+_TS = operator.attrgetter("ts")
 
 
 class EventLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -92,6 +95,42 @@ def _event_problems(e: Event, limits: EventLimits, latest_ts: float) -> list[tup
     return found
 
 
+def _fits(ids: list[str], limit: int) -> bool:
+    return all(map(str.isascii, ids)) and max(map(len, ids), default=0) <= limit
+
+
+def _all_within(events: Sequence[Event], limits: EventLimits, latest_ts: float) -> bool:
+    """Whether no event breaks a limit: one pass per check in C (`map`), where the loop of
+    `check_events` costs ~0.7 us an event, a third of decoding."""
+    ids = [e.event_id for e in events]
+    users = [e.user_id for e in events]
+    sessions = [e.session_id for e in events if e.session_id is not None]
+    values = [e.value for e in events if e.value is not None]
+    return (
+        _fits(ids, limits.max_id_bytes)
+        and _fits(users, limits.max_id_bytes)
+        and _fits([e.item_id for e in events], limits.max_id_bytes)
+        and _fits(sessions, limits.max_id_bytes)
+        and max(map(_TS, events), default=0.0) <= latest_ts
+        and all(map(math.isfinite, values))
+        and _extras_within([e.context.extra for e in events], limits)
+        and len(set(ids)) == len(ids)
+    )
+
+
+def _extras_within(extras: list[dict[str, str]], limits: EventLimits) -> bool:
+    extras = [x for x in extras if x]
+    if not extras:
+        return True
+    keys = itertools.chain.from_iterable(extras)
+    values = itertools.chain.from_iterable(map(dict.values, extras))
+    return (
+        max(map(len, extras)) <= limits.max_extra_entries
+        and max(map(len, keys)) <= limits.max_extra_key_chars
+        and max(map(len, values)) <= limits.max_extra_value_chars
+    )
+
+
 def check_events(
     events: Sequence[Event], limits: EventLimits, now: float
 ) -> list[tuple[int, str, str]]:
@@ -99,6 +138,8 @@ def check_events(
     events of the batch give to different users (the stream counts an id once, so the second
     user's event would be silently dropped). The same id for the same user is a resend."""
     latest_ts = now + limits.max_future_s
+    if _all_within(events, limits, latest_ts):
+        return []
     found: list[tuple[int, str, str]] = []
     owners: dict[str, int] = {}
     for index, e in enumerate(events):

@@ -132,6 +132,9 @@ def decode_batch(
             continue
         events.append(event)
     if problems:
+        # An event nested past the limit is named as that (safejson.decode's reasoning).
+        if (why := safejson.depth_problem(body, max_depth)) is not None:
+            raise InvalidBatchError([EventProblem(index=-1, field="", error=why)])
         raise InvalidBatchError([_reworded(p) for p in problems])
     found = check_events(events, limits, time.time() if now is None else now)
     if found:
