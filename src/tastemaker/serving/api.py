@@ -70,12 +70,13 @@ def _decode(
 ) -> T | Response:
     """The decoded body, or the 400 that names what is wrong with it (a `user_id` is a store
     key: its bytes are limited too)."""
+    written = "; nothing was written" if error == "invalid_items" else ""
     try:
         decoded = safejson.decode(decoder, body, limits.max_json_depth)
     except msgspec.ValidationError as exc:
-        return _error(400, error, f"{exc}; nothing was written")
+        return _error(400, error, f"{exc}{written}")
     except (msgspec.DecodeError, safejson.UnsafeJSONError) as exc:
-        return _error(400, error, f"malformed JSON: {exc}; nothing was written")
+        return _error(400, error, f"malformed JSON: {exc}{written}")
     user_id = getattr(decoded, "user_id", None)
     if user_id is not None and (why := id_problem(user_id, limits.max_id_bytes)) is not None:
         return _error(400, error, f"user_id: {why}")
