@@ -34,7 +34,7 @@ def litestar_app() -> Any:
 
     @post("/v1/recommend", status_code=200)
     async def recommend(data: RecommendRequest) -> RecommendResponse:
-        rec = runtime.pipeline.recommend(data.user_id, data.n)
+        rec = runtime.pipeline.recommend(data.user_id, int(data.n))
         return RecommendResponse(rec.items, rec.degraded)
 
     @get("/healthz")

@@ -36,6 +36,8 @@ def test_env_overrides_are_typed() -> None:
         ("[serving]\nprot = 1\n", "prot"),
         ("[serving]\nport = 70000\n", "port"),
         ("[stream]\nsession_gap_s = -1\n", "session_gap_s"),
+        ("[events]\nmax_id_bytes = 600\n", "max_id_bytes"),  # past LMDB's key limit
+        ("[serving]\nmax_json_depth = 2\n", "max_json_depth"),
         ('[[features]]\nkind = "magic"\nname = "x"\n', "magic"),
         (
             '[[features]]\nkind = "count_by_type"\nname = "a"\n'

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from tastemaker.events import EventType
+from tastemaker.events import EventLimits, EventType
 from tastemaker.features import (
     Centroid,
     CountByType,
@@ -183,6 +183,11 @@ class ServingConfig(_Section, frozen=True):
     api_key_rps: dict[str, float] = msgspec.field(default_factory=dict)
     rate_limit_url: str | None = None
     global_cache_s: Positive = 1.0
+    # Request bodies above this are refused with 413 as they stream in, never held whole;
+    # 16 MiB holds a full batch of 10,000 events or of items with 64-number embeddings.
+    max_body_bytes: PositiveInt = 16 * 1024 * 1024
+    # JSON nested deeper is refused with 400 before decoding (no request needs more than 5).
+    max_json_depth: Annotated[int, msgspec.Meta(ge=8, le=256)] = 32
     # Items' co-visitation neighbours: they change at most once a stream microbatch and only
     # by a little, so a longer cache costs no visible freshness (the user's own seeds are
     # read per request) and spares the store a read per long-tail seed.
@@ -296,6 +301,7 @@ class Config(_Section, frozen=True):
     store: StoreConfig = StoreConfig()
     catalog: CatalogConfig = CatalogConfig()
     stream: StreamConfig = StreamConfig()
+    events: EventLimits = EventLimits()  # limits on ids, timestamps and context (events/limits)
     ranking: RankingConfig = RankingConfig()
     serving: ServingConfig = ServingConfig()
     offline: OfflineConfig = OfflineConfig()

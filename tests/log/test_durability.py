@@ -55,7 +55,11 @@ def test_acknowledged_events_survive_sigkill(tmp_path: Path, catalog: Catalog) -
                     for e in ids
                 ]
                 try:
-                    r = http.post("/v1/events", content=msgspec.json.encode({"events": events}))
+                    r = http.post(
+                        "/v1/events",
+                        content=msgspec.json.encode({"events": events}),
+                        headers={"content-type": "application/json"},
+                    )
                 except httpx.TransportError:
                     return  # the server died mid-request: that batch was never acknowledged
                 if r.status_code == 202:

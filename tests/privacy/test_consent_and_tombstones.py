@@ -85,7 +85,12 @@ def test_withdrawn_consent_drops_events_erases_and_serves_generic_answers(
 
 def test_privacy_routes_refuse_bad_input(client: TestClient) -> None:
     assert client.post("/v1/users/x/consent", json={"personalization": "no"}).status_code == 400
-    assert client.post("/v1/users/x/consent", content=b"{").status_code == 400
+    assert (
+        client.post(
+            "/v1/users/x/consent", content=b"{", headers={"Content-Type": "application/json"}
+        ).status_code
+        == 400
+    )
     assert client.delete("/v1/users/" + "x" * 257).status_code == 400
     spec = client.get("/openapi.json").json()
     assert {"/v1/users/{user_id}", "/v1/users/{user_id}/consent"} <= set(spec["paths"])

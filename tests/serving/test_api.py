@@ -63,7 +63,7 @@ def test_a_bad_batch_is_refused_whole_and_names_each_problem(
     "payload", [b"{", b'{"user_id": ""}', b'{"user_id": "a", "n": 0}', b'{"user_id": "a", "x": 1}']
 )
 def test_bad_recommend_requests_get_400_json(client: TestClient, payload: bytes) -> None:
-    r = client.post("/v1/recommend", content=payload)
+    r = client.post("/v1/recommend", content=payload, headers={"content-type": "application/json"})
     assert r.status_code == 400
     assert r.json()["error"] == "invalid_request"
     assert r.json()["detail"]

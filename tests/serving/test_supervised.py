@@ -44,7 +44,8 @@ class Deployment:
             health = conn.getresponse()
             pid: int = msgspec.json.decode(health.read())["pid"]
             payload = None if body is None else msgspec.json.encode(body)
-            conn.request(method, path, body=payload)
+            headers = {} if body is None else {"Content-Type": "application/json"}
+            conn.request(method, path, body=payload, headers=headers)
             response = conn.getresponse()
             return response.status, response.read(), pid
         finally:

@@ -2,6 +2,8 @@
 
 from tastemaker.catalog.catalog import Catalog, CatalogError, ItemChange
 from tastemaker.catalog.feed import (
+    EMBEDDING_MAX,
+    EMBEDDING_MIN,
     CatalogFeed,
     ItemProblem,
     SqliteCatalogFeed,
@@ -11,6 +13,8 @@ from tastemaker.catalog.feed import (
 from tastemaker.catalog.files import load_catalog, save_catalog
 
 __all__ = [
+    "EMBEDDING_MAX",
+    "EMBEDDING_MIN",
     "Catalog",
     "CatalogError",
     "CatalogFeed",

@@ -22,7 +22,8 @@ class ItemChange(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
     """One entry of `POST /v1/items` and of the catalog change feed: an upsert (every field
     but `title` and `in_stock` required) or, with `deleted`, a removal."""
 
-    item_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    # In characters; `events.max_id_bytes` bounds its UTF-8 bytes (`check_items`).
+    item_id: Annotated[str, msgspec.Meta(min_length=1, max_length=400)]
     deleted: bool = False
     title: Annotated[str, msgspec.Meta(max_length=1000)] = ""
     category: Annotated[str, msgspec.Meta(max_length=256)] = ""

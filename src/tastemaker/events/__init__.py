@@ -1,5 +1,6 @@
 """Events: the typed schema and the all-or-nothing batch decoder."""
 
+from tastemaker.events.limits import EventLimits, check_events, id_problem
 from tastemaker.events.schema import Context, Event, EventBatch, EventType
 from tastemaker.events.validate import EventProblem, InvalidBatchError, decode_batch
 
@@ -7,8 +8,11 @@ __all__ = [
     "Context",
     "Event",
     "EventBatch",
+    "EventLimits",
     "EventProblem",
     "EventType",
     "InvalidBatchError",
+    "check_events",
     "decode_batch",
+    "id_problem",
 ]

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import msgspec
 
-__all__ = ["Context", "Event", "EventBatch", "EventType"]
+__all__ = ["TS_FLOOR", "Context", "Event", "EventBatch", "EventType"]
 
 
 class EventType(enum.StrEnum):
@@ -33,10 +33,13 @@ class EventType(enum.StrEnum):
     ERASE = "erase"
 
 
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-# Seconds since the Unix epoch, as sent by the client. Bounds reject milliseconds sent by
-# mistake (they would land in the year 50,000) and pre-2001 junk.
-Timestamp = Annotated[float, msgspec.Meta(ge=978_307_200.0, le=32_503_680_000.0)]
+# In characters, the most any setting allows; `events.max_id_bytes` limits the UTF-8 bytes
+# (`limits.py`), which no character count can.
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=400)]
+TS_FLOOR = 978_307_200.0  # 2001-01-01: a date floor that refuses pre-2001 junk
+# Seconds since the Unix epoch, as sent by the client. The upper bound rejects milliseconds
+# sent by mistake (they would land in the year 50,000); `events.max_future_s` is tighter.
+Timestamp = Annotated[float, msgspec.Meta(ge=TS_FLOOR, le=32_503_680_000.0)]
 
 
 class Context(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import re
+import time
 
 import msgspec
 
-from tastemaker.events.schema import Event, EventBatch, EventType
+from tastemaker import safejson
+from tastemaker.events.limits import EventLimits, check_events
+from tastemaker.events.schema import TS_FLOOR, Event, EventBatch, EventType
 
 __all__ = ["EventProblem", "InvalidBatchError", "decode_batch"]
 
@@ -34,6 +36,11 @@ class InvalidBatchError(ValueError):
         super().__init__("; ".join(f"events[{p.index}].{p.field}: {p.error}" for p in problems))
 
 
+_DEFAULT_LIMITS = EventLimits()
+# The schema's lower bound on `ts`, as msgspec words it; reworded to say what it is.
+_FLOOR_ERROR = f"Expected `float` >= {TS_FLOOR!r}"
+
+
 def _problem(index: int, exc: msgspec.ValidationError) -> EventProblem:
     text = str(exc)
     match = _PATH.search(text)
@@ -41,6 +48,16 @@ def _problem(index: int, exc: msgspec.ValidationError) -> EventProblem:
         return EventProblem(index=index, field="", error=text)
     path = match.group("path").lstrip(".")
     return EventProblem(index=index, field=path, error=text[: match.start()])
+
+
+def _reworded(p: EventProblem) -> EventProblem:
+    if p.field == "ts" and p.error == _FLOOR_ERROR:
+        error = (
+            f"before {TS_FLOOR:.0f} (2001-01-01), the date floor of accepted timestamps "
+            "(seconds since the Unix epoch)"
+        )
+        return EventProblem(p.index, p.field, error)
+    return p
 
 
 _FIELDS = {f.name: f for f in msgspec.structs.fields(Event)}
@@ -51,7 +68,7 @@ def _field_problems(index: int, raw: msgspec.Raw, first: EventProblem) -> list[E
     path we check field by field so the client can fix them all in one go."""
     try:
         obj = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         return [first]
     if not isinstance(obj, dict):
         return [first]
@@ -75,19 +92,29 @@ def _field_problems(index: int, raw: msgspec.Raw, first: EventProblem) -> list[E
     return problems or [first]
 
 
-def decode_batch(body: bytes) -> list[Event]:
-    """Decode `{"events": [...]}`. Raises `InvalidBatchError` naming every bad event; returns the
-    events only when all of them are valid, so a caller never writes half a batch.
+def decode_batch(
+    body: bytes,
+    limits: EventLimits = _DEFAULT_LIMITS,
+    *,
+    max_depth: int = 32,
+    now: float | None = None,
+) -> list[Event]:
+    """Decode `{"events": [...]}`. Raises `InvalidBatchError` naming every bad event (and
+    nothing else, whatever the bytes); returns the events only when all of them are valid and
+    within `limits` (`now`, default the clock, bounds future timestamps), so a caller never
+    writes half a batch.
 
-    Repeated `event_id`s are not an error: at-least-once senders resend whole batches, and
-    the stream processor counts each id once."""
+    Repeated `event_id`s of one user are not an error: at-least-once senders resend whole
+    batches, and the stream processor counts each id once. One id for two users is."""
     try:
-        batch = _batch_decoder.decode(body)
+        batch = safejson.decode(_batch_decoder, body, max_depth)
     except msgspec.ValidationError as exc:
         raise InvalidBatchError([_problem(-1, exc)]) from exc
     except msgspec.DecodeError as exc:
         problem = EventProblem(index=-1, field="", error=f"malformed JSON: {exc}")
         raise InvalidBatchError([problem]) from exc
+    except safejson.UnsafeJSONError as exc:
+        raise InvalidBatchError([EventProblem(index=-1, field="", error=str(exc))]) from exc
     events: list[Event] = []
     problems: list[EventProblem] = []
     for index, raw in enumerate(batch.events):
@@ -95,6 +122,13 @@ def decode_batch(body: bytes) -> list[Event]:
             event = _event_decoder.decode(raw)
         except msgspec.ValidationError as exc:
             problems.extend(_field_problems(index, raw, _problem(index, exc)))
+            continue
+        except UnicodeDecodeError as exc:
+            error = f"a string is not valid UTF-8 ({exc.reason})"
+            problems.append(EventProblem(index=index, field="", error=error))
+            continue
+        except (msgspec.DecodeError, RecursionError) as exc:
+            problems.append(EventProblem(index=index, field="", error=f"malformed JSON: {exc}"))
             continue
         if event.type is EventType.ERASE:
             problems.append(
@@ -105,10 +139,13 @@ def decode_batch(body: bytes) -> list[Event]:
                 )
             )
             continue
-        if event.value is not None and not math.isfinite(event.value):
-            problems.append(EventProblem(index=index, field="value", error="must be finite"))
-            continue
         events.append(event)
     if problems:
-        raise InvalidBatchError(problems)
+        # An event nested past the limit is named as that (safejson.decode's reasoning).
+        if (why := safejson.depth_problem(body, max_depth)) is not None:
+            raise InvalidBatchError([EventProblem(index=-1, field="", error=why)])
+        raise InvalidBatchError([_reworded(p) for p in problems])
+    found = check_events(events, limits, time.time() if now is None else now)
+    if found:
+        raise InvalidBatchError([EventProblem(i, field, error) for i, field, error in found])
     return events

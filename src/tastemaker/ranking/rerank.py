@@ -56,10 +56,11 @@ def filter_mask(
     if filters.brands is not None:
         codes = [catalog.brand_index[b] for b in filters.brands if b in catalog.brand_index]
         keep &= np.isin(catalog.brand[rows], codes)
+    # Compared as float64: a bound past float32's range (3.5e38) must not overflow.
     if filters.price_min is not None:
-        keep &= catalog.price[rows] >= filters.price_min
+        keep &= catalog.price[rows] >= np.float64(filters.price_min)
     if filters.price_max is not None:
-        keep &= catalog.price[rows] <= filters.price_max
+        keep &= catalog.price[rows] <= np.float64(filters.price_max)
     if filters.in_stock:
         keep &= catalog.in_stock[rows]
     return keep

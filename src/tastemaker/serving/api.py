@@ -18,11 +18,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tastemaker import __version__
-from tastemaker.events import InvalidBatchError
+from tastemaker import __version__, safejson
+from tastemaker.events import InvalidBatchError, id_problem
 from tastemaker.log import LogError
 from tastemaker.metrics import METRICS
 from tastemaker.serving.auth import client_name, install_auth
+from tastemaker.serving.guards import RequestGuard
 from tastemaker.serving.health import health_routes
 from tastemaker.serving.ingest import BackpressureError
 from tastemaker.serving.offload import DeadlineExceededError
@@ -67,14 +68,36 @@ Handler = Callable[[Request], Awaitable[Response]]
 T = TypeVar("T")
 
 
-def _decode(decoder: msgspec.json.Decoder[T], body: bytes) -> T | Response:
-    """The decoded body, or the 400 that names what is wrong with it."""
+def _decode(
+    decoder: msgspec.json.Decoder[T], body: bytes, limits: ServingLimits, error: str
+) -> T | Response:
+    """The decoded body, or the 400 that names what is wrong with it (a `user_id` is a store
+    key: its bytes are limited too)."""
+    written = "; nothing was written" if error == "invalid_items" else ""
     try:
-        return decoder.decode(body)
+        decoded = safejson.decode(decoder, body, limits.max_json_depth)
     except msgspec.ValidationError as exc:
-        return _error(400, "invalid_request", str(exc))
-    except msgspec.DecodeError as exc:
-        return _error(400, "invalid_request", f"malformed JSON: {exc}")
+        return _error(400, error, f"{exc}{written}")
+    except (msgspec.DecodeError, safejson.UnsafeJSONError) as exc:
+        return _error(400, error, f"malformed JSON: {exc}{written}")
+    user_id = getattr(decoded, "user_id", None)
+    if user_id is not None and (why := id_problem(user_id, limits.max_id_bytes)) is not None:
+        return _error(400, error, f"user_id: {why}")
+    return decoded
+
+
+class ServingLimits(msgspec.Struct, frozen=True):
+    max_json_depth: int
+    max_id_bytes: int
+
+
+def _count(raw: str, limit: int) -> int | None:
+    """`raw` as an integer in 1..limit, else None. Only ASCII digits: `str.isdigit` takes
+    '²', and `int()` of thousands of digits raises."""
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
+        return None
+    value = int(raw)
+    return value if 1 <= value <= limit else None
 
 
 def _options(req: RecommendRequest | RankRequest, n: int) -> PipelineRequest:
@@ -104,7 +127,10 @@ def _timed(endpoint: str, handler: Handler) -> Handler:
 
 def build_app(runtime: Runtime) -> Starlette:
     """The ASGI app over an open runtime."""
-    spec = _encode(openapi_document(__version__))
+    spec = _encode(openapi_document(__version__, runtime.config, runtime.catalog.dim))
+    limits = ServingLimits(
+        runtime.config.serving.max_json_depth, runtime.config.events.max_id_bytes
+    )
 
     async def post_events(request: Request) -> Response:
         body = await request.body()
@@ -168,10 +194,10 @@ def build_app(runtime: Runtime) -> Starlette:
     async def post_recommend(request: Request) -> Response:
         if (refused := await limited(request)) is not None:
             return refused
-        req = _decode(_recommend_decoder, await request.body())
+        req = _decode(_recommend_decoder, await request.body(), limits, "invalid_request")
         if isinstance(req, Response):
             return req
-        options = _options(req, min(req.n, s.max_n))
+        options = _options(req, min(int(req.n), s.max_n))
         try:
             rec = await offload.run(
                 within(options.deadline_ms),
@@ -188,7 +214,7 @@ def build_app(runtime: Runtime) -> Starlette:
     async def post_rank(request: Request) -> Response:
         if (refused := await limited(request)) is not None:
             return refused
-        req = _decode(_rank_decoder, await request.body())
+        req = _decode(_rank_decoder, await request.body(), limits, "invalid_request")
         if isinstance(req, Response):
             return req
         unknown = [i for i in req.item_ids if i not in runtime.catalog.index]
@@ -198,7 +224,7 @@ def build_app(runtime: Runtime) -> Starlette:
                 "unknown_items",
                 f"{len(unknown)} item id(s) not in the catalog: {unknown[:20]}",
             )
-        options = _options(req, req.n or len(req.item_ids))
+        options = _options(req, int(req.n or len(req.item_ids)))
         pipeline = runtime.pipeline
         try:
             rec = await offload.run(
@@ -211,12 +237,9 @@ def build_app(runtime: Runtime) -> Starlette:
     async def post_items(request: Request) -> Response:
         if (refused := await limited(request)) is not None:
             return refused
-        try:
-            batch = _items_decoder.decode(await request.body())
-        except msgspec.ValidationError as exc:
-            return _error(400, "invalid_items", f"{exc}; nothing was written")
-        except msgspec.DecodeError as exc:
-            return _error(400, "invalid_items", f"malformed JSON: {exc}")
+        batch = _decode(_items_decoder, await request.body(), limits, "invalid_items")
+        if isinstance(batch, Response):
+            return batch
         try:
             version = await run_in_threadpool(runtime.upsert_items, batch.items)
         except ItemsError as exc:
@@ -234,18 +257,20 @@ def build_app(runtime: Runtime) -> Starlette:
         item_id = request.path_params["item_id"]
         if item_id not in runtime.catalog.index:
             return _error(404, "unknown_item", f"item {item_id!r} is not in the catalog")
-        raw_n = request.query_params.get("n", "10")
-        if not raw_n.isdigit() or not 1 <= int(raw_n) <= s.max_n:
+        n = _count(request.query_params.get("n", "10"), s.max_n)
+        if n is None:
             return _error(400, "invalid_request", f"n must be an integer in 1..{s.max_n}")
         try:
-            items = await offload.run(within(None), runtime.pipeline.similar, item_id, int(raw_n))
+            items = await offload.run(within(None), runtime.pipeline.similar, item_id, n)
         except DeadlineExceededError:  # without the store's co-visitation neighbours
             METRICS.stage_fallbacks.labels("deadline").inc()
-            items = runtime.pipeline.similar(item_id, int(raw_n), use_store=False)
+            items = runtime.pipeline.similar(item_id, n, use_store=False)
         return _json(SimilarResponse(item_id, items))
 
     async def get_features(request: Request) -> Response:
         user_id = request.path_params["user_id"]
+        if (why := id_problem(user_id, runtime.config.events.max_id_bytes)) is not None:
+            return _error(400, "invalid_request", f"user_id: {why}")
         try:
             data = await offload.run(within(None), runtime.pipeline.user_features, user_id)
         except (DeadlineExceededError, StoreError) as exc:
@@ -290,5 +315,8 @@ def build_app(runtime: Runtime) -> Starlette:
             Route("/openapi.json", openapi, methods=["GET"]),
         ]
     )
+    # Added last, so outermost: a request without a valid key is refused (401/403) before its
+    # body is looked at.
+    app.add_middleware(RequestGuard, max_body_bytes=s.max_body_bytes)
     install_auth(app, s)
     return app

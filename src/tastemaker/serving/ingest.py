@@ -10,7 +10,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from tastemaker.events import Event, InvalidBatchError, decode_batch
+from tastemaker.events import (
+    Event,
+    EventLimits,
+    EventProblem,
+    InvalidBatchError,
+    check_events,
+    decode_batch,
+)
 from tastemaker.log import EventLog, LogError
 from tastemaker.metrics import METRICS
 
@@ -40,8 +47,12 @@ class Ingestor:
         retry_after_s: int = 1,
         on_accepted: Callable[[set[str]], None] | None = None,
         admit: Callable[[Sequence[Event]], list[Event]] | None = None,
+        limits: EventLimits | None = None,
+        max_json_depth: int = 32,
     ) -> None:
         self.log = log
+        self.limits = EventLimits() if limits is None else limits
+        self.max_json_depth = max_json_depth
         self.group = group
         self.max_lag_events = max_lag_events
         self.retry_after_s = retry_after_s
@@ -84,14 +95,23 @@ class Ingestor:
         """Decode `{"events": [...]}` and append it. Raises `InvalidBatchError` or
         `BackpressureError`."""
         try:
-            events = decode_batch(body)
+            events = decode_batch(body, self.limits, max_depth=self.max_json_depth)
         except InvalidBatchError as exc:
             METRICS.events_rejected.inc(max(1, len(exc.problems)))
             raise
-        return self.ingest(events)
+        return self._append(events)
 
     def ingest(self, events: Sequence[Event]) -> int:
-        """Append already-typed events durably; returns how many were accepted (stored)."""
+        """Append already-typed events durably, once they are within the limits (else
+        `InvalidBatchError`); returns how many were accepted."""
+        found = check_events(events, self.limits, time.time())
+        if found:
+            METRICS.events_rejected.inc(len(found))
+            raise InvalidBatchError([EventProblem(i, field, error) for i, field, error in found])
+        return self._append(events)
+
+    def _append(self, events: Sequence[Event]) -> int:
+        """Append valid events durably; returns how many were accepted (stored)."""
         if self.admit is not None:
             events = self.admit(events)
             if not events:

@@ -1,13 +1,17 @@
-"""The OpenAPI 3.1 document, generated from the wire Structs by msgspec."""
+"""The OpenAPI 3.1 document, generated from the wire Structs by msgspec, then narrowed to
+what the server accepts under its config (`limits.py` adds those limits)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
 
+from tastemaker.config import Config
 from tastemaker.events import Event, EventBatch
 from tastemaker.serving.auth import document_security
+from tastemaker.serving.openapi_limits import apply_limits, body_errors
 from tastemaker.serving.privacy_api import openapi_paths
 from tastemaker.serving.schemas import (
     Accepted,
@@ -33,7 +37,12 @@ def _json(ref: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": ref}}}
 
 
-def openapi_document(version: str) -> dict[str, Any]:
+def openapi_document(
+    version: str, config: Config | None = None, dim: int = 0, now: float | None = None
+) -> dict[str, Any]:
+    """The document for a server running `config` (default: the defaults) on a catalog of
+    `dim`-number embeddings; `now` (the clock) bounds `ts` as the server will from now on."""
+    config = Config() if config is None else config
     types = (
         Event,
         EventBatch,
@@ -57,10 +66,12 @@ def openapi_document(version: str) -> dict[str, Any]:
     # `erase` is the log's erasure tombstone, refused from clients.
     kinds = components["EventType"]["enum"]
     components["EventType"]["enum"] = [k for k in kinds if k != "erase"]
+    apply_limits(components, config, dim, time.time() if now is None else now)
     error = {
         "description": "Invalid request; the body names what is wrong.",
         **_json(r["ErrorBody"]),
     }
+    refused = body_errors(r["ErrorBody"])
     limited = {
         "description": "Over the API key's request rate; retry after the "
         "seconds in the Retry-After header.",
@@ -81,6 +92,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "responses": {
                         "202": {"description": "Durably appended", **_json(r["Accepted"])},
                         "400": error,
+                        **refused,
                         "429": {
                             "description": "The stream is behind; nothing was written. Retry "
                             "after the seconds in the Retry-After header.",
@@ -100,6 +112,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "Ranked items", **_json(r["RecommendResponse"])},
                         "400": error,
+                        **refused,
                         "429": limited,
                     },
                 }
@@ -113,7 +126,12 @@ def openapi_document(version: str) -> dict[str, Any]:
                             "description": "The candidates, best first",
                             **_json(r["RecommendResponse"]),
                         },
-                        "400": error,
+                        "400": {
+                            "description": "Invalid request, or item ids not in the catalog "
+                            "(`unknown_items`, naming them); the body says which.",
+                            **_json(r["ErrorBody"]),
+                        },
+                        **refused,
                         "429": limited,
                     },
                 }
@@ -126,6 +144,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "responses": {
                         "202": {"description": "Appended to the feed", **_json(r["ItemsAccepted"])},
                         "400": error,
+                        **refused,
                         "429": limited,
                     },
                 }
@@ -144,7 +163,12 @@ def openapi_document(version: str) -> dict[str, Any]:
                             "name": "n",
                             "in": "query",
                             "required": False,
-                            "schema": {"type": "integer", "minimum": 1, "default": 10},
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": config.serving.max_n,
+                                "default": 10,
+                            },
                         },
                     ],
                     "responses": {
@@ -163,7 +187,12 @@ def openapi_document(version: str) -> dict[str, Any]:
                             "name": "user_id",
                             "in": "path",
                             "required": True,
-                            "schema": {"type": "string"},
+                            "schema": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": config.events.max_id_bytes,
+                                "x-maxBytes": config.events.max_id_bytes,
+                            },
                         }
                     ],
                     "responses": {
@@ -176,6 +205,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                             "after the seconds in the Retry-After header.",
                             **_json(r["ErrorBody"]),
                         },
+                        "400": error,
                     },
                 }
             },

@@ -108,6 +108,8 @@ class Runtime:
             group=st.group,
             max_lag_events=st.max_lag_events,
             retry_after_s=st.retry_after_s,
+            limits=config.events,
+            max_json_depth=config.serving.max_json_depth,
         )
         self.pipeline = RecommendPipeline(config, self.guarded_store, catalog)
         # A user's new events make their cached answers stale at once in this process.
@@ -145,7 +147,7 @@ class Runtime:
     def upsert_items(self, changes: Sequence[ItemChange]) -> int:
         """Validate and append item changes to the feed (all or none), then apply them here
         at once; other processes apply them at their next poll. Raises `ItemsError`."""
-        problems = check_items(changes, self.catalog)
+        problems = check_items(changes, self.catalog, self.config.events.max_id_bytes)
         if problems:
             raise ItemsError(problems)
         position = self.feed.append(changes)

@@ -40,7 +40,11 @@ class ErrorBody(msgspec.Struct, frozen=True):
     problems: list[EventProblem] = []
 
 
-UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=400)]
+# Counts JSON may write as 89 or 89.0: JSON Schema's `integer` takes both, so the server
+# does too (a whole number, `multipleOf: 1`); the handler makes it an int.
+RecommendCount = Annotated[float, msgspec.Meta(ge=1, le=1000, multiple_of=1)]
+RankCount = Annotated[float, msgspec.Meta(ge=1, le=5000, multiple_of=1)]
 
 
 class RequestContext(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -52,7 +56,7 @@ class RequestContext(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class RecommendRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     user_id: UserId
-    n: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 10
+    n: RecommendCount = 10
     context: RequestContext | None = None
     filters: Filters | None = None  # business rules: categories, brands, price range, stock
     explain: bool = False  # add each item's top contributing features
@@ -65,7 +69,7 @@ class RankRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     user_id: UserId
     item_ids: Annotated[list[str], msgspec.Meta(min_length=1, max_length=5000)]
     context: RequestContext | None = None
-    n: Annotated[int, msgspec.Meta(ge=1, le=5000)] | None = None  # default: all of them
+    n: RankCount | None = None  # default: all of them
     filters: Filters | None = None
     explain: bool = False
     deadline_ms: Annotated[float, msgspec.Meta(gt=0, le=10_000)] | None = None
