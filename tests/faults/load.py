@@ -65,14 +65,15 @@ class Bounds:
     socket timeout (5 s for the log, 0.25 s a store read, many reads a request).
     - recommend: 2 s. The production deadline is 50 ms; a degraded answer is allowed, a wait
       on the backend is not.
-    - events: 6 s. An append may wait for the log's timeout (5 s by default) before the
-      breaker opens; after that a refusal is immediate.
+    - events: 6.5 s. An append may wait for the log's timeout (5 s by default) before the
+      breaker opens; after that a refusal is immediate. Less than the 7 s hang: an append
+      that waits for the backend to come back is caught.
     - healthz: 2 s. It asks the backends, with a timeout of its own (0.5 s by default).
     - probes (/livez, /openapi.json): 1 s. They call no backend.
     """
 
     recommend: float = 2.0
-    events: float = 6.0
+    events: float = 6.5
     healthz: float = 2.0
     probes: float = 1.0
 
