@@ -4,8 +4,10 @@ The one module that imports the PostgreSQL client (psycopg 3, the `pgvector` ext
 is libpq's, `postgresql://USER:PASSWORD@HOST:PORT/DATABASE`, plus parameters of ours that are
 taken off before connecting: `table` (default `tastemaker_items`, optionally
 `schema.table`), `m` and `ef_construction` (the HNSW index's, used when this module creates
-it), `ef_search` (candidates the index search keeps; at least the `k` asked for) and `sync`
-(`false`: the table is kept by something else; the retriever never writes to it).
+it), `ef_search` (candidates the index search keeps; at least the `k` asked for), `sync`
+(`false`: the table is kept by something else; the retriever never writes to it) and
+`timeout_ms` (default 250: a search's statement timeout, so a hung server costs a request
+that long, not a thread for ever; loads and index builds have none).
 
 The table: `item_id text primary key, title text, category text, brand text, price real,
 in_stock boolean, embedding vector(DIM)`; an item whose embedding is NULL is not in the
@@ -37,6 +39,7 @@ _OURS = {
     "ef_construction": "64",
     "ef_search": "0",
     "sync": "true",
+    "timeout_ms": "250",
 }
 _COLUMNS = ("item_id", "title", "category", "brand", "price", "in_stock", "embedding")
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags 0, no extension
@@ -69,7 +72,7 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
     ours = {k: params.pop(k, v) for k, v in _OURS.items()}
     if not _NAME.match(ours["table"]):
         raise PgVectorError(f"table {ours['table']!r}: expected NAME or SCHEMA.NAME")
-    for key in ("m", "ef_construction", "ef_search"):
+    for key in ("m", "ef_construction", "ef_search", "timeout_ms"):
         if not ours[key].isdigit():
             raise PgVectorError(f"{key}={ours[key]!r} in the URL: expected a whole number")
     if ours["sync"] not in ("true", "false"):
@@ -89,21 +92,32 @@ class PgVectorTable:
         self.m, self.ef_construction = int(params["m"]), int(params["ef_construction"])
         self.ef_search = int(params["ef_search"])
         self.sync = params["sync"] == "true"
+        self.timeout_ms = int(params["timeout_ms"])
         # $1 the query vector (text), $2 again, $3 k. The index holds no NULL embeddings; a
         # sequential scan (the planner's choice for a small table) would return them last.
         self.search_sql = sql.SQL(
             "SELECT item_id, 1 - (embedding <=> %s::vector) AS sim FROM {}"
             " WHERE embedding IS NOT NULL ORDER BY embedding <=> %s::vector LIMIT %s"
         ).format(self.table)
-        self._idle: queue.SimpleQueue[psycopg.Connection[Any]] = queue.SimpleQueue()
+        # Two pools: searches run under the statement timeout, maintenance without.
+        self._idle: dict[bool, queue.SimpleQueue[psycopg.Connection[Any]]] = {
+            False: queue.SimpleQueue(),
+            True: queue.SimpleQueue(),
+        }
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled autocommit connection; one that failed is closed, not returned."""
+    def connection(self, *, search: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled autocommit connection (with `search`, under the statement timeout); one
+        that failed is closed, not returned."""
+        idle = self._idle[search]
         try:
-            conn = self._idle.get_nowait()
+            conn = idle.get_nowait()
         except queue.Empty:
-            conn = psycopg.connect(self.conninfo, autocommit=True)
+            conninfo = self.conninfo
+            if search:
+                timeout = f"-c statement_timeout={self.timeout_ms}"
+                conninfo = psycopg.conninfo.make_conninfo(conninfo, options=timeout)
+            conn = psycopg.connect(conninfo, autocommit=True)
         try:
             yield conn
         except BaseException:
@@ -112,14 +126,15 @@ class PgVectorTable:
         if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.close()
         else:
-            self._idle.put(conn)
+            idle.put(conn)
 
     def close(self) -> None:
-        while True:
-            try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
-                return
+        for idle in self._idle.values():
+            while True:
+                try:
+                    idle.get_nowait().close()
+                except queue.Empty:
+                    break
 
     def dim(self) -> int | None:
         """The embedding column's declared dimension, None if the table does not exist (or
@@ -132,8 +147,8 @@ class PgVectorTable:
             ).fetchone()
         return None if row is None or row[0] < 1 else int(row[0])
 
-    def create(self, dim: int) -> None:
-        """The extension, the table and its HNSW index, where missing."""
+    def create(self, dim: int, *, index: bool = True) -> None:
+        """The extension, the table and (with `index`) its HNSW index, where missing."""
         with self.connection() as conn, conn.transaction():
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
             conn.execute(
@@ -144,7 +159,8 @@ class PgVectorTable:
                     " embedding vector({}))"
                 ).format(self.table, sql.Literal(dim))
             )
-        self.create_index()
+        if index:
+            self.create_index()
 
     def create_index(self) -> None:
         """The HNSW index on the embeddings (cosine), where missing; built in memory."""
@@ -226,7 +242,7 @@ class PgVectorTable:
         """Ids of the `k` items nearest (by cosine) to `query` as the index finds them,
         nearest first, and their cosine similarity."""
         text = "[" + ",".join(map(repr, query.tolist())) + "]"
-        with self.connection() as conn:
+        with self.connection(search=True) as conn:
             ef = min(1000, max(k, self.ef_search))
             if getattr(conn, "_tm_ef", None) != ef:
                 conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef)))

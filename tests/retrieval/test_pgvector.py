@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -198,3 +199,18 @@ def test_a_runtime_serves_from_the_postgres_catalog_and_index(
         runtime.close()
     assert "fresh" in load_catalog(table_url).index
     assert ServingConfig().ann_vector_url is None
+
+
+def test_a_search_stuck_on_the_server_fails_at_its_timeout(table_url: str) -> None:
+    catalog = random_catalog(100, 8)
+    retriever = PgVectorRetriever(catalog, table_url + "&timeout_ms=200")
+    ctx = ctx_for(catalog, catalog.embedding[0])
+    assert retriever.retrieve(ctx, 5).rows.size == 5
+    with retriever.table.connection() as locker, locker.transaction():
+        locker.execute(f"LOCK TABLE {retriever.table.table_name} IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        with pytest.raises(Exception, match="statement timeout"):
+            retriever.retrieve(ctx, 5)
+        assert time.monotonic() - started < 2.0
+    assert retriever.retrieve(ctx, 5).rows.size == 5  # a fresh connection once the lock goes
+    retriever.close()
