@@ -136,6 +136,17 @@ class PgVectorTable:
                 except queue.Empty:
                     break
 
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the table's advisory lock: processes starting together create and fill it
+        once, one after another, instead of racing."""
+        with self.connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (self.table_name,))
+            try:
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (self.table_name,))
+
     def dim(self) -> int | None:
         """The embedding column's declared dimension, None if the table does not exist (or
         declares none)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
@@ -214,3 +215,13 @@ def test_a_search_stuck_on_the_server_fails_at_its_timeout(table_url: str) -> No
         assert time.monotonic() - started < 2.0
     assert retriever.retrieve(ctx, 5).rows.size == 5  # a fresh connection once the lock goes
     retriever.close()
+
+
+def test_processes_starting_together_fill_the_table_once(table_url: str) -> None:
+    catalog = random_catalog(300, 8)
+    with ThreadPoolExecutor(4) as pool:
+        retrievers = list(pool.map(lambda _: PgVectorRetriever(catalog, table_url), range(4)))
+    assert retrievers[0].table.count() == 300
+    for r in retrievers:
+        assert r.retrieve(ctx_for(catalog, catalog.embedding[1]), 3).rows[0] == 1
+        r.close()

@@ -39,7 +39,8 @@ class PgVectorRetriever:
         self.table = PgVectorTable(url)
         self.catalog = catalog
         try:
-            self._prepare(catalog)
+            with self.table.exclusive():
+                self._prepare(catalog)
         except BaseException:
             self.table.close()
             raise
