@@ -67,7 +67,7 @@ class ItemRows:
 def _split_url(url: str) -> tuple[str, dict[str, str]]:
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
-        raise PgVectorError(f"{url!r}: expected a postgresql:// URL")
+        raise PgVectorError(f"expected a postgresql:// URL, got {parts.scheme or 'none'}://")
     params = dict(parse_qsl(parts.query))
     ours = {k: params.pop(k, v) for k, v in _OURS.items()}
     if not _NAME.match(ours["table"]):
