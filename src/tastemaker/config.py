@@ -160,7 +160,10 @@ class ServingConfig(_Section, frozen=True):
     ann_exact_below: PositiveInt = 20_000
     # Above ann_exact_below items: "ivf" (nprobe tuned at load to reach ann_recall of the
     # exact top ann_candidates) or "hnsw" (docs/serving.md has the measurements).
-    ann_index: Literal["ivf", "hnsw"] = "ivf"
+    # "pgvector": at any size, the HNSW index of the PostgreSQL table at ann_vector_url
+    # (docs/pgvector.md).
+    ann_index: Literal["ivf", "hnsw", "pgvector"] = "ivf"
+    ann_vector_url: str | None = None
     ann_recall: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.95
     item_knn_candidates: PositiveInt = 200
     als_candidates: PositiveInt = 200
@@ -216,6 +219,10 @@ class ServingConfig(_Section, frozen=True):
     metrics_auth: bool = False  # true: /metrics needs a key with the `metrics` scope
 
     def __post_init__(self) -> None:
+        if self.ann_index == "pgvector" and not (self.ann_vector_url or "").startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ConfigError('serving.ann_index = "pgvector" needs a postgresql:// ann_vector_url')
         for field in ("name", "sha256"):
             seen = [getattr(k, field).lower() for k in self.api_keys]
             if len(set(seen)) < len(seen):

