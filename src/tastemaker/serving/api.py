@@ -23,6 +23,7 @@ from tastemaker.events import InvalidBatchError
 from tastemaker.log import LogError
 from tastemaker.metrics import METRICS
 from tastemaker.serving.auth import client_name, install_auth
+from tastemaker.serving.console import console_routes
 from tastemaker.serving.health import health_routes
 from tastemaker.serving.ingest import BackpressureError
 from tastemaker.serving.offload import DeadlineExceededError
@@ -288,6 +289,7 @@ def build_app(runtime: Runtime) -> Starlette:
             *privacy_routes(runtime),  # admin scope (serving/auth.py)
             Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
+            *console_routes(runtime),  # admin scope (serving/auth.py)
         ]
     )
     install_auth(app, s)
