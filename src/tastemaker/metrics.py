@@ -213,6 +213,12 @@ class Metrics:
             registry=r,
             buckets=_LATENCY_BUCKETS,
         )
+        self.responses = Counter(
+            "tastemaker_responses",
+            "API responses by endpoint and status class (2xx, 4xx, 5xx: an exception too).",
+            ["endpoint", "code"],
+            registry=r,
+        )
         self.stage_seconds = Histogram(
             "tastemaker_recommend_stage_seconds",
             "Time of each recommend stage: features (store read), retrieve, rank (features, "

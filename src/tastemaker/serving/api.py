@@ -95,10 +95,14 @@ def _timed(endpoint: str, handler: Handler) -> Handler:
 
     async def wrapped(request: Request) -> Response:
         started = time.perf_counter()
+        status = 500  # if the handler raises
         try:
-            return await handler(request)
+            response = await handler(request)
+            status = response.status_code
+            return response
         finally:
             histogram.observe(time.perf_counter() - started)
+            METRICS.responses.labels(endpoint, f"{status // 100}xx").inc()
 
     return wrapped
 
