@@ -128,7 +128,8 @@ def console_routes(runtime: Runtime) -> list[Route]:
     async def get_item(request: Request) -> Response:
         item_id = request.path_params["item_id"]
         try:
-            found = await offload.run(wait_s, item_view, runtime, item_id, 10)
+            # 30: enough that each retriever's own best ten are among the merged ones.
+            found = await offload.run(wait_s, item_view, runtime, item_id, 30)
         except (DeadlineExceededError, StoreError) as exc:
             return _error(503, "store_unavailable", f"the online store did not answer: {exc}")
         if found is None:

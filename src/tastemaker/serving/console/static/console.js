@@ -32,7 +32,8 @@ async function getJSON(url) {
 }
 
 function table(el, head, rows) {
-  el.innerHTML = "<tr>" + head.map((h) => "<th>" + esc(h) + "</th>").join("") + "</tr>" +
+  const header = head.some((h) => h) ? "<tr>" + head.map((h) => "<th>" + esc(h) + "</th>").join("") + "</tr>" : "";
+  el.innerHTML = header +
     (rows.length ? rows.map((r) => "<tr>" + r.map((c) => "<td>" + c + "</td>").join("") + "</tr>").join("")
       : '<tr><td colspan="' + head.length + '" class="none">none</td></tr>');
 }
@@ -95,7 +96,10 @@ class LiveChart {
     this.names = names;
     this.data = [[], ...names.map(() => [])];
     const series = [{}, ...names.map((n, i) => ({label: n, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: true}))];
-    this.plot = new uPlot({width: el.clientWidth || 560, height: 200, series, axes: [{}, {size: 60}], legend: {live: false}}, this.data, el);
+    // Time on x in seconds; a fixed 60 s span until more has passed, so that one point is
+    // not stretched over a range of years.
+    const x = {time: true, range: (u, lo, hi) => [Math.min(lo, hi - 60), hi]};
+    this.plot = new uPlot({width: el.clientWidth || 560, height: 200, series, scales: {x}, axes: [{}, {size: 60}], legend: {live: false}}, this.data, el);
     el.dataset.points = "0";
   }
   push(t, values) {
@@ -103,7 +107,9 @@ class LiveChart {
     this.names.forEach((n, i) => this.data[i + 1].push(values[n] ?? null));
     if (this.data[0].length > WINDOW) this.data.forEach((s) => s.shift());
     this.plot.setData(this.data);
-    this.el.dataset.points = String(this.data[0].length);  // read by the browser test
+    // Read by the browser test.
+    this.el.dataset.points = String(this.data[0].length);
+    this.el.dataset.last = JSON.stringify(values);
   }
 }
 
@@ -173,12 +179,13 @@ async function overview() {
       latency: new LiveChart($("#chart-latency"), ["request", ...STAGES]),
       freshness: new LiveChart($("#chart-freshness"), ["p50", "p95"]),
     };
-    const partitions = Object.keys(byLabel(s, "tastemaker_stream_lag_events", "partition")).sort((a, b) => a - b);
+    const lag = {};
+    for (const [p, v] of Object.entries(byLabel(s, "tastemaker_stream_lag_events", "partition"))) lag["partition " + p] = v;
+    const partitions = Object.keys(lag).sort();
     if (!lagChart || lagChart.names.join() !== partitions.join()) {
       $("#chart-lag").innerHTML = "";
       lagChart = new LiveChart($("#chart-lag"), partitions);
     }
-    const lag = byLabel(s, "tastemaker_stream_lag_events", "partition");
     lagChart.push(t, lag);
     if (prev) {
       const d = (name) => (total(s, name) - total(prev, name)) / dt;
@@ -259,7 +266,8 @@ async function users() {
 // ---- item inspector ------------------------------------------------------------------------
 
 async function items() {
-  const item = new URLSearchParams(location.search).get("item_id");
+  const q = new URLSearchParams(location.search);
+  const item = q.get("item_id"), every = Number(q.get("every") || 2);
   if (!item) { rendered(); return; }
   let chart = null;
   async function tick() {
@@ -274,16 +282,17 @@ async function items() {
     if (!chart) {
       $("#item-result").innerHTML =
         '<div class="two"><div><h2>Attributes</h2><table id="attributes"></table><h2>Popularity</h2><table id="popularity"></table>' +
-        '<figure><figcaption>Log popularity score in the "all" and "trending" lists, sampled every 5 s while this page is open</figcaption><div id="chart-popularity" class="chart"></div></figure></div>' +
+        '<figure><figcaption>Rank in the "all" and "trending" top lists (1: the most popular), sampled every ' + every + ' s while this page is open</figcaption><div id="chart-popularity" class="chart"></div></figure></div>' +
         '<div><h2>Similar items by retriever</h2><div id="similar"></div></div></div>';
       chart = new LiveChart($("#chart-popularity"), ["all", "trending"]);
     }
     const a = data.attributes;
     table($("#attributes"), ["", ""], Object.entries(a).map(([k, v]) => [esc(k), k === "added_ts" ? (v == null ? "base catalog" : when(v)) : esc(v)]));
     table($("#popularity"), ["list", "rank", "log score"], Object.entries(data.popularity).map(([l, p]) => [esc(l), fmt(p.rank, 0) + " of " + fmt(p.of, 0), fmt(p.score, 3)]));
-    chart.push(data.time, {all: data.popularity.all?.score, trending: data.popularity.trending?.score});
+    chart.push(data.time, {all: data.popularity.all?.rank, trending: data.popularity.trending?.rank});
     const bySource = {};
     for (const it of data.similar) for (const src of it.sources) (bySource[src] = bySource[src] || []).push(it);
+    for (const src in bySource) bySource[src] = bySource[src].slice(0, 10);
     $("#similar").innerHTML = Object.keys(bySource).length ? Object.entries(bySource).map(([src, its]) => "<h3>" + esc(src) + "</h3><table>" +
       its.map((it) => '<tr><td><a href="/console/items?item_id=' + encodeURIComponent(it.item_id) + '">' + esc(it.item_id) + "</a></td><td>" + fmt(it.score, 3) + "</td></tr>").join("") + "</table>").join("")
       : '<p class="none">no similar items.</p>';
@@ -291,7 +300,7 @@ async function items() {
     rendered();
     return true;
   }
-  if (await tick()) setInterval(tick, 5000);
+  if (await tick()) setInterval(tick, every * 1000);
 }
 
 const PAGES = {console: overview, users, items, experiments: async () => rendered()};
