@@ -1,10 +1,10 @@
 """How long each console page takes to render in a real browser (Chromium driven by
 Playwright): from navigation start to the first data drawn (`html[data-rendered]`, set by
 console.js), over `tastemaker serve` with the demo shop (`tastemaker demo --quick`'s size:
-2,000 users, 2,000 items, every event applied). Each page is opened `--repeat` times in a
-fresh tab; the first opening is reported apart (cold: nothing cached). With `--screenshots
-DIR` it also writes a PNG of each page there (docs/console/ holds them), the overview taken
-after a few seconds of live traffic. Prints one JSON object last.
+2,000 users, 2,000 items, every event posted, the batch jobs run). Each page is opened
+`--repeat` times in a fresh tab; the first opening is reported apart (cold: nothing cached).
+With `--screenshots DIR` it also writes a PNG of each page there (docs/console/ holds them),
+the live pages taken after a few seconds of traffic. Prints one JSON object last.
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_console [--repeat N]
         [--screenshots docs/console]
@@ -84,8 +84,13 @@ def main() -> None:
     args = parser.parse_args()
     if (lacking := missing()) is not None:
         raise SystemExit(f"bench_console needs {lacking}")
-    with tempfile.TemporaryDirectory() as tmp, served_shop(Path(tmp), 2_000, 2_000) as (url, shop):
-        user, item = str(shop.user_ids[1]), str(shop.catalog().ids[1])
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        served_shop(Path(tmp), 2_000, 2_000, batch_jobs=True) as (url, shop),
+    ):
+        user = str(shop.user_ids[1])
+        # An item the user is recommended: popular enough to have neighbours of every source.
+        item = post_json(url + "/v1/recommend", {"user_id": user, "n": 1})["items"][0]["item_id"]
         results = {}
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])

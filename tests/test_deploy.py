@@ -14,6 +14,7 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
+from tastemaker.metrics import METRICS
 from tastemaker.serving.api import build_app
 from tastemaker.serving.runtime import Runtime
 
@@ -82,3 +83,16 @@ def test_promtool_loads_the_rules() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"SUCCESS: {len(rules())} rules found" in done.stdout
+
+
+def test_the_error_rate_counter_counts_responses_by_status_class(runtime: Runtime) -> None:
+    def count(code: str) -> float:
+        labels = {"endpoint": "recommend", "code": code}
+        return METRICS.registry.get_sample_value("tastemaker_responses_total", labels) or 0.0
+
+    before = count("2xx"), count("4xx")
+    with TestClient(build_app(runtime)) as client:
+        assert client.post("/v1/recommend", json={"user_id": "u"}).status_code == 200
+        assert client.post("/v1/recommend", json={"user": "u"}).status_code == 400
+        assert client.post("/v1/recommend", content=b"{").status_code == 400
+    assert (count("2xx"), count("4xx")) == (before[0] + 1, before[1] + 2)

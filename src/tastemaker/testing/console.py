@@ -68,9 +68,12 @@ def post_json(url: str, body: Any) -> Any:
 
 
 @contextlib.contextmanager
-def served_shop(root: Path, users: int = 300, items: int = 400) -> Iterator[tuple[str, Shop]]:
+def served_shop(
+    root: Path, users: int = 300, items: int = 400, *, batch_jobs: bool = False
+) -> Iterator[tuple[str, Shop]]:
     """`tastemaker serve` (stream in the server) over a small synthetic shop on a free
-    loopback port, every event of the shop posted and applied; yields its URL and the shop."""
+    loopback port, every event of the shop posted (and with `batch_jobs`, `tastemaker jobs
+    run` over them, so artifacts exist); yields its URL and the shop."""
     shop = generate_shop(ShopSpec(n_users=users, n_items=items, n_categories=8, n_brands=20))
     root.mkdir(parents=True, exist_ok=True)
     save_catalog(shop.catalog(), root / "catalog.parquet")
@@ -90,6 +93,9 @@ def served_shop(root: Path, users: int = 300, items: int = 400) -> Iterator[tupl
         for events in shop.events():
             for i in range(0, len(events), 1000):
                 post_json(url + "/v1/events", {"events": events[i : i + 1000]})
+        if batch_jobs:
+            run = [sys.executable, "-m", "tastemaker", "jobs", "run", "--config", str(path)]
+            subprocess.run(run, check=True, capture_output=True, timeout=600)
         yield url, shop
     finally:
         server.send_signal(signal.SIGTERM)

@@ -96,9 +96,9 @@ class LiveChart {
     this.names = names;
     this.data = [[], ...names.map(() => [])];
     const series = [{}, ...names.map((n, i) => ({label: n, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: true}))];
-    // Time on x in seconds; a fixed 60 s span until more has passed, so that one point is
-    // not stretched over a range of years.
-    const x = {time: true, range: (u, lo, hi) => [Math.min(lo, hi - 60), hi]};
+    // Time on x in seconds; at least a 10 s span, so that one point is not stretched over
+    // a range of years.
+    const x = {time: true, range: (u, lo, hi) => [Math.min(lo, hi - 10), hi]};
     this.plot = new uPlot({width: el.clientWidth || 560, height: 200, series, scales: {x}, axes: [{}, {size: 60}], legend: {live: false}}, this.data, el);
     el.dataset.points = "0";
   }
@@ -120,7 +120,8 @@ function overviewCards(s, prev, dt, health) {
   const recs = d("tastemaker_recommendations_total");
   const share = (path) => recs ? d("tastemaker_recommendations_total", (l) => l.path === path) / recs : null;
   const lag = total(s, "tastemaker_stream_lag_events");
-  const fresh = quantile(buckets(s, "tastemaker_feature_freshness_seconds"), null, 0.5);
+  const fb = (x) => buckets(x, "tastemaker_feature_freshness_seconds");
+  const fresh = prev ? quantile(fb(s), fb(prev), 0.5) : null;
   const cards = [
     ["events accepted /s", prev ? fmt(d("tastemaker_events_accepted_total") / dt) : "…"],
     ["events applied /s", prev ? fmt(d("tastemaker_events_processed_total") / dt) : "…"],
@@ -128,7 +129,7 @@ function overviewCards(s, prev, dt, health) {
     ["degraded share", recs ? fmt(100 * share("degraded")) + " %" : "–"],
     ["cache hit rate", recs ? fmt(100 * share("cached")) + " %" : "–"],
     ["stream lag (events)", fmt(lag, 0)],
-    ["freshness p50 (all time)", fresh == null ? "–" : fmt(fresh, 2) + " s"],
+    ["freshness p50", fresh == null ? "–" : fmt(fresh, 2) + " s"],
     ["health", health ? '<span class="' + (health.status === "ok" ? "ok" : "bad") + '">' + esc(health.status) + "</span>" : "…"],
   ];
   $("#cards").innerHTML = cards.map(([k, v]) => '<div class="card"><div>' + esc(k) + "</div><b>" + v + "</b></div>").join("");
@@ -293,7 +294,7 @@ async function items() {
     const bySource = {};
     for (const it of data.similar) for (const src of it.sources) (bySource[src] = bySource[src] || []).push(it);
     for (const src in bySource) bySource[src] = bySource[src].slice(0, 10);
-    $("#similar").innerHTML = Object.keys(bySource).length ? Object.entries(bySource).map(([src, its]) => "<h3>" + esc(src) + "</h3><table>" +
+    $("#similar").innerHTML = Object.keys(bySource).length ? Object.entries(bySource).map(([src, its]) => "<h3>" + esc(src) + "</h3><table><tr><th>item</th><th>score (all sources)</th></tr>" +
       its.map((it) => '<tr><td><a href="/console/items?item_id=' + encodeURIComponent(it.item_id) + '">' + esc(it.item_id) + "</a></td><td>" + fmt(it.score, 3) + "</td></tr>").join("") + "</table>").join("")
       : '<p class="none">no similar items.</p>';
     status("updated " + new Date().toLocaleTimeString(), false);
