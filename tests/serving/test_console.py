@@ -153,4 +153,3 @@ def test_a_basic_header_that_is_not_base64_is_no_key(keyed_client: TestClient) -
     r = keyed_client.get("/console", headers={"Authorization": "Basic %%%"})
     assert r.status_code == 401
     assert "no API key" in r.json()["detail"]
-
