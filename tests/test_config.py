@@ -75,3 +75,10 @@ def test_dump_config_round_trips(tmp_path: Path) -> None:
     config = Config(store=StoreConfig(url="redis://127.0.0.1:6379/0?prefix=x:"))
     assert load_config(dump_config(config, tmp_path / "c.toml"), env={}) == config
     assert load_config(dump_config(Config(), tmp_path / "d.toml"), env={}) == Config()
+
+
+def test_variables_without_a_section_are_not_overrides() -> None:
+    env = {"TASTEMAKER_TEST_REDIS_SERVER": "/usr/bin/redis-server", "TASTEMAKER_REQUIRE_X": "1"}
+    assert load_config(env=env) == Config()
+    with pytest.raises(ConfigError, match="TASTEMAKER_SERVING__SETTING"):
+        load_config(env={"TASTEMAKER_SERVING_PORT": "9000"})

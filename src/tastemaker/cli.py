@@ -149,6 +149,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"\nServing the demo shop on http://127.0.0.1:{config.serving.port} (Ctrl-C to stop). Try:"
     )
+    print(f"  the console: http://127.0.0.1:{config.serving.port}/console")
     print(
         f"  curl -s -XPOST localhost:{config.serving.port}/v1/recommend "
         '-d \'{"user_id": "user0000001", "n": 5}\''

@@ -360,6 +360,17 @@ def _apply_env(tree: dict[str, Any], env: Mapping[str, str]) -> None:
         if not key.startswith("TASTEMAKER_") or key in _RESERVED_ENV:
             continue
         path = key.removeprefix("TASTEMAKER_").lower().split("__")
+        if len(path) == 1:
+            # Every setting is in a section, so a variable without `__` is not an override
+            # (TASTEMAKER_TEST_* of the test harness, say), unless it looks like a mistyped one.
+            section = next(
+                (f for f in Config.__struct_fields__ if path[0].startswith(f + "_")), None
+            )
+            if section is not None:
+                raise ConfigError(
+                    f"{key}: write TASTEMAKER_{section.upper()}__SETTING (two underscores)"
+                )
+            continue
         node = tree
         for part in path[:-1]:
             child = node.setdefault(part, {})

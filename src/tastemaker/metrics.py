@@ -213,6 +213,20 @@ class Metrics:
             registry=r,
             buckets=_LATENCY_BUCKETS,
         )
+        self.responses = Counter(
+            "tastemaker_responses",
+            "API responses by endpoint and status class (2xx, 4xx, 5xx: an exception too).",
+            ["endpoint", "code"],
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "tastemaker_recommend_stage_seconds",
+            "Time of each recommend stage: features (store read), retrieve, rank (features, "
+            "score, filter, diversify, explain); for /v1/recommend and /v1/rank.",
+            ["stage"],
+            registry=r,
+            buckets=_LATENCY_BUCKETS,
+        )
         self.artifact_version = Gauge(
             "tastemaker_artifact_version",
             "Artifact version this process serves (-1: none yet).",

@@ -23,6 +23,7 @@ from tastemaker.events import InvalidBatchError, id_problem
 from tastemaker.log import LogError
 from tastemaker.metrics import METRICS
 from tastemaker.serving.auth import client_name, install_auth
+from tastemaker.serving.console import console_routes
 from tastemaker.serving.guards import RequestGuard
 from tastemaker.serving.health import health_routes
 from tastemaker.serving.ingest import BackpressureError
@@ -117,10 +118,14 @@ def _timed(endpoint: str, handler: Handler) -> Handler:
 
     async def wrapped(request: Request) -> Response:
         started = time.perf_counter()
+        status = 500  # if the handler raises
         try:
-            return await handler(request)
+            response = await handler(request)
+            status = response.status_code
+            return response
         finally:
             histogram.observe(time.perf_counter() - started)
+            METRICS.responses.labels(endpoint, f"{status // 100}xx").inc()
 
     return wrapped
 
@@ -313,6 +318,7 @@ def build_app(runtime: Runtime) -> Starlette:
             *privacy_routes(runtime),  # admin scope (serving/auth.py)
             Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
+            *console_routes(runtime),  # admin scope (serving/auth.py)
         ]
     )
     # Added last, so outermost: a request without a valid key is refused (401/403) before its

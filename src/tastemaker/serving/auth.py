@@ -1,9 +1,12 @@
 """Access control: API keys with scopes, checked in front of every route.
 
-A key is presented as `Authorization: Bearer KEY` or `X-API-Key: KEY`. The config holds only
-each key's SHA-256 (`serving.api_keys`), so a leaked config file or environment gives no key
-away; the presented key's hash is compared with every configured hash by
-`hmac.compare_digest`, all of them whatever matches, so the time taken says nothing about
+A key is presented as `Authorization: Bearer KEY` or `X-API-Key: KEY`, or as the password
+of `Authorization: Basic` (any user name): a browser asks for that itself when the console
+(`/console`, admin scope) answers 401, and sends it with every console request after.
+
+The config holds only each key's SHA-256 (`serving.api_keys`), so a leaked config file or
+environment gives no key away; the presented key's hash is compared with every configured
+hash by `hmac.compare_digest`, all of them whatever matches, so the time taken says nothing about
 which hash, or how much of one, matched.
 
 Which scope a request needs is decided here from its method and path alone (`required_scope`),
@@ -14,6 +17,8 @@ the scopes in the OpenAPI document (`document_security`).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import ipaddress
@@ -57,6 +62,8 @@ _RULES: tuple[tuple[str, re.Pattern[str], KeyScope], ...] = (
     ("POST", re.compile(r"/v1/recommend"), "read"),
     ("POST", re.compile(r"/v1/rank"), "read"),
     ("GET", re.compile(r"/v1/items/[^/]+/similar"), "read"),
+    # Listed although unlisted paths need `admin` anyway: the console shows users' features.
+    ("GET", re.compile(r"/console(/.*)?"), "admin"),
 )
 _STATE_KEY = "tastemaker.api_key"  # the ASGI scope entry naming the authenticated key
 
@@ -118,16 +125,27 @@ class KeyStore:
 
 
 def presented_key(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
-    """The key of `Authorization: Bearer KEY`, else of `X-API-Key`; None if neither."""
+    """The key of `Authorization: Bearer KEY` (or the password of `Basic`), else of
+    `X-API-Key`; None if neither."""
     api_key = None
     for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.strip().partition(b" ")
             if scheme.lower() == b"bearer" and token.strip():
                 return token.strip()
+            if scheme.lower() == b"basic" and (password := _basic_password(token.strip())):
+                return password
         elif name == b"x-api-key" and value.strip():
             api_key = value.strip()
     return api_key
+
+
+def _basic_password(token: bytes) -> bytes | None:
+    try:
+        decoded = base64.b64decode(token, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return decoded.partition(b":")[2].strip() or None
 
 
 def client_name(scope: Scope) -> str | None:
@@ -178,6 +196,8 @@ class AuthMiddleware:
                 else "the API key is not one this server knows"
             )
             challenge = 'Bearer realm="tastemaker"'
+            if path == "/console" or path.startswith("/console/"):
+                challenge = 'Basic realm="tastemaker console", charset="UTF-8"'
             await _refuse(send, 401, ErrorBody("unauthorized", detail), challenge)
             return
         if not principal.allows(need):

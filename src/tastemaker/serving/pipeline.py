@@ -306,6 +306,7 @@ class RecommendPipeline:
         except StoreError:
             log.warning("store failed; answering with popular items", exc_info=True)
             return self.fallback(user_id, req, "features", request_id)
+        METRICS.stage_seconds.labels("features").observe(clock.elapsed_ms() / 1e3)
         if clock.elapsed_ms() > s.budget_features_ms:
             METRICS.stage_overruns.labels("features").inc()
         key = self.cache.key(user_id, req)
@@ -419,7 +420,10 @@ class RecommendPipeline:
         given: npt.NDArray[np.int64] | None = None,
     ) -> list[RecommendedItem]:
         """Retrieve (or take the `given` catalog rows), score, filter, diversify, explain."""
+        started = clock.elapsed_ms()
         cands = self._retrieve(ctx, retrievers or self.retrievers, clock, fallbacks)
+        retrieved = clock.elapsed_ms()
+        METRICS.stage_seconds.labels("retrieve").observe((retrieved - started) / 1e3)
         if given is not None:
             # The client's items join the retrieved ones, so their features are scaled over
             # the same candidate set as in `recommend` and in training (`point_in_time_features`);
@@ -469,6 +473,7 @@ class RecommendPipeline:
         because: list[list[Contribution]] | list[None] = [None] * top.size
         if req.explain:
             because = top_contributions(scorer.contributions(x[top], FEATURE_NAMES), FEATURE_NAMES)
+        METRICS.stage_seconds.labels("rank").observe((clock.elapsed_ms() - retrieved) / 1e3)
         names = list(enumerate(cands.names))
         return [
             RecommendedItem(str(item), round(score, 6), [n for b, n in names if bits >> b & 1], why)
