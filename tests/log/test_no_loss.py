@@ -1,0 +1,161 @@
+"""No acknowledged event is lost when a read's reply is lost: a Redis Streams read whose reply
+never arrived (a timeout while the server hangs, a reset connection) left its entries pending
+on the member, and the stream processor must apply them before anything after them. Each
+batch is one user's, so the user's counts show whether it was applied 0, 1 or 2 times."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+import redis
+
+from tastemaker.catalog import Catalog
+from tastemaker.config import Config
+from tastemaker.events import Event, EventType
+from tastemaker.features.layout import PROFILE
+from tastemaker.log import LogError
+from tastemaker.serving.runtime import Runtime
+from tastemaker.testing.servers import redis_server
+from tests.conftest import T0, event, make_config
+
+
+def _config(tmp_path: Path, catalog: Catalog, log_url: str, poll_s: float = 0.01) -> Config:
+    config = make_config(tmp_path, catalog)
+    stream = msgspec.structs.replace(config.stream, poll_interval_s=poll_s, member="m1")
+    return msgspec.structs.replace(
+        config, log=msgspec.structs.replace(config.log, url=log_url), stream=stream
+    )
+
+
+def _batch(user: str, item: str, n: int = 10) -> list[Event]:
+    return [event(f"{user}-{k}", user, item, EventType.CLICK, T0 + k) for k in range(n)]
+
+
+def _clicks(rt: Runtime, users: list[str]) -> dict[str, int]:
+    out = {}
+    for u in users:
+        profile = rt.pipeline.user_features(u).get(PROFILE, {})
+        counts = profile.get("counts")
+        out[u] = 0 if counts is None else int(counts.value.get("click", 0))
+    return out
+
+
+def test_a_read_whose_reply_was_lost_is_applied_before_later_reads(
+    tmp_path: Path, catalog: Catalog, redis_url: str
+) -> None:
+    prefix = f"lost{uuid.uuid4().hex[:8]}"
+    config = _config(tmp_path, catalog, f"{redis_url}?partitions=1&prefix={prefix}")
+    item = str(catalog.ids[0])
+    rt = Runtime(config, catalog)
+    try:
+        rt.processor.drain(timeout_s=5)  # joined, owns the partition, nothing to claim
+        rt.ingestor.ingest(_batch("lost", item))
+        # The read the member would send, its reply discarded: the entries are delivered to
+        # the member (pending on it) and the member never saw them.
+        client = redis.Redis.from_url(redis_url)
+        reply = client.xreadgroup(
+            config.stream.group, rt.processor.member, {f"{prefix}:p0": ">"}, count=1000
+        )
+        client.close()
+        assert reply  # the 10 entries went somewhere
+        rt.ingestor.ingest(_batch("later", item))
+        rt.processor.drain(timeout_s=5)
+        first = _clicks(rt, ["lost", "later"])
+    finally:
+        rt.close()
+    again = Runtime(config, catalog)  # a restart: a new processor and member
+    try:
+        again.processor.drain(timeout_s=5)
+        after = _clicks(again, ["lost", "later"])
+    finally:
+        again.close()
+    assert first == {"lost": 10, "later": 10}
+    assert after == {"lost": 10, "later": 10}
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """A Valkey server of this test's own (it is stopped with SIGSTOP), and its pid."""
+    with redis_server(tmp_path / "valkey") as url:
+        client = redis.Redis.from_url(url)
+        pid = int(client.info("server")["process_id"])
+        client.close()
+        yield url, pid
+
+
+@pytest.mark.slow
+def test_a_hung_server_loses_no_accepted_event(
+    tmp_path: Path, catalog: Catalog, own_redis: tuple[str, int]
+) -> None:
+    """The server is stopped (SIGSTOP) eight times for 0.4 s while the processor polls with
+    a 100 ms socket timeout and batches keep coming: every read, append and commit sent
+    meanwhile times out on the client and runs on the server once it resumes. The processor
+    sleeps 0.2 s when the log runs dry, so entries wait unread when a stop begins; the leases
+    (30 s) are renewed every 6 s, so most stops fall between two renewals. Batches refused
+    with 503 are resent with the same event ids, as clients are told to."""
+    url, pid = own_redis
+    config = _config(tmp_path, catalog, f"{url}?partitions=2&timeout_ms=100&lease_s=30", 0.2)
+    item = str(catalog.ids[0])
+    rt = Runtime(config, catalog)
+    worker = threading.Thread(target=rt.processor.run, daemon=True)
+    worker.start()
+    users: list[str] = []
+    refused = 0
+    try:
+        for stop in range(8):
+            ends = time.monotonic() + 0.5
+            while time.monotonic() < ends:  # running normally
+                users.append(f"u{len(users)}")
+                refused += _send(rt, users[-1], item)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                ends = time.monotonic() + 0.4
+                while time.monotonic() < ends:  # every append times out
+                    users.append(f"u{len(users)}")
+                    refused += _send(rt, users[-1], item, once=True)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            del stop
+        for u in users:  # the batches answered 503 are resent until accepted
+            _send(rt, u, item)
+        deadline = time.monotonic() + 30
+        live = _clicks(rt, users)
+        while time.monotonic() < deadline and set(live.values()) != {10}:
+            time.sleep(0.2)
+            live = _clicks(rt, users)
+    finally:
+        rt.processor.stop()
+        worker.join(timeout=30)
+        rt.close()
+    assert refused > 0  # the hang was felt
+    again = Runtime(config, catalog)  # and a restart changes nothing
+    try:
+        again.processor.drain(timeout_s=10)
+        counts = _clicks(again, users)
+    finally:
+        again.close()
+    for when, seen in (("while running", live), ("after a restart", counts)):
+        wrong = {u: n for u, n in seen.items() if n != 10}
+        assert not wrong, f"{when}: {len(wrong)} of {len(users)} batches applied 0 or 2 times"
+
+
+def _send(rt: Runtime, user: str, item: str, *, once: bool = False) -> int:
+    """Append one user's batch; retried on `LogError` unless `once`. Returns the refusals."""
+    refused = 0
+    while True:
+        try:
+            rt.ingestor.ingest(_batch(user, item))
+            return refused
+        except LogError:
+            refused += 1
+            if once:
+                return refused
+            time.sleep(0.05)
