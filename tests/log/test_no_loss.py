@@ -12,16 +12,19 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 import redis
+from confluent_kafka import KafkaError, KafkaException
 
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config
 from tastemaker.events import Event, EventType
 from tastemaker.features.layout import PROFILE
-from tastemaker.log import LogError
+from tastemaker.log import LogConsumer, LogError, open_log
+from tastemaker.log.kafka import KafkaLog
 from tastemaker.serving.runtime import Runtime
 from tastemaker.testing.servers import redis_server
 from tests.conftest import T0, event, make_config
@@ -159,3 +162,120 @@ def _send(rt: Runtime, user: str, item: str, *, once: bool = False) -> int:
             if once:
                 return refused
             time.sleep(0.05)
+
+
+@pytest.mark.parametrize("backend", ["embedded", "redis", "kafka"])
+def test_a_batch_whose_partition_state_cannot_be_loaded_is_read_again(
+    tmp_path: Path, catalog: Catalog, request: pytest.FixtureRequest, backend: str
+) -> None:
+    """The store fails after the poll, while the processor loads the partition's stored state
+    (a store that hangs, say): the records polled are read again, not skipped by the
+    consumer's read position while the next batch's write moves the stored one past them."""
+    url = f"embedded://{tmp_path}/log?partitions=2"
+    if backend == "redis":
+        url = f"{request.getfixturevalue('redis_url')}?partitions=2&prefix=l{uuid.uuid4().hex}"
+    elif backend == "kafka":
+        url = f"kafka://{request.getfixturevalue('kafka_servers')}/l{uuid.uuid4().hex}?partitions=2"
+    config = _config(tmp_path, catalog, url)
+    item = str(catalog.ids[0])
+    rt = Runtime(config, catalog)
+    load = rt.processor._load_shard
+    failures = [ConnectionError("the store did not answer")]
+
+    def flaky(partition: int) -> object:
+        if failures:
+            raise failures.pop()
+        return load(partition)
+
+    rt.processor._load_shard = flaky  # type: ignore[assignment,method-assign]
+    try:
+        rt.ingestor.ingest(_batch("first", item))
+        with pytest.raises(ConnectionError):
+            _process_until_a_batch(rt)
+        rt.ingestor.ingest(_batch("first", item, 12)[10:])  # more of the same partition
+        rt.processor.drain(timeout_s=5)
+        counts = _clicks(rt, ["first"])
+    finally:
+        rt.close()
+    assert counts == {"first": 12}
+
+
+def _process_until_a_batch(rt: Runtime) -> None:
+    deadline = time.monotonic() + 30
+    while rt.processor.process_once() is None and time.monotonic() < deadline:
+        pass
+
+
+class _Faulty:
+    """A Kafka consumer client whose next `seek`, or next `consume` that gets messages,
+    fails: a real client (a real broker behind it) with one fault injected."""
+
+    def __init__(self, real: Any, fault: str) -> None:
+        self._real = real
+        self.fault = fault
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def seek(self, partition: Any) -> None:
+        if self.fault == "seek":
+            self.fault = ""
+            raise KafkaException(KafkaError(KafkaError._STATE))
+        self._real.seek(partition)
+
+    def consume(self, n: int, timeout: float) -> list[Any]:
+        messages: list[Any] = self._real.consume(n, timeout)
+        if self.fault == "consume" and messages:
+            self.fault = ""  # taken from librdkafka's queue, then lost
+            raise KafkaException(KafkaError(KafkaError._FAIL))
+        return messages
+
+
+def _kafka_log(kafka_servers: str) -> KafkaLog:
+    log = open_log(f"kafka://{kafka_servers}/t{uuid.uuid4().hex[:10]}?partitions=1")
+    assert isinstance(log, KafkaLog)
+    return log
+
+
+def _poll_until(consumer: LogConsumer, last: str, *, errors: int = 0) -> list[str]:
+    got: list[str] = []
+    deadline = time.monotonic() + 30
+    while last not in got and time.monotonic() < deadline:
+        try:
+            got += [r.event.event_id for r in consumer.poll(100)]
+        except LogError:
+            errors -= 1
+            assert errors >= 0, "more read errors than faults"
+    return got
+
+
+def test_kafka_a_seek_that_fails_holds_the_partition_back_until_it_is_made(
+    kafka_servers: str,
+) -> None:
+    log = _kafka_log(kafka_servers)
+    log.append([event(f"e{i}", "u", "i") for i in range(6)])
+    consumer = log.consumer("g", "a")
+    got = _poll_until(consumer, "e5")
+    assert got == [f"e{i}" for i in range(6)]
+    first = log.read(0, 0, 10)
+    consumer._consumer = _Faulty(consumer._consumer, "seek")  # type: ignore[assignment]
+    with pytest.raises(LogError, match="cannot seek"):
+        consumer.seek(0, first[1].offset)  # e2... were not applied
+    log.append([event("f0", "u", "i")])
+    again = _poll_until(consumer, "f0")
+    consumer.close()
+    log.close()
+    assert again == ["e2", "e3", "e4", "e5", "f0"]
+
+
+def test_kafka_records_a_failed_consume_took_are_read_again(kafka_servers: str) -> None:
+    log = _kafka_log(kafka_servers)
+    log.append([event(f"e{i}", "u", "i") for i in range(3)])
+    consumer = log.consumer("g", "a")
+    assert _poll_until(consumer, "e2") == ["e0", "e1", "e2"]
+    consumer._consumer = _Faulty(consumer._consumer, "consume")  # type: ignore[assignment]
+    log.append([event(f"f{i}", "u", "i") for i in range(3)])
+    again = _poll_until(consumer, "f2", errors=1)
+    consumer.close()
+    log.close()
+    assert again == ["f0", "f1", "f2"]
