@@ -79,7 +79,7 @@ def _create_schema(db: sqlite3.Connection) -> None:
 
 
 def _migrate_rows(db: sqlite3.Connection) -> None:
-    """A log written before session 17 kept a row per record (`events`): each becomes a
+    """A log written by an older version kept a row per record (`events`): each becomes a
     chunk of one, at its own offset, in one transaction (a process opening the file
     meanwhile waits for it, and finds the table gone)."""
     db.execute("BEGIN IMMEDIATE")

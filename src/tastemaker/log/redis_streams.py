@@ -19,9 +19,13 @@ Retention: entries older than `retention_s` (default 7 days) are trimmed by age
 (`XTRIM MINID`, approximate) at most once a minute by each appending process, consumed or not,
 as Kafka's retention does. The lake keeps the events for longer.
 
-What happens when Redis is down: `append` raises `LogError` (the API answers 503 and the
-client retries; nothing is half-written thanks to MULTI/EXEC); consumers raise `LogError`
-from `poll`, and the stream processor retries after a pause.
+What happens when Redis is down or hangs: every command has a reply timeout (`timeout_s`,
+the URL's `timeout_ms`) and is never retried by redis-py. `append` raises `LogError` (the API
+answers 503; nothing is half-written thanks to MULTI/EXEC, and `maybe_written` says whether
+the whole batch may have been written: the transaction was sent and its reply lost).
+Consumers raise `LogError` from `poll`, and the stream processor retries after a pause; the
+entries a lost read's reply held are pending on the member, which reads its own pending
+entries before new ones (`RedisStreamsConsumer._read`).
 """
 
 from __future__ import annotations
