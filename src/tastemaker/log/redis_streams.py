@@ -457,9 +457,12 @@ class RedisStreamsConsumer:
             records = log.records(p, entries)
             if records:
                 self._next = (owned.index(p) + 1) % len(owned)
-                # The records' offsets, and their entry ids as read (acknowledged as is).
-                ids = [e[0] for e in read if e[1]]
-                self._delivered[p].append((records[-1].offset, [r.offset for r in records], ids))
+                # The entries' offsets and ids as read (acknowledged as is), deleted ones
+                # included: they stay pending on the member until acknowledged.
+                ids = [e[0] for e in read]
+                same = len(ids) == len(records)
+                offsets = [r.offset for r in records] if same else offsets_of(ids)
+                self._delivered[p].append((offsets[-1], offsets, ids))
                 return records
         return []
 
