@@ -1,7 +1,10 @@
-"""No acknowledged event is lost when a read's reply is lost: a Redis Streams read whose reply
-never arrived (a timeout while the server hangs, a reset connection) left its entries pending
-on the member, and the stream processor must apply them before anything after them. Each
-batch is one user's, so the user's counts show whether it was applied 0, 1 or 2 times."""
+"""No accepted event is lost where a read's records went out of sight: a Redis Streams read
+whose reply never arrived (a timeout while the server hangs, a reset connection) left its
+entries pending on the member; a Kafka `consume` or `seek` that failed left librdkafka's read
+position past records never handed out or applied; the stream processor failed after a poll,
+before applying it. In each case those records must be applied before anything after them
+moves the stored position. Each batch is one user's, so the user's counts show whether it
+was applied 0, 1 or 2 times."""
 
 from __future__ import annotations
 
