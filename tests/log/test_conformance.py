@@ -299,3 +299,24 @@ def test_redis_streams_trims_entries_older_than_the_retention(redis_url: str) ->
     # Trimming is approximate (whole stream nodes of 100 entries), never of recent entries.
     assert kept[-10:] == [f"new{i}" for i in range(10)]
     assert len(kept) <= 110
+
+
+def test_a_seek_reads_again_every_record_after_it(log: EventLog) -> None:
+    """The stream processor's rewind after a failed batch: every record after the offset
+    sought comes again, in order, before or with the records appended since; records at or
+    before it may come again too."""
+    log.append([event(f"e{i}", "u", "i") for i in range(10)])
+    p = partition_of("u", log.partitions)
+    consumer = log.consumer("seek", "a")
+    got = _drain(consumer, 10)
+    assert [r.event.event_id for r in got] == [f"e{i}" for i in range(10)]
+    log.append([event(f"f{i}", "u", "i") for i in range(3)])
+    consumer.seek(p, got[3].offset)
+    again: list[LogRecord] = []
+    deadline = time.monotonic() + 30
+    while "f2" not in {r.event.event_id for r in again} and time.monotonic() < deadline:
+        consumer.assignment()
+        again.extend(consumer.poll(100))
+    consumer.close()
+    after = [r.event.event_id for r in again if r.offset > got[3].offset]
+    assert after == [f"e{i}" for i in range(4, 10)] + ["f0", "f1", "f2"]

@@ -28,8 +28,17 @@ __all__ = ["EventLog", "LogConsumer", "LogError", "LogRecord", "partition_of"]
 
 
 class LogError(RuntimeError):
-    """The log could not append or read (disk full, file unwritable, database locked too
-    long, server unreachable). Nothing of a failed append was written."""
+    """The log could not append or read (disk full, file unwritable, I/O error, database
+    locked too long, server unreachable or too slow).
+
+    `maybe_written` is False when nothing of a failed append was written, True when some or
+    all of it may have been (the reply of a Redis MULTI/EXEC timed out, a Kafka append failed
+    part way, SQLite's commit failed while syncing): the caller resends the same events with
+    the same ids, and the stream processor drops the copies by event id."""
+
+    def __init__(self, message: str, *, maybe_written: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_written = maybe_written
 
 
 class LogRecord(msgspec.Struct, frozen=True):

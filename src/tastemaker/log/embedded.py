@@ -95,8 +95,34 @@ def _migrate_rows(db: sqlite3.Connection) -> None:
             db.execute("DROP TABLE events")
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        _rollback(db)
         raise
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back the connection's open transaction, if any. SQLite rolls a transaction back
+    by itself after some errors (a full disk, an I/O error), and a ROLLBACK then raises "no
+    transaction is active": that must not replace the error that caused it. A rollback that
+    fails leaves the transaction to the next call's `_rollback`."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+
+
+# After a failed COMMIT whose transaction SQLite has closed, these errors mean that the
+# transaction's commit frame never reached the WAL whole (the disk is full, a write was
+# refused, the lock was not had): nothing was written. After any other (an fsync that
+# failed, say) the frames may be in the WAL, and a later recovery may find them.
+_NOTHING_WRITTEN = frozenset(
+    {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY}
+)
+
+
+def _may_have_committed(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return True
+    return code & 0xFF not in _NOTHING_WRITTEN and code != sqlite3.SQLITE_IOERR_WRITE
 
 
 class EmbeddedEventLog:
@@ -148,27 +174,42 @@ class EmbeddedEventLog:
         for e in events:
             by_partition.setdefault(partition_of(e.user_id, n), []).append(encode(e))
         with self._lock:
+            db = self._db
+            committing = False
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise LogError(f"event log {self.path}: cannot append: {exc}") from exc
-            try:
-                end = self._db.execute("SELECT coalesce(max(last), 0) FROM chunks").fetchone()[0]
+                _rollback(db)  # a transaction a failed cleanup left open
+                db.execute("BEGIN IMMEDIATE")
+                end = db.execute("SELECT coalesce(max(last), 0) FROM chunks").fetchone()[0]
                 rows = []
                 for p, payloads in sorted(by_partition.items()):
                     for i in range(0, len(payloads), _CHUNK):
                         part = payloads[i : i + _CHUNK]
                         rows.append((end + len(part), end + 1, p, b"".join(part)))
                         end += len(part)
-                self._db.executemany(
+                db.executemany(
                     "INSERT INTO chunks(last, first, partition, payload) VALUES (?, ?, ?, ?)", rows
                 )
-                self._db.execute("COMMIT")
+                committing = True
+                db.execute("COMMIT")
             except BaseException as exc:
-                self._db.execute("ROLLBACK")
+                # Read before the rollback: a COMMIT that failed with its transaction still
+                # open wrote nothing.
+                maybe = committing and not db.in_transaction and _may_have_committed(exc)
+                _rollback(db)  # never raises: the error raised is the cause, not the cleanup
                 if isinstance(exc, sqlite3.Error):
-                    raise LogError(f"event log {self.path}: cannot append: {exc}") from exc
+                    note = "; the events may have been written" if maybe else ""
+                    raise LogError(
+                        f"event log {self.path}: cannot append: {exc}{note}", maybe_written=maybe
+                    ) from exc
                 raise
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """SQLite's errors (I/O, a locked or corrupt file) as `LogError`."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise LogError(f"event log {self.path}: cannot {doing}: {exc}") from exc
 
     def read(self, partition: int, after: int, limit: int) -> list[LogRecord]:
         """Up to `limit` records of `partition` after offset `after`, whole chunks fetched
@@ -181,7 +222,7 @@ class EmbeddedEventLog:
         one = self.partitions == 1
         chunks: list[tuple[int, int, bytes]] = []
         held = 0
-        with self._lock:
+        with self._lock, self._errors("read"):
             cursor = self._db.execute(
                 _READ_ALL if one else _READ_PARTITION, (after,) if one else (partition, after)
             )
@@ -211,7 +252,7 @@ class EmbeddedEventLog:
         ]
 
     def commit(self, group: str, positions: Mapping[int, int]) -> None:
-        with self._lock:
+        with self._lock, self._errors("commit"):
             self._db.executemany(
                 "INSERT INTO group_offsets(grp, partition, offset) VALUES (?, ?, ?) "
                 "ON CONFLICT(grp, partition) DO UPDATE SET offset = max(offset, excluded.offset)",
@@ -220,7 +261,7 @@ class EmbeddedEventLog:
 
     def committed(self, group: str) -> dict[int, int]:
         out = dict.fromkeys(range(self.partitions), 0)
-        with self._lock:
+        with self._lock, self._errors("read offsets"):
             rows = self._db.execute(
                 "SELECT partition, offset FROM group_offsets WHERE grp = ?", (group,)
             ).fetchall()
@@ -228,7 +269,7 @@ class EmbeddedEventLog:
         return out
 
     def end_offsets(self) -> dict[int, int]:
-        with self._lock:
+        with self._lock, self._errors("read offsets"):
             if self.partitions == 1:
                 row = self._db.execute("SELECT max(last) FROM chunks").fetchone()
                 return {0: 0 if row[0] is None else int(row[0])}
@@ -245,7 +286,7 @@ class EmbeddedEventLog:
             return {0: max(0, self.end_offsets()[0] - committed[0])}
         # A chunk's records have consecutive offsets: those after the committed offset are
         # counted from its bounds.
-        with self._lock:
+        with self._lock, self._errors("read lag"):
             return {
                 p: int(
                     self._db.execute(

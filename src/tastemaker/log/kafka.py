@@ -12,8 +12,8 @@
   the dead member had read and not committed are read again.
 - `append` produces with `acks=all` and waits for every delivery report. Kafka cannot make a
   batch spanning partitions all-or-nothing without transactions: when an append fails part
-  way, the caller is told (`LogError`) and its retry may write some events twice, which the
-  stream processor and the archiver drop by event id.
+  way, the caller is told (`LogError` with `maybe_written`) and its retry may write some
+  events twice, which the stream processor and the archiver drop by event id.
 
 The end of a partition is found by reading its tail from the reported high watermark - 1:
 Tansu 0.6 (the broker the tests run) reports the last record batch's first offset + 1
@@ -32,7 +32,14 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import msgspec
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from tastemaker.events import Event
@@ -125,6 +132,7 @@ class KafkaLog:
                 errors.append(str(err))
 
         n = self.partitions
+        produced = 0
         with self._lock:
             try:
                 for e in events:
@@ -135,13 +143,25 @@ class KafkaLog:
                         partition=partition_of(e.user_id, n),
                         on_delivery=delivered,
                     )
+                    produced += 1
                     self._producer.poll(0)
                 left = self._producer.flush(self.timeout_s)
             except (KafkaException, BufferError) as exc:
-                raise LogError(f"kafka log {self.topic}: cannot append: {exc}") from exc
+                # Those produced before are queued and may still be delivered.
+                raise LogError(
+                    f"kafka log {self.topic}: cannot append: {exc}"
+                    + ("; some events may have been written" if produced else ""),
+                    maybe_written=produced > 0,
+                ) from exc
         if left or errors:
+            # A message not delivered in time, or reported failed (a timeout waiting for the
+            # broker's acknowledgement among them), may still have been written.
             detail = errors[0] if errors else f"{left} not delivered in {self.timeout_s} s"
-            raise LogError(f"kafka log {self.topic}: cannot append: {detail}")
+            raise LogError(
+                f"kafka log {self.topic}: cannot append: {detail}; some events may have been "
+                "written",
+                maybe_written=True,
+            )
 
     def records(self, messages: Sequence[Any]) -> list[LogRecord]:
         decode = self._decode
@@ -275,13 +295,23 @@ class KafkaLog:
 
 class KafkaConsumer:
     """A member of a Kafka consumer group. The broker assigns the partitions; this class
-    hands out one partition's records at a time, as the protocol asks."""
+    hands out one partition's records at a time, as the protocol asks.
+
+    librdkafka keeps a read position per partition that moves when messages are consumed,
+    not when they are applied. Wherever records may be gone from sight (a `consume` that
+    failed, a `seek` that failed) the partition owes a seek (`_owed`): until it is made, none
+    of its records is handed out, so no later record is applied, and its stored position
+    moved, past ones never applied."""
 
     def __init__(self, log: KafkaLog, group: str, member: str) -> None:
         self.log = log
         self.group = group
         self._owned: frozenset[int] = frozenset()
         self._buffer: dict[int, deque[LogRecord]] = defaultdict(deque)
+        # Per partition: the offset of the last record handed out since it was assigned,
+        # and the seeks owed (read again after this offset; None: from the group's commit).
+        self._handed: dict[int, int] = {}
+        self._owed: dict[int, int | None] = {}
         self._consumer = Consumer(
             {
                 "bootstrap.servers": log.servers,
@@ -304,6 +334,8 @@ class KafkaConsumer:
         self._owned = self._owned - gone
         for p in gone:  # read but not applied: the next owner reads them from the commit
             self._buffer.pop(p, None)
+            self._handed.pop(p, None)
+            self._owed.pop(p, None)
 
     def assignment(self) -> frozenset[int]:
         return self._owned
@@ -311,19 +343,46 @@ class KafkaConsumer:
     def poll(self, limit: int) -> list[LogRecord]:
         if limit <= 0:
             return []
+        self._pay_seeks()
         if not any(self._buffer.values()):
             try:
                 # Also serves the group protocol: heartbeats and rebalance callbacks.
                 messages = self._consumer.consume(limit, 0.05)
             except KafkaException as exc:
+                # Messages it took from librdkafka's queue are lost from sight.
+                for p in self._owned:
+                    self._owed.setdefault(p, self._handed.get(p))
                 raise LogError(f"kafka log {self.log.topic}: cannot read: {exc}") from exc
             for r in self.log.records(messages):
-                if r.partition in self._owned:
+                if r.partition in self._owned and r.partition not in self._owed:
                     self._buffer[r.partition].append(r)
-        for queued in self._buffer.values():
+        for p, queued in self._buffer.items():
             if queued:
-                return [queued.popleft() for _ in range(min(limit, len(queued)))]
+                out = [queued.popleft() for _ in range(min(limit, len(queued)))]
+                self._handed[p] = out[-1].offset
+                return out
         return []
+
+    def _pay_seeks(self) -> None:
+        """Make the seeks owed; one that fails again stays owed (a partition assigned a
+        moment ago cannot be sought until librdkafka has started fetching it)."""
+        for p, after in list(self._owed.items()):
+            if p not in self._owned:
+                del self._owed[p]
+                continue
+            try:
+                if after is None:
+                    got = self._consumer.committed(
+                        [TopicPartition(self.log.topic, p)], timeout=self.log.timeout_s
+                    )[0].offset
+                    offset = got if got >= 0 else OFFSET_BEGINNING
+                else:
+                    offset = after  # Kafka's offset of the record after `after`
+                self._consumer.seek(TopicPartition(self.log.topic, p, offset))
+            except KafkaException:
+                continue
+            del self._owed[p]
+            self._buffer.pop(p, None)
 
     def commit(self, partition: int, offset: int) -> None:
         try:
@@ -335,11 +394,16 @@ class KafkaConsumer:
 
     def seek(self, partition: int, offset: int) -> None:
         self._buffer.pop(partition, None)
-        if partition in self._owned:
-            try:
-                self._consumer.seek(TopicPartition(self.log.topic, partition, offset))
-            except KafkaException as exc:
-                raise LogError(f"kafka log {self.log.topic}: cannot seek: {exc}") from exc
+        if partition not in self._owned:
+            return
+        self._owed[partition] = offset
+        self._handed[partition] = offset
+        self._pay_seeks()
+        if partition in self._owed:
+            raise LogError(
+                f"kafka log {self.log.topic}: cannot seek partition {partition} yet; "
+                "its records are held back until it can"
+            )
 
     def close(self) -> None:
         self._consumer.close()  # leaves the group: a rebalance gives the partitions away

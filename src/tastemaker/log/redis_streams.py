@@ -19,9 +19,13 @@ Retention: entries older than `retention_s` (default 7 days) are trimmed by age
 (`XTRIM MINID`, approximate) at most once a minute by each appending process, consumed or not,
 as Kafka's retention does. The lake keeps the events for longer.
 
-What happens when Redis is down: `append` raises `LogError` (the API answers 503 and the
-client retries; nothing is half-written thanks to MULTI/EXEC); consumers raise `LogError`
-from `poll`, and the stream processor retries after a pause.
+What happens when Redis is down or hangs: every command has a reply timeout (`timeout_s`,
+the URL's `timeout_ms`) and is never retried by redis-py. `append` raises `LogError` (the API
+answers 503; nothing is half-written thanks to MULTI/EXEC, and `maybe_written` says whether
+the whole batch may have been written: the transaction was sent and its reply lost).
+Consumers raise `LogError` from `poll`, and the stream processor retries after a pause; the
+entries a lost read's reply held are pending on the member, which reads its own pending
+entries before new ones (`RedisStreamsConsumer._read`).
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ from typing import Any
 import msgspec
 import numpy as np
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
+from redis.retry import Retry
 
 from tastemaker.events import Event, EventType
 from tastemaker.log.base import LogError, LogRecord, partition_of
@@ -179,6 +185,7 @@ class RedisStreamsLog:
         retention_s: float = 7 * 86400.0,
         lease_s: float = 5.0,
         timeout_s: float = 5.0,
+        connect_timeout_s: float = 2.0,
     ) -> None:
         if partitions < 1:
             raise ValueError(f"partitions must be at least 1, got {partitions}")
@@ -187,8 +194,14 @@ class RedisStreamsLog:
         self.retention_s = retention_s
         self.lease_s = lease_s
         self.url = url
+        # No retries inside redis-py: a read retried after a timeout loses the first read's
+        # entries from sight (the server delivered them) and an append retried after one
+        # may write twice. A failure is raised; the caller decides (`maybe_written`).
         self.client: Any = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=min(timeout_s, 2.0)
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=connect_timeout_s,
+            retry=Retry(NoBackoff(), 0),
         )
         # Stream entries as the server sends them ([id, [field, value]]): redis-py's callbacks
         # would build a dict per entry, which costs more than decoding the whole batch.
@@ -209,12 +222,18 @@ class RedisStreamsLog:
         return f"{self.prefix}:committed:{group}"
 
     def append(self, events: Sequence[Event]) -> None:
+        """One MULTI/EXEC: all of `events` or none. Sent and read on a connection of its own
+        so that where it failed is known: before EXEC was sent whole nothing was written;
+        once it was, a lost reply (a timeout, a reset) may hide a transaction the server
+        ran (`LogError.maybe_written`)."""
         if not events:
             return
         n = self.partitions
-        pipe = self.client.pipeline(transaction=True)
-        for e in events:
-            pipe.xadd(self.key(partition_of(e.user_id, n)), {"e": self._encode(e)})
+        encode = self._encode
+        commands: list[tuple[Any, ...]] = [("MULTI",)]
+        commands += [
+            ("XADD", self.key(partition_of(e.user_id, n)), "*", "e", encode(e)) for e in events
+        ]
         now = time.monotonic()
         with self._lock:
             trim = now - self._trimmed_at >= _TRIM_EVERY_S
@@ -222,12 +241,31 @@ class RedisStreamsLog:
                 self._trimmed_at = now
         if trim and self.retention_s > 0:
             min_id = int((time.time() - self.retention_s) * 1000)
-            for p in range(n):
-                pipe.xtrim(self.key(p), minid=min_id, approximate=True)
+            commands += [("XTRIM", self.key(p), "MINID", "~", min_id) for p in range(n)]
+        commands.append(("EXEC",))
         try:
-            pipe.execute()
+            sent = SentCommands(self.client.connection_pool)
+            sent.send(*commands)
         except redis.RedisError as exc:
             raise LogError(f"event log {self.url}: cannot append: {exc}") from exc
+        try:
+            replies = sent.replies()
+        except redis.RedisError as exc:
+            raise LogError(
+                f"event log {self.url}: cannot append: no answer ({exc}); "
+                "the events may have been written",
+                maybe_written=True,
+            ) from exc
+        done = replies[-1]
+        if isinstance(done, redis.ResponseError):  # EXECABORT: nothing was run
+            refused = next((r for r in replies if isinstance(r, redis.ResponseError)), done)
+            raise LogError(f"event log {self.url}: cannot append: {refused}")
+        if not isinstance(done, list) or any(isinstance(r, Exception) for r in done):
+            raise LogError(
+                f"event log {self.url}: cannot append: the transaction failed part way "
+                f"({done!r:.200}); some events may have been written",
+                maybe_written=True,
+            )
 
     def records(self, partition: int, entries: Sequence[Any]) -> list[LogRecord]:
         """Log records of XRANGE / XREADGROUP / XAUTOCLAIM entries (deleted ones skipped):
@@ -364,6 +402,9 @@ class RedisStreamsConsumer:
         self._members_key = f"{log.prefix}:members:{group}"
         self._owned: frozenset[int] = frozenset()
         self._claiming: dict[int, str] = {}  # partition -> XAUTOCLAIM cursor
+        # Per partition, the offset of the last entry handed out since it was taken over,
+        # claimed back or sought: this member's pending entries after it are unknown to it.
+        self._after: dict[int, int] = {}
         # Per partition, the reads delivered and not yet acknowledged, in order: (last
         # offset, offsets, entry ids as read) each.
         self._delivered: dict[int, deque[tuple[int, list[int], list[bytes]]]] = defaultdict(deque)
@@ -403,9 +444,11 @@ class RedisStreamsConsumer:
             # previous reader was delivered and never acknowledged come first.
             self._claiming[p] = "0-0"
             self._delivered.pop(p, None)
+            self._after.pop(p, None)
         for p in self._owned - new:
             self._claiming.pop(p, None)
             self._delivered.pop(p, None)
+            self._after.pop(p, None)
         if new - self._owned:
             self._forget_dead({m.decode() if isinstance(m, bytes) else m for m in live}, new)
         self._owned = new
@@ -429,32 +472,54 @@ class RedisStreamsConsumer:
         log = self.log
         for i in range(len(owned)):
             p = owned[(self._next + i) % len(owned)]
-            key = log.key(p)
             try:
-                entries: Sequence[Any] = ()
-                if p in self._claiming:
-                    reply = log.client.xautoclaim(
-                        key, self.group, self.member, 0, self._claiming[p], count=limit
-                    )
-                    cursor = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
-                    if cursor == "0-0":
-                        del self._claiming[p]
-                    else:
-                        self._claiming[p] = cursor
-                    entries = reply[1]
-                if not entries and p not in self._claiming:
-                    reply = log.client.xreadgroup(self.group, self.member, {key: ">"}, count=limit)
-                    entries = _stream_entries(reply)
+                entries = self._read(p, limit)
             except redis.RedisError as exc:
                 raise LogError(f"event log {log.url}: cannot read partition {p}: {exc}") from exc
+            read = [e for e in entries if e is not None]
+            if read:  # deleted (trimmed) entries included: they are behind too
+                self._after[p] = max(self._after.get(p, 0), offset_of(read[-1][0]))
             records = log.records(p, entries)
             if records:
                 self._next = (owned.index(p) + 1) % len(owned)
-                # The records' offsets, and their entry ids as read (acknowledged as is).
-                ids = [e[0] for e in entries if e is not None and e[1]]
-                self._delivered[p].append((records[-1].offset, [r.offset for r in records], ids))
+                # The entries' offsets and ids as read (acknowledged as is), deleted ones
+                # included: they stay pending on the member until acknowledged.
+                ids = [e[0] for e in read]
+                same = len(ids) == len(records)
+                offsets = [r.offset for r in records] if same else offsets_of(ids)
+                self._delivered[p].append((offsets[-1], offsets, ids))
                 return records
         return []
+
+    def _read(self, p: int, limit: int) -> Sequence[Any]:
+        """The next entries of partition `p`: while taking it over, the group's pending
+        entries (XAUTOCLAIM, from its cursor: a claim whose reply was lost is claimed again);
+        then this member's own pending entries after the last it handed out, before new ones.
+        Those are entries a read delivered whose reply never arrived (a timeout while the
+        server hung, a reset connection): the server counts them as this member's, and a
+        later read's records, applied, would move the stored position past them. Both reads
+        go in one round trip; new entries the second delivers while the first returned some
+        are this member's own pending entries at the next call."""
+        log = self.log
+        key = log.key(p)
+        if p in self._claiming:
+            reply = log.client.xautoclaim(
+                key, self.group, self.member, 0, self._claiming[p], count=limit
+            )
+            cursor = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+            if cursor == "0-0":
+                del self._claiming[p]
+            else:
+                self._claiming[p] = cursor
+            if reply[1] or p in self._claiming:
+                return reply[1]  # type: ignore[no-any-return]
+        pipe = log.client.pipeline(transaction=False)
+        pipe.xreadgroup(
+            self.group, self.member, {key: entry_id(self._after.get(p, 0))}, count=limit
+        )
+        pipe.xreadgroup(self.group, self.member, {key: ">"}, count=limit)
+        mine, new = pipe.execute()
+        return _stream_entries(mine) or _stream_entries(new)
 
     def commit(self, partition: int, offset: int) -> None:
         """XACK the records delivered up to `offset` and raise the group's committed offset.
@@ -514,6 +579,7 @@ class RedisStreamsConsumer:
         if partition in self._owned:
             self._claiming[partition] = "0-0"
             self._delivered.pop(partition, None)
+            self._after.pop(partition, None)
 
     def close(self) -> None:
         log = self.log

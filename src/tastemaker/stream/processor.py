@@ -665,14 +665,9 @@ class StreamProcessor:
             self._report_lag()
             return None
         p = records[0].partition
-        if p not in self.consumer.assignment():
-            # Taken away since the poll (a rebalance): the new owner reads them again.
-            if self.partitions > 1:
-                self.shards.pop(p, None)
+        shard = self._batch_shard(records)
+        if shard is None:
             return None
-        if p not in self.shards and (job := self._in_flight) and job.done.shard.partition == p:
-            self.flush()  # the partition's stored position and shares are in that write
-        shard = self.shards.get(p) or self._load_shard(p)
         self._shard = shard
         last_offset = records[-1].offset
         # At-least-once: a record this state already reflects (a batch applied before a crash,
@@ -734,6 +729,28 @@ class StreamProcessor:
         if self.on_users_changed is not None:
             self.on_users_changed(users)
         return kept
+
+    def _batch_shard(self, records: list[LogRecord]) -> _Shard | None:
+        """The state of the partition of a batch just polled, loaded if need be; None when
+        the partition was taken away since the poll (the new owner reads the records again).
+        If this fails the records are read again: the consumer's read position is past them,
+        and the next batch's stored position would be too."""
+        p = records[0].partition
+        unread = True
+        try:
+            if p not in self.consumer.assignment():
+                if self.partitions > 1:
+                    self.shards.pop(p, None)
+                return None
+            if p not in self.shards and (job := self._in_flight) and job.done.shard.partition == p:
+                unread = False  # a flush that fails rewinds `p` to its stored position itself
+                self.flush()  # the partition's stored position and shares are in that write
+                unread = True
+            return self.shards.get(p) or self._load_shard(p)
+        except BaseException:
+            if unread:
+                self.consumer.seek(p, records[0].offset - 1)
+            raise
 
     def _start_write(self, store: PreparedWrites, computed: _Computed, done: _Done) -> _InFlight:
         """Encode the batch's write now; it is sent once the next batch has done its reads
