@@ -150,12 +150,12 @@ def build_app(runtime: Runtime) -> Starlette:
                 exc.problems,
             )
         except LogError as exc:
-            if exc.maybe_written:  # a timeout: the log may have the batch; resending is safe
+            if exc.maybe_written:  # its message says the events may have been written
                 return _error(
                     503,
                     "log_unavailable",
-                    f"{exc}; the events may have been written: resend the same events with the "
-                    "same event ids (the stream drops repeated ids)",
+                    f"{exc}: resend the same events with the same event ids (the stream drops "
+                    "repeated ids)",
                 )
             return _error(503, "log_unavailable", f"{exc}; nothing was written, retry later")
         except BackpressureError as exc:
