@@ -73,7 +73,8 @@ def test_the_api_answers_503_with_json_when_the_disk_is_full(
         _fill(runtime.log._db)
         events = [
             {"event_id": f"e{i}", "user_id": "alice", "item_id": str(catalog.ids[0]),
-             "type": "click", "ts": 1.76e9 + i, "context": {"extra": {"pad": "x" * 1000, "more": "y" * 1000}}}
+             "type": "click", "ts": 1.76e9 + i,
+             "context": {"extra": {"pad": "x" * 1000, "more": "y" * 1000}}}
             for i in range(500)
         ]  # fmt: skip
         with TestClient(build_app(runtime), raise_server_exceptions=False) as client:
