@@ -31,7 +31,8 @@ DATE = re.compile(r"(?<![\w=\"'/.-])20\d\d-[01]\d-[0-3]\d(?![\w:\"'/-])")
 def _text_files(top: str) -> list[Path]:
     files = []
     for path in sorted((ROOT / top).rglob("*")):
-        if not path.is_file() or path.suffix.lower() in IMAGES or "__pycache__" in path.parts:
+        built = "__pycache__" in path.parts or any(p.endswith(".egg-info") for p in path.parts)
+        if not path.is_file() or path.suffix.lower() in IMAGES or built:
             continue
         try:
             path.read_text(encoding="utf-8")

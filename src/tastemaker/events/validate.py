@@ -53,7 +53,7 @@ def _problem(index: int, exc: msgspec.ValidationError) -> EventProblem:
 def _reworded(p: EventProblem) -> EventProblem:
     if p.field == "ts" and p.error == _FLOOR_ERROR:
         error = (
-            f"before {TS_FLOOR:.0f} (2001-01-01), the date floor of accepted timestamps "
+            f"before {TS_FLOOR:.0f} (2001-01-01T00:00:00Z), the date floor of accepted timestamps "
             "(seconds since the Unix epoch)"
         )
         return EventProblem(p.index, p.field, error)

@@ -35,8 +35,8 @@ def _event(event: dict[str, Any], context: dict[str, Any], config: Config, now: 
     ts = props["ts"]
     ts["maximum"] = float(int(now + limits.max_future_s))
     ts["description"] = (
-        "Seconds since the Unix epoch: not before 2001-01-01 (a date floor), not more than "
-        f"events.max_future_s ({limits.max_future_s:g} s) past the server clock."
+        "Seconds since the Unix epoch: not before 2001-01-01T00:00:00Z (a date floor), not more "
+        f"than events.max_future_s ({limits.max_future_s:g} s) past the server clock."
     )
     context["properties"]["extra"] = {
         "type": "object",
