@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from tastemaker.config import ConfigError
 
@@ -59,7 +59,7 @@ def check_port(host: str, port: int) -> None:
 class _ToProgress(logging.Handler):
     """Shows each INFO record of tastemaker's as the progress line instead of a log line."""
 
-    def __init__(self, progress: Progress, task: int, label: str) -> None:
+    def __init__(self, progress: Progress, task: TaskID, label: str) -> None:
         super().__init__(logging.INFO)
         self.progress, self.task, self.label = progress, task, label
 
@@ -68,7 +68,7 @@ class _ToProgress(logging.Handler):
         if record.levelno >= logging.WARNING:
             self.progress.console.print(f"{record.levelname} {record.name}: {record.getMessage()}")
             return
-        self.progress.update(self.task, description=f"{self.label}: {message}")  # type: ignore[arg-type]
+        self.progress.update(self.task, description=f"{self.label}: {message}")
 
 
 @contextlib.contextmanager
