@@ -138,3 +138,12 @@ def test_third_party_info_is_dropped_unless_verbose() -> None:
     finally:
         quiet_third_party(verbose=False)
         logging.getLogger("tastemaker").setLevel(logging.NOTSET)
+
+
+def test_demo_leaves_a_directory_it_did_not_make_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["demo", "--quick", "--data-dir", str(tmp_path)]) == 2
+    assert "not made by tastemaker" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
