@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +22,17 @@ from tastemaker.serving.runtime import Runtime
 from tastemaker.testing.servers import kafka_broker, redis_cluster, redis_server
 
 T0 = 1_760_000_000.0
+
+# Tests never write into the user's home: HOME is a temporary directory for the session.
+# Downloads (MovieLens) and compiled models are cached on purpose, under the repository's
+# .cache/ (git-ignored; CI keeps it between runs) unless TASTEMAKER_CACHE_DIR names another.
+os.environ.setdefault(
+    "TASTEMAKER_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "tastemaker")
+)
+_HOME = tempfile.mkdtemp(prefix="tastemaker-test-home-")
+os.environ["HOME"] = _HOME
+os.environ.pop("XDG_CACHE_HOME", None)
+atexit.register(shutil.rmtree, _HOME, True)
 
 
 def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.05) -> None:

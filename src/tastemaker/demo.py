@@ -32,8 +32,8 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def _write_config(data_dir: Path, port: int) -> Config:
-    config = local_config(data_dir, serving=msgspec.structs.replace(Config().serving, port=port))
+def _write_config(data_dir: Path) -> Config:
+    config = local_config(data_dir)
     dump_config(config, data_dir / "config.toml")
     return config
 
@@ -76,21 +76,18 @@ def _show(console: Console, shop: Shop, runtime: Runtime, users: list[int]) -> N
         console.print(table)
 
 
-def run_demo(
-    data_dir: Path, *, quick: bool, users: int | None, items: int | None, port: int
-) -> Config:
+def run_demo(data_dir: Path, *, quick: bool, users: int | None, items: int | None) -> Config:
     """Generate, ingest, process, show. Returns the config to serve the result with."""
     console = Console()
     spec = ShopSpec(
         n_users=users or (2_000 if quick else 20_000), n_items=items or (2_000 if quick else 5_000)
     )
-    data_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with _progress(console) as progress:
         task = progress.add_task("generating shop", total=spec.n_users)
         shop = generate_shop(spec)
         save_catalog(shop.catalog(), data_dir / "catalog.parquet")
-        config = _write_config(data_dir, port)
+        config = _write_config(data_dir)
         runtime = Runtime.from_config(config)
         ingest = progress.add_task("ingesting via POST path", total=None)
         encode = msgspec.json.Encoder().encode

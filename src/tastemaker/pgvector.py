@@ -27,8 +27,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 import numpy.typing as npt
-import psycopg
-from psycopg import sql
+
+from tastemaker.extras import missing_extra
+
+try:
+    import psycopg
+    from psycopg import sql
+except ImportError as _exc:
+    raise missing_extra("psycopg", "pgvector", "vector search in PostgreSQL") from _exc
 
 __all__ = ["ItemRows", "PgVectorError", "PgVectorTable"]
 

@@ -44,7 +44,9 @@ def _from_table(table: pa.Table, source: str) -> Catalog:
         n = len(flat)
         if n and values.size % n:
             raise CatalogError(f"{source}: column 'embedding' vectors differ in length")
-        emb = values.reshape(n, -1 if n else 1)
+        # An empty file keeps its dimension in a fixed-size list's type.
+        width = emb_col.type.list_size if pa.types.is_fixed_size_list(emb_col.type) else 1
+        emb = values.reshape(n, -1 if n else width)
     try:
         price = table.column("price").cast(pa.float32()).to_numpy(zero_copy_only=False)
     except pa.ArrowInvalid as exc:

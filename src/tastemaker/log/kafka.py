@@ -32,18 +32,23 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import msgspec
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Producer,
-    TopicPartition,
-)
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from tastemaker.events import Event
+from tastemaker.extras import missing_extra
 from tastemaker.log.base import LogError, LogRecord, partition_of
+
+try:
+    from confluent_kafka import (
+        OFFSET_BEGINNING,
+        Consumer,
+        KafkaError,
+        KafkaException,
+        Producer,
+        TopicPartition,
+    )
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+except ImportError as _exc:
+    raise missing_extra("confluent-kafka", "kafka", "the Kafka event log") from _exc
 
 __all__ = ["KafkaConsumer", "KafkaLog"]
 

@@ -34,6 +34,7 @@ import scipy.sparse as sp
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config, local_config
 from tastemaker.events import Event
+from tastemaker.extras import missing_extra
 from tastemaker.features.aggregations import DEFAULT_WEIGHTS
 from tastemaker.offline.metrics import ndcg_at
 
@@ -462,7 +463,10 @@ def print_table(result: dict[str, Any]) -> None:
 
 def chart(result: dict[str, Any], path: Path) -> None:
     """Grouped bars: one group per metric, one bar per system."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise missing_extra("matplotlib", "offline", "the evaluation chart") from exc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

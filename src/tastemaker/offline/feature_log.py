@@ -22,6 +22,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tastemaker.extras import missing_extra
 from tastemaker.features.aggregations import DEFAULT_WEIGHTS
 from tastemaker.offline.lake import Lake, day_of
 from tastemaker.offline.training import TrainingSet
@@ -146,7 +147,10 @@ def _logged(lake: Lake) -> pa.Table | None:
 def logged_training_set(lake: Lake, horizon_s: float) -> TrainingSet:
     """Logged feature rows labelled by the lake's events: 1 where the user engaged with the
     shown item within `horizon_s` after the request, else 0. One query per request."""
-    import duckdb
+    try:
+        import duckdb
+    except ImportError as exc:
+        raise missing_extra("duckdb", "offline", "training on logged features") from exc
 
     logged = _logged(lake)
     if logged is None:

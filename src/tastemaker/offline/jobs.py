@@ -31,10 +31,15 @@ import pyarrow.parquet as pq
 from tastemaker.arrays import rank_within
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config
+from tastemaker.extras import missing_extra
 from tastemaker.features.aggregations import DEFAULT_WEIGHTS
 from tastemaker.features.items import Popularity
 from tastemaker.offline.artifacts import ArtifactStore, Version
 from tastemaker.offline.lake import Lake
+
+# faiss's k-means warns (from C++, on stderr) below 39 points a centroid; cohorts of a small
+# user base are expected to be sparse.
+_QUIET_KMEANS = {"min_points_per_centroid": 1}
 
 __all__ = ["JOBS", "JobContext", "JobError", "run_jobs"]
 
@@ -287,8 +292,12 @@ def fit_als(
     """Implicit-feedback ALS (Hu, Koren, Volinsky 2008) with the `implicit` library:
     confidence 1 + alpha * log1p(weight). Returns (user factors, item factors)."""
     import scipy.sparse as sp
-    from implicit.cpu.als import AlternatingLeastSquares
-    from threadpoolctl import threadpool_limits
+
+    try:
+        from implicit.cpu.als import AlternatingLeastSquares
+        from threadpoolctl import threadpool_limits
+    except ImportError as exc:
+        raise missing_extra("implicit", "offline", "the embeddings (ALS) job") from exc
 
     matrix = sp.csr_matrix(
         (np.log1p(weights).astype(np.float32), (user_codes, item_codes)),
@@ -393,7 +402,10 @@ def embeddings_job(ctx: JobContext) -> Version | None:
 def segments_job(ctx: JobContext) -> Version | None:
     """k-means over the ALS user vectors of the current embeddings version; each cohort's
     most engaged items. Derived from embeddings: it runs when embeddings moved on."""
-    import faiss
+    try:
+        import faiss
+    except ImportError as exc:
+        raise missing_extra("faiss-cpu", "offline", "the segments (k-means) job") from exc
 
     source = ctx.artifacts.current("embeddings")
     if source is None:
@@ -411,7 +423,9 @@ def segments_job(ctx: JobContext) -> Version | None:
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)  # one thread: the same cohorts on every run
     try:
-        km = faiss.Kmeans(vectors.shape[1], k, niter=25, seed=o.seed + 1, verbose=False)
+        km = faiss.Kmeans(
+            vectors.shape[1], k, niter=25, seed=o.seed + 1, verbose=False, **_QUIET_KMEANS
+        )
         km.train(vectors)
         _, assign = km.index.search(vectors, 1)
     finally:

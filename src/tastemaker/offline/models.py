@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from tastemaker.catalog import Catalog
 from tastemaker.offline.artifacts import ArtifactStore, Version
 from tastemaker.retrieval import BatchModels
-from tastemaker.retrieval.vector_index import IvfIndex
+from tastemaker.retrieval.vector_index import IvfIndex, faiss_installed
 
 __all__ = ["MODEL_ARTIFACTS", "load_models", "pick_version"]
 
@@ -88,8 +88,8 @@ def _factor_index(
     """An inner-product IVF index over the item factors (their norms matter: the MIPS
     transform) when the catalog is large enough for exact search to cost more (the same
     threshold as the ANN retriever; docs/serving.md)."""
-    if factors.shape[0] < exact_below:
-        return None
+    if factors.shape[0] < exact_below or not faiss_installed():
+        return None  # exact search (without faiss, `AnnRetriever` logs that once)
     return IvfIndex(factors, k=k, recall=recall, mips=True)
 
 

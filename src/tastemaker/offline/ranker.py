@@ -29,6 +29,7 @@ import numpy.typing as npt
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config
 from tastemaker.events import Event
+from tastemaker.extras import missing_extra
 from tastemaker.features.aggregations import DEFAULT_WEIGHTS
 from tastemaker.features.layout import PROFILE
 from tastemaker.offline.artifacts import Version
@@ -157,7 +158,10 @@ def _ndcg10(scores: npt.NDArray[np.float32], data: TrainingSet) -> float:
 def train_lambdamart(data: TrainingSet, config: Config, path: Path) -> dict[str, float]:
     """Fit on the older 80% of queries to measure NDCG@10 on the newest 20%, then fit on
     everything and save the model to `path`. Returns the metrics."""
-    import lightgbm as lgb
+    try:
+        import lightgbm as lgb
+    except ImportError as exc:
+        raise missing_extra("lightgbm", "offline", "the ranker job") from exc
 
     params = _lgb_params(config)
     trees = config.offline.ranker_trees

@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tastemaker.cache import cache_dir
+from tastemaker.extras import missing_extra
 
 __all__ = ["LightGBMScorer", "ModelError"]
 
@@ -37,8 +38,11 @@ class ModelError(ValueError):
 
 def _compile(model_file: Path) -> Any:
     """A tl2cgen predictor for the model, built at most once per model content."""
-    import tl2cgen
-    import treelite
+    try:
+        import tl2cgen
+        import treelite
+    except ImportError as exc:
+        raise missing_extra("treelite and tl2cgen", "offline", "compiling the ranker") from exc
 
     digest = hashlib.sha256(model_file.read_bytes()).hexdigest()[:32]
     library = cache_dir() / "models" / f"{digest}.so"
@@ -66,7 +70,10 @@ class LightGBMScorer:
     def __init__(
         self, path: str | Path, feature_names: Sequence[str], *, compile_model: bool = True
     ) -> None:
-        import lightgbm  # only this module imports lightgbm
+        try:
+            import lightgbm  # only this module and the ranker job import lightgbm
+        except ImportError as exc:
+            raise missing_extra("lightgbm", "offline", "the LambdaMART ranker") from exc
 
         p = Path(path)
         if not p.exists():

@@ -17,7 +17,7 @@ import numpy as np
 from tastemaker.catalog import Catalog
 from tastemaker.features.layout import PROFILE
 from tastemaker.retrieval.base import Candidates, RetrievalContext
-from tastemaker.retrieval.vector_index import IvfIndex
+from tastemaker.retrieval.vector_index import IvfIndex, faiss_installed
 
 __all__ = ["AnnRetriever"]
 
@@ -45,7 +45,13 @@ class AnnRetriever:
         self.kind = "exact"
         self.nprobe = 0
         self.measured_recall = 1.0
-        if len(catalog) >= exact_below:
+        if len(catalog) >= exact_below and not faiss_installed():
+            log.warning(
+                "faiss is not installed (pip install 'tastemaker[offline]'): exact search "
+                "over %d items",
+                len(catalog),
+            )
+        elif len(catalog) >= exact_below:
             vectors = np.ascontiguousarray(catalog.embedding, dtype=np.float32)
             if index == "hnsw":
                 import faiss  # imported only where an index is built

@@ -20,11 +20,14 @@ the click-centroid ANN and the ALS factors alike (measurements: docs/serving.md)
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from tastemaker.extras import missing_extra
 
 __all__ = ["IvfIndex"]
 
@@ -33,13 +36,22 @@ _TUNING_QUERIES = 256
 _ITEMS_PER_QUERY = 4
 
 
+def faiss_installed() -> bool:
+    """Whether faiss (the `offline` extra) can be imported; without it the retrievers search
+    exactly with numpy, which stays correct and costs more on large catalogs."""
+    return importlib.util.find_spec("faiss") is not None
+
+
 class IvfIndex:
     """Inner-product search over `vectors` (rows in order) with a tuned `nprobe`."""
 
     def __init__(
         self, vectors: FloatArray, *, k: int, recall: float, mips: bool = False, seed: int = 0
     ) -> None:
-        import faiss  # imported only where an index is built
+        try:
+            import faiss  # imported only where an index is built
+        except ImportError as exc:
+            raise missing_extra("faiss-cpu", "offline", "an approximate vector index") from exc
 
         faiss.omp_set_num_threads(1)  # one request, one core: processes scale, not threads
         base = np.ascontiguousarray(vectors, dtype=np.float32)

@@ -1044,9 +1044,14 @@ class StreamProcessor:
         cat = self.catalog
         rows = columns.rows[take]
         known = rows >= 0
-        safe = np.where(known, rows, 0)
-        category = np.where(known, cat.category[safe], -1).astype(np.int64)
-        brand = np.where(known, cat.brand[safe], -1).astype(np.int64)
+        if len(cat):
+            safe = np.where(known, rows, 0)
+            category = np.where(known, cat.category[safe], -1).astype(np.int64)
+            brand = np.where(known, cat.brand[safe], -1).astype(np.int64)
+            price = np.where(known, cat.price[safe].astype(np.float64), np.nan)
+        else:  # no item yet (a catalog `tastemaker init` made): no event's item is known
+            category = brand = np.full(len(rows), -1, np.int64)
+            price = np.full(len(rows), np.nan)
         return FactBatch(
             starts,
             ts=columns.ts[take],
@@ -1056,7 +1061,7 @@ class StreamProcessor:
                 "brand": (brand, self._brand_names),
                 "item_id": self._item_codes(rows, take, columns.item_ids),
             },
-            price=np.where(known, cat.price[safe].astype(np.float64), np.nan),
+            price=price,
             embedding_rows=(rows, cat.embedding),
         )
 
