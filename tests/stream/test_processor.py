@@ -731,3 +731,52 @@ def test_waiting_pairs_are_stored_by_item_id_and_read_back_on_the_current_catalo
     assert back.src.tolist() == [0]
     assert back.dst.tolist() == [1]
     assert back.weights.tolist() == [2.0]
+
+
+def _fail_the_next_read_of(store: Any, family: str) -> list[StoreError]:
+    """The next `store.get` of `family` fails; the failures still to come."""
+    get = store.get
+    failures = [StoreError("injected: the store did not answer")]
+
+    def flaky(rows: Any, families: Any) -> Any:
+        if family in families and failures:
+            raise failures.pop()
+        return get(rows, families)
+
+    store.get = flaky
+    return failures
+
+
+def _first_batch(rt: Runtime) -> None:
+    while rt.processor.process_once() is None:
+        pass
+
+
+def test_a_partition_whose_state_fails_to_load_is_loaded_whole_at_the_next_batch(
+    tmp_path: Path, shop: Shop, catalog: Catalog
+) -> None:
+    """The store fails while a partition's item statistics load (after its position was
+    read): the next batch loads the partition again instead of working on a half-loaded
+    state (no popularity, position 0), and the stored rows end as in a run without the
+    fault."""
+    events = shop_events(shop, 600)
+    users = sorted({e.user_id for e in events})
+    snapshots = []
+    for name in ("reference", "fault"):
+        log = LogConfig(url=f"embedded://{tmp_path / name}/log?partitions=2")
+        config = make_config(tmp_path / name, catalog, log=log)
+        first = Runtime(config, catalog)
+        first.ingestor.ingest(events[:300])
+        first.processor.drain()
+        first.close()
+        rt = Runtime(config, catalog)  # a restart: partitions load at their first batch
+        rt.ingestor.ingest(events[300:])
+        if name == "fault":
+            failures = _fail_the_next_read_of(rt.store, "stats")
+            with pytest.raises(StoreError):
+                _first_batch(rt)
+            assert not failures
+        rt.processor.drain()
+        snapshots.append(all_rows(rt, catalog, users))
+        rt.close()
+    assert snapshots[0] == snapshots[1]
