@@ -208,7 +208,7 @@ def _spread(owners: dict[int, str], processes: int) -> bool:
 def _pairs_waiting(store: OnlineStore, group: str) -> bool:
     """Whether any partition's co-visitation pairs wait to be merged into the neighbour maps:
     the count the stream writes beside its log position (`covis_pending#<partition>`, in
-    stream/processor.py), or no count written yet."""
+    stream/item_stats.py), or no count written yet."""
     row = offsets_row(group)
     offsets = store.get([row], [OFFSETS]).get(row, {}).get(OFFSETS, {})
     counts = [c.value for k, c in offsets.items() if k.startswith("covis_pending")]

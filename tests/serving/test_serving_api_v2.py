@@ -222,7 +222,7 @@ def test_popular_items_follow_the_requests_region(runtime: Runtime, catalog: Cat
     assert anywhere == set(us_items)  # more US purchases overall
     # A restarted stream processor keeps the regions' lists.
     fresh = runtime.processor.__class__(runtime.config, runtime.log, runtime.store, runtime.catalog)
-    assert set(fresh.shards[0].regions) == {"eu", "us"}
+    assert set(fresh.shards[0].items.regions) == {"eu", "us"}
 
 
 def test_request_context_reaches_the_features(warm: Runtime, shop: Shop) -> None:

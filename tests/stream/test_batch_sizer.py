@@ -10,7 +10,7 @@ import pytest
 from tastemaker.catalog import Catalog
 from tastemaker.metrics import METRICS
 from tastemaker.serving.runtime import Runtime
-from tastemaker.stream.processor import BatchSizer
+from tastemaker.stream.batching import BatchSizer
 from tests.conftest import T0, event, make_config
 
 

@@ -22,14 +22,9 @@ from tastemaker.log import total_lag
 from tastemaker.metrics import METRICS
 from tastemaker.serving.runtime import Runtime
 from tastemaker.store import Cell, PreparedWrite, PreparedWrites, StoreError
-from tastemaker.stream import processor as processor_module
-from tastemaker.stream.processor import (
-    _HeldMaps,
-    _pack_pairs,
-    _Pairs,
-    _PausedCollector,
-    _unpack_pairs,
-)
+from tastemaker.stream import collector as collector_module
+from tastemaker.stream.collector import PausedCollector
+from tastemaker.stream.covisitation import HeldMaps, Pairs, pack_pairs, unpack_pairs
 from tests.conftest import T0, event, make_config
 
 
@@ -438,13 +433,13 @@ def test_the_collector_stays_paused_between_batches_only_while_a_write_is_in_fli
     rt = Runtime(config, catalog)
     rt.ingestor.ingest(events)
     found: list[bool] = []  # whether the collector ran when each batch began
-    pause = _PausedCollector.pause
+    pause = PausedCollector.pause
 
-    def spy(self: _PausedCollector) -> None:
+    def spy(self: PausedCollector) -> None:
         found.append(gc.isenabled())
         pause(self)
 
-    monkeypatch.setattr(_PausedCollector, "pause", spy)
+    monkeypatch.setattr(PausedCollector, "pause", spy)
     assert gc.isenabled()
     assert rt.processor.drain() == len(events)
     assert gc.isenabled()
@@ -455,14 +450,14 @@ def test_the_collector_stays_paused_between_batches_only_while_a_write_is_in_fli
         assert not any(found[1:batches])
     else:
         assert all(found)
-    # Paused no longer than `_MAX_PAUSE_S`, even with a write in flight.
-    monkeypatch.setattr(processor_module, "_MAX_PAUSE_S", 0.0)
+    # Paused no longer than `MAX_PAUSE_S`, even with a write in flight.
+    monkeypatch.setattr(collector_module, "MAX_PAUSE_S", 0.0)
     rt.ingestor.ingest(shop_events(shop, 1400)[1000:])
     found.clear()
     assert rt.processor.drain() == 400
     assert all(found)
     # A batch that fails resumes it too.
-    monkeypatch.setattr(processor_module, "_MAX_PAUSE_S", 60.0)
+    monkeypatch.setattr(collector_module, "MAX_PAUSE_S", 60.0)
     rt.ingestor.ingest(shop_events(shop, 1800)[1400:])
 
     def failing(*_args: Any, **_kw: Any) -> None:
@@ -503,7 +498,7 @@ def test_run_resumes_the_collector_whatever_ends_it(
         nonlocal polls
         polls += 1
         if polls == 3:
-            in_flight.append(rt.processor._in_flight is not None)
+            in_flight.append(rt.processor.in_flight)
             raise Interrupted
         return poll(limit)
 
@@ -518,7 +513,7 @@ def test_run_resumes_the_collector_whatever_ends_it(
 
 
 def test_a_paused_collector_restores_what_it_found() -> None:
-    collector = _PausedCollector()
+    collector = PausedCollector()
     collector.pause()
     collector.pause()  # one pause, however many batches
     assert not gc.isenabled()
@@ -619,7 +614,7 @@ def test_held_neighbour_maps_drop_the_least_recently_written_and_the_expired(
 ) -> None:
     now = [1000.0]
     monkeypatch.setattr(time, "time", lambda: now[0])
-    held = _HeldMaps(limit=2, ttl_s=60.0)
+    held = HeldMaps(limit=2, ttl_s=60.0)
     a, b, c = Cell(1.0, {"x": 1.0}), Cell(2.0, {"y": 1.0}), Cell(3.0, {})
     held.hold({"i:a": a, "i:b": b})
     held.hold({"i:a": a})  # written again: now the most recent
@@ -627,7 +622,7 @@ def test_held_neighbour_maps_drop_the_least_recently_written_and_the_expired(
     assert held.fresh(["i:a", "i:b", "i:c", "i:d"]) == {"i:a": a, "i:c": c}
     now[0] += 61.0  # the store may have expired them: read again
     assert held.fresh(["i:a", "i:c"]) == {}
-    nothing = _HeldMaps(limit=0, ttl_s=60.0)
+    nothing = HeldMaps(limit=0, ttl_s=60.0)
     nothing.hold({"i:a": a})
     assert len(nothing) == 0
 
@@ -709,11 +704,11 @@ def test_co_visitation_pairs_wait_in_the_store_and_survive_a_restart(
     rt.close()
 
     rt = runtime("waiting", 4)  # the same store and log: a restart
-    assert len(rt.processor.shards[0].pending) == 3
+    assert len(rt.processor.shards[0].items.pending) == 3
     result = rt.processor.process_once()  # the fourth: the resent 300, 200 new; all merged
     assert result is not None
     assert (result.events, result.duplicates) == (200, 300)
-    assert rt.processor.shards[0].pending == []
+    assert rt.processor.shards[0].items.pending == []
     assert METRICS.registry.get_sample_value(*gauge) == 0
     assert maps(rt)
     rt.processor.drain()  # more batches wait, then the dry log merges them
@@ -724,28 +719,64 @@ def test_co_visitation_pairs_wait_in_the_store_and_survive_a_restart(
 
 def test_waiting_pairs_are_stored_by_item_id_and_read_back_on_the_current_catalog() -> None:
     ids = np.array(["a", "b", "c", "d", "e"], dtype=object)
-    pairs = _Pairs(np.array([0, 1, 2]), np.array([2, 3, 3]), np.array([2.0, 8.0, 1.0]))
-    packed = msgspec.msgpack.decode(msgspec.msgpack.encode(_pack_pairs(pairs, ids)))
+    pairs = Pairs(np.array([0, 1, 2]), np.array([2, 3, 3]), np.array([2.0, 8.0, 1.0]))
+    packed = msgspec.msgpack.decode(msgspec.msgpack.encode(pack_pairs(pairs, ids)))
     assert packed[0] == ["a", "b", "c", "d"]  # only the items of the pairs
     # The same catalog: the same pairs.
-    back = _unpack_pairs(packed, {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4})
+    back = unpack_pairs(packed, {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4})
     assert [x.tolist() for x in back] == [x.tolist() for x in pairs]
     # Another catalog file: rows follow the ids, the lower row first again; pairs of an item
     # it lacks ("d") are dropped.
-    back = _unpack_pairs(packed, {"c": 0, "a": 1, "b": 2})
+    back = unpack_pairs(packed, {"c": 0, "a": 1, "b": 2})
     assert back.src.tolist() == [0]
     assert back.dst.tolist() == [1]
     assert back.weights.tolist() == [2.0]
 
 
-def test_a_slot_written_both_ways_is_read_as_each_pair_once() -> None:
-    """Slots stored before pairs were held once (`pairs`: both ways of each) still load."""
-    ids = np.array(["a", "b", "c"], dtype=object)
-    both = _Pairs(np.array([0, 2, 1, 2]), np.array([2, 0, 2, 1]), np.array([2.0, 2.0, 4.0, 4.0]))
-    packed = msgspec.msgpack.decode(msgspec.msgpack.encode(_pack_pairs(both, ids)))
-    back = _unpack_pairs(packed, {"a": 0, "b": 1, "c": 2}, halves=False)
-    got = zip(back.src.tolist(), back.dst.tolist(), back.weights.tolist(), strict=True)
-    assert sorted(got) == [
-        (0, 2, 2.0),
-        (1, 2, 4.0),
-    ]
+def _fail_the_next_read_of(store: Any, family: str) -> list[StoreError]:
+    """The next `store.get` of `family` fails; the failures still to come."""
+    get = store.get
+    failures = [StoreError("injected: the store did not answer")]
+
+    def flaky(rows: Any, families: Any) -> Any:
+        if family in families and failures:
+            raise failures.pop()
+        return get(rows, families)
+
+    store.get = flaky
+    return failures
+
+
+def _first_batch(rt: Runtime) -> None:
+    while rt.processor.process_once() is None:
+        pass
+
+
+def test_a_partition_whose_state_fails_to_load_is_loaded_whole_at_the_next_batch(
+    tmp_path: Path, shop: Shop, catalog: Catalog
+) -> None:
+    """The store fails while a partition's item statistics load (after its position was
+    read): the next batch loads the partition again instead of working on a half-loaded
+    state (no popularity, position 0), and the stored rows end as in a run without the
+    fault."""
+    events = shop_events(shop, 600)
+    users = sorted({e.user_id for e in events})
+    snapshots = []
+    for name in ("reference", "fault"):
+        log = LogConfig(url=f"embedded://{tmp_path / name}/log?partitions=2")
+        config = make_config(tmp_path / name, catalog, log=log)
+        first = Runtime(config, catalog)
+        first.ingestor.ingest(events[:300])
+        first.processor.drain()
+        first.close()
+        rt = Runtime(config, catalog)  # a restart: partitions load at their first batch
+        rt.ingestor.ingest(events[300:])
+        if name == "fault":
+            failures = _fail_the_next_read_of(rt.store, "stats")
+            with pytest.raises(StoreError):
+                _first_batch(rt)
+            assert not failures
+        rt.processor.drain()
+        snapshots.append(all_rows(rt, catalog, users))
+        rt.close()
+    assert snapshots[0] == snapshots[1]

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 
 from tastemaker.store.base import Cell
-from tastemaker.stream.processor import _SESSION_STATE, _covisit_pairs, _sessionize
-from tastemaker.stream.sessions import assign_sessions
+from tastemaker.stream.covisitation import covisit_pairs
+from tastemaker.stream.sessions import SESSION_STATE, assign_sessions, sessionize
 from tests.conftest import T0, event
 
 
@@ -46,8 +46,8 @@ def test_late_events_join_the_current_session() -> None:
     assert new_state["last_ts"] == T0 + 100
 
 
-def test_a_batch_is_sessionized_as_assign_sessions_does_user_by_user() -> None:
-    """`_sessionize` (the stream's, numpy over a whole batch) against `assign_sessions` run
+def test_a_batch_issessionized_as_assign_sessions_does_user_by_user() -> None:
+    """`sessionize` (the stream's, numpy over a whole batch) against `assign_sessions` run
     on each user's events in time order: random gaps around the threshold, ties in time,
     late events, stored sessions (some ended long ago), client session ids."""
     rng = np.random.default_rng(11)
@@ -70,20 +70,20 @@ def test_a_batch_is_sessionized_as_assign_sessions_does_user_by_user() -> None:
         for u in users:
             last = T0 + float(rng.choice([-10 * gap, -gap - 1, -gap, -1.0, 0.0, gap]))
             held = {"id": f"{u}/old", "started": last - 60, "last_ts": last}
-            stored.append({} if rng.random() < 0.3 else {_SESSION_STATE: Cell(last, held)})
+            stored.append({} if rng.random() < 0.3 else {SESSION_STATE: Cell(last, held)})
         times = np.asarray([e.ts for e in events])[order]
-        got = _sessionize(events, users, stored, order, starts, ts=times, gap=gap)
+        got = sessionize(events, users, stored, order, starts, ts=times, gap=gap)
         in_session, same, newest, cells = got[:4]
         for i, u in enumerate(users):
             lo, hi = int(starts[i]), int(starts[i + 1])
             mine = [events[j] for j in order[lo:hi].tolist()]
-            old = stored[i].get(_SESSION_STATE)
+            old = stored[i].get(SESSION_STATE)
             ids, state = assign_sessions(u, mine, None if old is None else old.value, gap)
             assert state is not None
             assert in_session[lo:hi].tolist() == [sid == state["id"] for sid in ids]
             assert same[i] == (old is not None and state["id"] == old.value["id"])
             assert newest[i] == mine[-1].ts
-            assert cells[i] == {_SESSION_STATE: Cell(mine[-1].ts, state)}
+            assert cells[i] == {SESSION_STATE: Cell(mine[-1].ts, state)}
             # The same grouping of facts into sessions, the current one last; session
             # numbers are not shared with other users.
             keys = got.of_fact[lo:hi].tolist()
@@ -120,7 +120,7 @@ _WINDOW = 3
 
 
 def test_a_batch_is_linked_for_co_visitation_as_fact_by_fact() -> None:
-    """`_covisit_pairs` (numpy over the whole batch) against the rule applied fact by fact:
+    """`covisit_pairs` (numpy over the whole batch) against the rule applied fact by fact:
     few items, so repeats inside the window are common; sessions interleaved (client ids);
     stored items for some sessions; facts that are not engaged (-1)."""
     rng = np.random.default_rng(12)
@@ -134,7 +134,7 @@ def test_a_batch_is_linked_for_co_visitation_as_fact_by_fact() -> None:
             for code in range(4)
             if rng.random() < 0.4
         }
-        pairs = _covisit_pairs(rows, weights, sessions, priors, _WINDOW)
+        pairs = covisit_pairs(rows, weights, sessions, priors, _WINDOW)
         got: dict[tuple[int, int], float] = {}
         listed = zip(pairs.src.tolist(), pairs.dst.tolist(), pairs.weights.tolist(), strict=True)
         for a, b, w in listed:

@@ -2,8 +2,9 @@
 
 A feature row for a label at time `t` must be what serving would have computed at `t`:
 nothing the user did at or after `t` may show in it. The replay guarantees this by
-construction: events go through the same `StreamProcessor.apply_events` as the live stream,
-into a store of its own, in event-time order, and the features of a label are assembled by
+construction: events go through the same microbatch fold as the live stream
+(`stream/microbatch.py`: the user features of `features/fold.py`, the item statistics), into
+a store of its own, in event-time order, and the features of a label are assembled by
 the same `RecommendPipeline` code as a live request, after every event before `t` and before
 any event at or after it. Batch artifacts used as features must be as old as the labels: the
 ranker job passes only versions whose watermark precedes its window.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 import shutil
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -26,12 +27,13 @@ from tastemaker.catalog import Catalog
 from tastemaker.config import Config
 from tastemaker.events import Event
 from tastemaker.features.layout import OFFSETS, default_families, offsets_row
-from tastemaker.log import LogConsumer, LogRecord
 from tastemaker.ranking import FEATURE_NAMES
 from tastemaker.retrieval import ModelHolder, RetrievalContext, with_rows
 from tastemaker.serving.pipeline import RecommendPipeline
 from tastemaker.store import Cell, Mutation, open_store
-from tastemaker.stream.processor import StreamProcessor
+from tastemaker.stream.collector import collector_paused
+from tastemaker.stream.item_stats import ItemStats
+from tastemaker.stream.microbatch import MicrobatchFold
 
 T = TypeVar("T")
 
@@ -93,7 +95,7 @@ class TrainingSet:
 
 
 class Replay:
-    """A stream processor and a recommend pipeline over a store of their own, advanced
+    """The stream's microbatch fold and a recommend pipeline over a store of their own, advanced
     through events in time order. The store lives in `directory` and remembers the log
     offset it has replayed up to (`position`), so a job can continue it next run."""
 
@@ -119,7 +121,9 @@ class Replay:
             seen_ttl_s=config.stream.dedup_window_s,
         )
         self.catalog = catalog
-        self.processor = StreamProcessor(config, _NoLog(), self.store, catalog)
+        self._fold = MicrobatchFold(config, catalog)
+        # The item statistics as one partition's (of a one-partition log), as the stream's.
+        self._items = ItemStats.load(config, catalog, self.store, 0, 1)
         # No caching of the global top lists across queries: each query must see them as
         # of its own time (and the same on every run), whatever the wall clock does.
         uncached = msgspec.structs.replace(
@@ -138,8 +142,16 @@ class Replay:
         return 0 if cell is None else int(cell.value)
 
     def apply(self, events: Sequence[Event]) -> None:
+        """Apply `events` in batches of `stream.batch_size` (duplicates by id dropped), each
+        batch's state in one store write, with the garbage collector paused as the stream's
+        microbatches are."""
         for start in range(0, len(events), self.batch_size):
-            self.processor.apply_events(events[start : start + self.batch_size])
+            with collector_paused():
+                batch = list(events[start : start + self.batch_size])
+                reads = self._fold.read(self.store, batch, self._items, covis=False)
+                computed = self._fold.compute(batch, (), reads, self._items, merge=True)
+                if computed.mutations:
+                    self.store.write(computed.mutations, seen=computed.seen)
 
     def mark(self, position: int) -> None:
         """Record that everything up to log offset `position` has been replayed."""
@@ -148,44 +160,6 @@ class Replay:
 
     def close(self) -> None:
         self.store.close()
-
-
-class _NoLog:
-    """The replay feeds events itself; its processor never reads a log."""
-
-    partitions = 1
-
-    def append(self, events: Sequence[Event]) -> None:
-        del events
-        raise NotImplementedError("a replay has no log to append to")
-
-    def read(self, partition: int, after: int, limit: int) -> list[LogRecord]:
-        del partition, after, limit
-        return []
-
-    def commit(self, group: str, positions: Mapping[int, int]) -> None:
-        del group, positions
-
-    def committed(self, group: str) -> dict[int, int]:
-        del group
-        return {0: 0}
-
-    def end_offsets(self) -> dict[int, int]:
-        return {0: 0}
-
-    def lag(self, group: str) -> dict[int, int]:
-        del group
-        return {0: 0}
-
-    def consumer(self, group: str, member: str) -> LogConsumer:
-        raise NotImplementedError("a replay has no log to consume")
-
-    def erase_users(self, user_ids: Collection[str]) -> list[str]:
-        del user_ids
-        return []
-
-    def close(self) -> None:
-        pass
 
 
 def advance_to(
