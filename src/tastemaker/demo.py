@@ -14,8 +14,8 @@ from rich.table import Table
 from tastemaker.catalog import save_catalog
 from tastemaker.config import Config, dump_config, local_config
 from tastemaker.data.synthetic import Shop, ShopSpec, generate_shop
-from tastemaker.serving.ingest import BackpressureError
-from tastemaker.serving.runtime import Runtime
+from tastemaker.deployment.ingest import BackpressureError
+from tastemaker.deployment.runtime import Runtime
 
 __all__ = ["run_demo"]
 

@@ -13,11 +13,11 @@ from starlette.testclient import TestClient
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config
 from tastemaker.data.synthetic import Shop
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.events import EventType
+from tastemaker.recommend.pipeline import RecommendPipeline, Request
 from tastemaker.retrieval import Candidates, RetrievalContext
 from tastemaker.serving.api import build_app
-from tastemaker.serving.pipeline import RecommendPipeline, Request
-from tastemaker.serving.runtime import Runtime
 from tastemaker.testing.servers import free_port
 from tests.conftest import event, make_config
 

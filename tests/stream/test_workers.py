@@ -23,8 +23,8 @@ import redis
 from tastemaker.catalog import load_catalog
 from tastemaker.config import Config, LogConfig, dump_config
 from tastemaker.data.synthetic import ShopSpec, generate_shop
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.log import EmbeddedEventLog, EventLog, open_log, total_lag
-from tastemaker.serving.runtime import Runtime
 from tastemaker.store import Cell
 from tests.conftest import make_config, wait_until
 from tests.stream.test_exactly_once import _diff, _snapshot

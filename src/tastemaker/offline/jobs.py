@@ -18,89 +18,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tastemaker.arrays import rank_within
-from tastemaker.catalog import Catalog
-from tastemaker.config import Config
+from tastemaker.artifacts.store import Version
 from tastemaker.features.aggregations import DEFAULT_WEIGHTS
 from tastemaker.features.items import Popularity
-from tastemaker.offline.artifacts import ArtifactStore, Version
-from tastemaker.offline.lake import Lake
+from tastemaker.offline.job import JobContext, JobError, new_events, publish
+from tastemaker.offline.ranker import train_ranker_version
 
 __all__ = ["JOBS", "JobContext", "JobError", "run_jobs"]
 
 log = logging.getLogger(__name__)
-
-
-class JobError(RuntimeError):
-    """A job cannot run (unknown name, missing input); the message says what is missing."""
-
-
-@dataclass
-class JobContext:
-    config: Config
-    lake: Lake
-    artifacts: ArtifactStore
-    catalog: Catalog | None = None  # the ranker needs it (it replays the stream)
-
-    @property
-    def state_dir(self) -> Path:
-        """Mutable working state of jobs (not versioned), beside the artifacts."""
-        return self.artifacts.root / ".state"
-
-
-@dataclass(frozen=True)
-class NewEvents:
-    parent: Version | None
-    table: pa.Table
-    from_offset: int
-    watermark: int
-
-    @property
-    def min_ts(self) -> float | None:
-        return None if self.table.num_rows == 0 else float(pc.min(self.table["ts"]).as_py())
-
-    @property
-    def max_ts(self) -> float | None:
-        return None if self.table.num_rows == 0 else float(pc.max(self.table["ts"]).as_py())
-
-
-def _new_events(ctx: JobContext, name: str) -> NewEvents | None:
-    parent = ctx.artifacts.current(name)
-    start = parent.manifest.watermark if parent else 0
-    watermark = ctx.lake.watermark()
-    if watermark <= start:
-        return None
-    return NewEvents(parent, ctx.lake.read(start, watermark), start, watermark)
-
-
-def _publish(
-    ctx: JobContext,
-    name: str,
-    new: NewEvents,
-    write: Callable[[Path], dict[str, Any]],
-    params: dict[str, Any],
-) -> Version:
-    return ctx.artifacts.publish(
-        name,
-        write,
-        parent=None if new.parent is None else new.parent.manifest.version,
-        watermark=new.watermark,
-        data_from_offset=new.from_offset,
-        events_read=new.table.num_rows,
-        min_ts=new.min_ts,
-        max_ts=new.max_ts,
-        params=params,
-    )
 
 
 def _weights(table: pa.Table) -> npt.NDArray[np.float64]:
@@ -120,7 +55,7 @@ def engaged(table: pa.Table) -> pa.Table:
 
 
 def popularity_job(ctx: JobContext) -> Version | None:
-    new = _new_events(ctx, "popularity")
+    new = new_events(ctx, "popularity")
     if new is None:
         return None
     half_life = ctx.config.offline.popularity_half_life_s
@@ -156,7 +91,7 @@ def popularity_job(ctx: JobContext) -> Version | None:
         pq.write_table(table, d / "popularity.parquet")
         return {"rows": {"items": len(order)}}
 
-    return _publish(ctx, "popularity", new, write, {"half_life_s": half_life})
+    return publish(ctx, "popularity", new, write, {"half_life_s": half_life})
 
 
 # -- co-visitation (item-kNN) -------------------------------------------------------------
@@ -175,7 +110,7 @@ def _codes(values: Sequence[str], vocab: dict[str, int]) -> npt.NDArray[np.int64
 def covisitation_job(ctx: JobContext) -> Version | None:
     """Each engaged item is linked to the previous `covis_window` items of the same user;
     similarity is cosine over those co-occurrence counts: c(a,b) / sqrt(n(a) n(b))."""
-    new = _new_events(ctx, "covisitation")
+    new = new_events(ctx, "covisitation")
     if new is None:
         return None
     o = ctx.config.offline
@@ -265,7 +200,7 @@ def covisitation_job(ctx: JobContext) -> Version | None:
         )
         return {"rows": {"items": n_items, "pairs": int(keys.size), "links": int(best.sum())}}
 
-    return _publish(ctx, "covisitation", new, write, {"window": window, "neighbours": keep})
+    return publish(ctx, "covisitation", new, write, {"window": window, "neighbours": keep})
 
 
 # -- embeddings (implicit ALS) ------------------------------------------------------------
@@ -333,7 +268,7 @@ def _aggregate(
 
 
 def embeddings_job(ctx: JobContext) -> Version | None:
-    new = _new_events(ctx, "embeddings")
+    new = new_events(ctx, "embeddings")
     if new is None:
         return None
     o = ctx.config.offline
@@ -384,7 +319,7 @@ def embeddings_job(ctx: JobContext) -> Version | None:
         "alpha": o.als_alpha,
         "seed": o.seed,
     }
-    return _publish(ctx, "embeddings", new, write, params)
+    return publish(ctx, "embeddings", new, write, params)
 
 
 # -- segments (k-means cohorts) -----------------------------------------------------------
@@ -471,8 +406,6 @@ def segments_job(ctx: JobContext) -> Version | None:
 
 
 def ranker_job(ctx: JobContext) -> Version | None:
-    from tastemaker.offline.ranker import train_ranker_version
-
     return train_ranker_version(ctx)
 
 

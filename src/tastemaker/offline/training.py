@@ -28,8 +28,8 @@ from tastemaker.events import Event
 from tastemaker.features.layout import OFFSETS, default_families, offsets_row
 from tastemaker.log import LogConsumer, LogRecord
 from tastemaker.ranking import FEATURE_NAMES
+from tastemaker.recommend.pipeline import RecommendPipeline
 from tastemaker.retrieval import ModelHolder, RetrievalContext, with_rows
-from tastemaker.serving.pipeline import RecommendPipeline
 from tastemaker.store import Cell, Mutation, open_store
 from tastemaker.stream.processor import StreamProcessor
 

@@ -19,21 +19,21 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tastemaker import __version__, safejson
+from tastemaker.deployment.ingest import BackpressureError
+from tastemaker.deployment.offload import DeadlineExceededError
+from tastemaker.deployment.runtime import ItemsError, Runtime
 from tastemaker.events import InvalidBatchError, id_problem
 from tastemaker.log import LogError
 from tastemaker.metrics import METRICS
+from tastemaker.recommend.pipeline import Request as PipelineRequest
 from tastemaker.serving.auth import client_name, install_auth
 from tastemaker.serving.console import console_routes
 from tastemaker.serving.guards import RequestGuard
 from tastemaker.serving.health import health_routes
-from tastemaker.serving.ingest import BackpressureError
-from tastemaker.serving.offload import DeadlineExceededError
 from tastemaker.serving.openapi import openapi_document
-from tastemaker.serving.pipeline import Request as PipelineRequest
 from tastemaker.serving.privacy_api import privacy_routes
 from tastemaker.serving.ratelimit import RateLimiter, retry_after
 from tastemaker.serving.ratelimit_redis import RedisRateLimiter
-from tastemaker.serving.runtime import ItemsError, Runtime
 from tastemaker.serving.schemas import (
     Accepted,
     ErrorBody,

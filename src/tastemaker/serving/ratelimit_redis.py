@@ -15,8 +15,8 @@ from typing import Any
 
 import redis
 
+from tastemaker.deployment.breaker import CircuitBreaker
 from tastemaker.metrics import METRICS
-from tastemaker.serving.breaker import CircuitBreaker
 from tastemaker.serving.ratelimit import Limits
 
 __all__ = ["RedisRateLimiter"]

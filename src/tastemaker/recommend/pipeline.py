@@ -57,6 +57,7 @@ from tastemaker.ranking.rerank import (
     filter_mask,
     top_contributions,
 )
+from tastemaker.recommend.cache import RecommendCache
 from tastemaker.retrieval import (
     AnnRetriever,
     Candidates,
@@ -76,7 +77,6 @@ from tastemaker.retrieval import (
     merge,
     with_rows,
 )
-from tastemaker.serving.cache import RecommendCache
 from tastemaker.store import Cell, OnlineStore, RowData, StoreError
 
 __all__ = ["RecommendPipeline", "Recommendation", "RecommendedItem", "Request"]

@@ -287,15 +287,15 @@ def run_tastemaker(
     offline: dict[str, Any] | None = None,
 ) -> tuple[dict[str, list[str]], dict[str, Any]]:
     """The whole engine on the training events; returns each test user's top 20."""
-    from tastemaker.offline.artifacts import ArtifactStore
+    from tastemaker.artifacts.models import load_models
+    from tastemaker.artifacts.store import ArtifactStore
+    from tastemaker.deployment.runtime import Runtime
     from tastemaker.offline.jobs import JobContext, run_jobs
     from tastemaker.offline.lake import Archiver, Lake
-    from tastemaker.offline.models import load_models
     from tastemaker.ranking.features import FEATURE_NAMES
     from tastemaker.ranking.lightgbm import LightGBMScorer
+    from tastemaker.recommend.pipeline import RecommendPipeline
     from tastemaker.retrieval import ModelHolder
-    from tastemaker.serving.pipeline import RecommendPipeline
-    from tastemaker.serving.runtime import Runtime
 
     base = local_config(workdir, fsync="never")
     # The protocol never recommends an item the user engaged with in training, so neither
