@@ -238,7 +238,7 @@ def test_request_context_reaches_the_features(warm: Runtime, shop: Shop) -> None
 
 
 def test_a_shared_rate_limit_holds_across_processes(redis_url: str) -> None:
-    from tastemaker.serving.ratelimit_redis import RedisRateLimiter
+    from tastemaker.serving.ratelimit.redis import RedisRateLimiter
 
     prefix = f"rl-{uuid.uuid4().hex[:8]}:"
     a = RedisRateLimiter(redis_url, 0.5, 3, {"vip": 1000.0}, prefix=prefix)

@@ -163,7 +163,8 @@ def _pairs(
     b_all = np.concatenate(b_parts).astype(np.int64)
     counts = np.concatenate([state.pair_counts, np.ones(a_all.size - state.pair_counts.size)])
     keys, inverse = np.unique(a_all * n_items + b_all, return_inverse=True)
-    return keys, np.bincount(inverse, weights=counts, minlength=keys.size)
+    summed = np.bincount(inverse, weights=counts, minlength=keys.size)
+    return keys, np.asarray(summed, dtype=np.float64)
 
 
 def _names(codes: dict[str, int]) -> list[str]:
