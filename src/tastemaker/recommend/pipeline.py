@@ -386,7 +386,6 @@ class RecommendPipeline:
         at = time.time() if req.now is None else req.now
         x = self.features(ctx, cands, at)
         scores, scorer = self._score(x, clock, fallbacks)
-        catalog = ctx.catalog
         self._mask(ctx, req, cands, scores, given)
         s = self.config.serving
         top = diversify(
@@ -401,7 +400,7 @@ class RecommendPipeline:
             return []
         if given is None:
             top = self._new_item_slots(cands, scores, top)
-        ids = catalog.ids[cands.rows[top]]
+        ids = ctx.catalog.ids[cands.rows[top]]
         logger = self.feature_logger
         if logger is not None and request_id is not None and logger.wants(request_id):
             ids_ = [str(i) for i in ids]
