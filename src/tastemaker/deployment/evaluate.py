@@ -277,6 +277,26 @@ def baselines(split: Split, catalog: Catalog, seed: int) -> dict[str, Any]:
 # -- tastemaker ---------------------------------------------------------------------------
 
 
+def _eval_config(workdir: Path, seed: int, offline: dict[str, Any] | None) -> Config:
+    """The local config the evaluation runs, with the protocol's rules applied."""
+    base = local_config(workdir, fsync="never")
+    # The protocol never recommends an item the user engaged with in training, so neither
+    # does the served pipeline (and the ranker learns without those items as negatives);
+    # labels reach to the end of the training window, as test labels reach to the end.
+    features = [
+        msgspec.structs.replace(f, n=1000) if f.name == "engaged_items" else f
+        for f in base.features
+    ]
+    return msgspec.structs.replace(
+        base,
+        serving=msgspec.structs.replace(base.serving, exclude_seen=True),
+        features=features,
+        offline=msgspec.structs.replace(
+            base.offline, seed=seed, **{"label_horizon_s": 3650 * 86400.0, **(offline or {})}
+        ),
+    )
+
+
 def run_tastemaker(
     split: Split,
     catalog: Catalog,
@@ -297,22 +317,7 @@ def run_tastemaker(
     from tastemaker.recommend.pipeline import RecommendPipeline
     from tastemaker.retrieval import ModelHolder
 
-    base = local_config(workdir, fsync="never")
-    # The protocol never recommends an item the user engaged with in training, so neither
-    # does the served pipeline (and the ranker learns without those items as negatives);
-    # labels reach to the end of the training window, as test labels reach to the end.
-    features = [
-        msgspec.structs.replace(f, n=1000) if f.name == "engaged_items" else f
-        for f in base.features
-    ]
-    config: Config = msgspec.structs.replace(
-        base,
-        serving=msgspec.structs.replace(base.serving, exclude_seen=True),
-        features=features,
-        offline=msgspec.structs.replace(
-            base.offline, seed=seed, **{"label_horizon_s": 3650 * 86400.0, **(offline or {})}
-        ),
-    )
+    config = _eval_config(workdir, seed, offline)
     runtime = Runtime(config, catalog)
     lake = Lake(config.offline.lake_url)
     artifacts = ArtifactStore(config.offline.artifacts_path)
@@ -341,13 +346,9 @@ def run_tastemaker(
         holder = ModelHolder(load_models(artifacts, catalog))
         pipeline = RecommendPipeline(config, runtime.store, catalog, scorer, holder)
         recs = {
-            user: [
-                i.item_id
-                for i in pipeline.recommend(
-                    user, K_LIST, exclude=split.train_items.get(user, frozenset()), now=t
-                ).items
-            ]
+            user: [i.item_id for i in pipeline.recommend(user, K_LIST, exclude=seen, now=t).items]
             for user, (t, _) in split.test.items()
+            for seen in [split.train_items.get(user, frozenset())]
         }
     finally:
         runtime.close()
