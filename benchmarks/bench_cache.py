@@ -25,8 +25,8 @@ from collections.abc import Callable
 import numpy as np
 
 from tastemaker.data.synthetic import ShopSpec, generate_shop
-from tastemaker.serving.cache import CacheKey, RecommendCache
-from tastemaker.serving.pipeline import Recommendation, RecommendedItem, Request
+from tastemaker.recommend.cache import CacheKey, RecommendCache
+from tastemaker.recommend.pipeline import Recommendation, RecommendedItem, Request
 
 
 def percentiles_ms(

@@ -35,7 +35,7 @@ from benchmarks.loadgen import run_load
 from tastemaker.catalog import save_catalog
 from tastemaker.config import StoreConfig, local_config
 from tastemaker.data.synthetic import ShopSpec, generate_shop
-from tastemaker.serving.runtime import Runtime
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.testing.servers import redis_server
 
 

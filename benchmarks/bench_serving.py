@@ -51,11 +51,11 @@ from benchmarks.loadgen import run_load
 from tastemaker.catalog import save_catalog
 from tastemaker.config import Config, StoreConfig, dump_config, local_config
 from tastemaker.data.synthetic import ShopSpec, generate_shop
-from tastemaker.offline.scheduler import run_offline
+from tastemaker.deployment.runtime import Runtime, freeze_loaded_heap
+from tastemaker.deployment.scheduler import run_offline
 from tastemaker.ranking import FEATURE_NAMES, LightGBMScorer, LinearScorer, assemble
+from tastemaker.recommend.pipeline import RecommendPipeline
 from tastemaker.retrieval import Candidates, merge
-from tastemaker.serving.pipeline import RecommendPipeline
-from tastemaker.serving.runtime import Runtime, freeze_loaded_heap
 from tastemaker.testing.servers import redis_server
 
 

@@ -79,10 +79,10 @@ from benchmarks.loadgen import run_load
 from tastemaker.catalog import save_catalog
 from tastemaker.config import Config, LogConfig, StoreConfig, dump_config, local_config
 from tastemaker.data.synthetic import Shop, ShopSpec, generate_shop
+from tastemaker.deployment.runtime import Runtime, freeze_loaded_heap
 from tastemaker.events import Event
 from tastemaker.features.layout import OFFSETS, PROFILE, default_families, offsets_row, user_row
 from tastemaker.log import EmbeddedEventLog
-from tastemaker.serving.runtime import Runtime, freeze_loaded_heap
 from tastemaker.store import OnlineStore, open_store
 from tastemaker.testing.servers import kafka_broker, redis_server
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from tastemaker.catalog import save_catalog
 from tastemaker.config import dump_config, local_config
 from tastemaker.data.synthetic import ShopSpec, generate_shop
-from tastemaker.serving.runtime import Runtime
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.testing.servers import free_port, wait_for_http
 
 __all__ = ["free_port", "prepare_shop", "server", "tree_cpu_seconds"]

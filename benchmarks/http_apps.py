@@ -10,8 +10,8 @@ from typing import Any
 import msgspec
 
 from tastemaker.config import load_config
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.serving.api import build_app
-from tastemaker.serving.runtime import Runtime
 from tastemaker.serving.schemas import RecommendRequest, RecommendResponse
 
 

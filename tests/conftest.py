@@ -17,8 +17,8 @@ import pytest
 from tastemaker.catalog import Catalog, save_catalog
 from tastemaker.config import CatalogConfig, Config, ServingConfig, local_config
 from tastemaker.data.synthetic import Shop, ShopSpec, generate_shop
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.events import Event, EventType
-from tastemaker.serving.runtime import Runtime
 from tastemaker.testing.servers import kafka_broker, redis_cluster, redis_server
 
 T0 = 1_760_000_000.0

@@ -16,9 +16,9 @@ from starlette.testclient import TestClient
 from tastemaker.cli import main
 from tastemaker.cli_support import quiet_third_party
 from tastemaker.config import load_config
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.extras import MissingExtraError
 from tastemaker.serving.api import build_app
-from tastemaker.serving.runtime import Runtime
 from tests.conftest import wait_until
 
 
@@ -97,7 +97,7 @@ def test_serve_without_a_catalog_says_what_to_do(
 def test_a_feature_whose_extra_is_missing_names_the_extra(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tastemaker.offline.evaluate import chart
+    from tastemaker.deployment.evaluate import chart
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
     with pytest.raises(MissingExtraError, match=r"pip install 'tastemaker\[offline\]'"):

@@ -14,9 +14,9 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.metrics import METRICS
 from tastemaker.serving.api import build_app
-from tastemaker.serving.runtime import Runtime
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "tastemaker.json"

@@ -13,7 +13,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tastemaker.metrics import BatchHistogram
+from tastemaker.metrics import METRICS, BatchHistogram, Metrics
 from tastemaker.metrics_files import DeploymentCollector, fold_dead_process
 
 _BOUNDS = (0.05, 0.1, 0.25, 1, 5, 86400)
@@ -162,3 +162,10 @@ def test_a_fold_does_not_wait_for_a_scrape(tmp_path: Path) -> None:
     assert not (tmp_path / f"counter_{pid}.db").exists()
     text = generate_latest(registry).decode()
     assert _samples(text)["tastemaker_events_processed_total{}"] == 5
+
+
+def test_every_declared_metric_is_made() -> None:
+    kinds = Metrics.__annotations__
+    assert kinds, "Metrics declares its metrics as class annotations"
+    for attr in kinds:
+        assert hasattr(METRICS, attr), f"Metrics.{attr} is annotated but not in _DECLARED"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tastemaker.catalog.feed import SqliteCatalogFeed
+from tastemaker.catalog.feed.sqlite import SqliteCatalogFeed
 from tastemaker.log.embedded import EmbeddedEventLog
 from tastemaker.sqlite import connect_wal
 

@@ -16,18 +16,18 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from tastemaker.artifacts.store import ArtifactError
 from tastemaker.catalog import CatalogError
 from tastemaker.cli_support import check_port, progress_of, quiet_third_party
 from tastemaker.config import ApiKey, Config, ConfigError, ServingConfig, load_config
 from tastemaker.data.movielens import MovieLensError
 from tastemaker.datadir import DataDirError, ServerLock, prepare_dir, server_lock_dir
+from tastemaker.deployment.evaluate import EvalError
+from tastemaker.deployment.scheduler import OfflineBusyError
 from tastemaker.extras import MissingExtraError
 from tastemaker.log import LogError
 from tastemaker.logs import configure_logging, logs_json
-from tastemaker.offline.artifacts import ArtifactError
-from tastemaker.offline.evaluate import EvalError
 from tastemaker.offline.jobs import JobError
-from tastemaker.offline.scheduler import OfflineBusyError
 from tastemaker.privacy.cli import add_commands as add_privacy_commands
 from tastemaker.store import StoreError
 
@@ -65,8 +65,8 @@ def _serve(
 def _serve_one_process(runtime_config: Config) -> None:
     import uvicorn
 
+    from tastemaker.deployment.runtime import Runtime, freeze_loaded_heap
     from tastemaker.serving.api import build_app
-    from tastemaker.serving.runtime import Runtime, freeze_loaded_heap
 
     s = runtime_config.serving
     runtime = Runtime.from_config(runtime_config)
@@ -133,7 +133,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:
-    from tastemaker.serving.runtime import Runtime, freeze_loaded_heap
+    from tastemaker.deployment.runtime import Runtime, freeze_loaded_heap
 
     runtime = Runtime.from_config(_configure_logging(args))
     runtime.watch_catalog()  # items added through POST /v1/items in the API processes
@@ -253,8 +253,8 @@ def _cmd_archive(args: argparse.Namespace) -> int:
 
 def _cmd_jobs_run(args: argparse.Namespace) -> int:
     from tastemaker.catalog import load_catalog
+    from tastemaker.deployment.scheduler import run_offline
     from tastemaker.log import open_log
-    from tastemaker.offline.scheduler import run_offline
 
     config = load_config(args.config)
     catalog = load_catalog(config.catalog.path) if config.catalog.path else None
@@ -304,7 +304,7 @@ def _run_summary(run: Any) -> dict[str, Any]:
 
 
 def _cmd_artifacts(args: argparse.Namespace) -> int:
-    from tastemaker.offline.artifacts import ArtifactStore
+    from tastemaker.artifacts.store import ArtifactStore
 
     config = load_config(args.config)
     store = ArtifactStore(config.offline.artifacts_path, keep=config.offline.keep_versions)
@@ -331,7 +331,7 @@ def _cmd_artifacts(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from tastemaker.offline.evaluate import chart, evaluate, print_table
+    from tastemaker.deployment.evaluate import chart, evaluate, print_table
 
     with progress_of(f"evaluating on {args.dataset}", quiet=args.quiet, verbose=args.verbose):
         result = evaluate(args.dataset, seed=args.seed, users=args.users)

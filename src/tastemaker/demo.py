@@ -14,8 +14,8 @@ from rich.table import Table
 from tastemaker.catalog import save_catalog
 from tastemaker.config import Config, dump_config, local_config
 from tastemaker.data.synthetic import Shop, ShopSpec, generate_shop
-from tastemaker.serving.ingest import BackpressureError
-from tastemaker.serving.runtime import Runtime
+from tastemaker.deployment.ingest import BackpressureError
+from tastemaker.deployment.runtime import Runtime
 
 __all__ = ["run_demo"]
 
@@ -76,6 +76,38 @@ def _show(console: Console, shop: Shop, runtime: Runtime, users: list[int]) -> N
         console.print(table)
 
 
+def _show_quality(console: Console, shop: Shop, runtime: Runtime, spec: ShopSpec) -> None:
+    """The cold-start answer, and how often users' top-10 fall in their hidden tastes beside
+    the same share for popular items (a baseline in the same run)."""
+    many = [int(u) for u in np.random.default_rng(1).choice(spec.n_users, 200, replace=False)]
+    hit = taste_match(shop, runtime, many, 10)
+    # Baseline in the same run: how often a top-10 of globally popular items would match.
+    popular = runtime.pipeline.recommend("someone-new", 10).items
+    base = float(
+        np.mean(
+            [
+                str(
+                    runtime.catalog.category_names[
+                        runtime.catalog.category[runtime.catalog.index[i.item_id]]
+                    ]
+                )
+                in shop.taste(u).categories
+                for u in many
+                for i in popular
+            ]
+        )
+    )
+    cold = runtime.pipeline.recommend("someone-new", 3)
+    console.print(
+        f"cold start (unknown user): {[i.item_id for i in cold.items]} from "
+        f"{sorted({s for i in cold.items for s in i.sources})}"
+    )
+    console.print(
+        f"taste match: {hit:.0%} of top-10 items for 200 random users are in their "
+        f"hidden top categories (popular items for everyone: {base:.0%})."
+    )
+
+
 def run_demo(data_dir: Path, *, quick: bool, users: int | None, items: int | None) -> Config:
     """Generate, ingest, process, show. Returns the config to serve the result with."""
     console = Console()
@@ -121,33 +153,7 @@ def run_demo(data_dir: Path, *, quick: bool, users: int | None, items: int | Non
     )
     sample = [int(u) for u in np.random.default_rng(0).choice(spec.n_users, 3, replace=False)]
     _show(console, shop, runtime, sample)
-    many = [int(u) for u in np.random.default_rng(1).choice(spec.n_users, 200, replace=False)]
-    hit = taste_match(shop, runtime, many, 10)
-    # Baseline in the same run: how often a top-10 of globally popular items would match.
-    popular = runtime.pipeline.recommend("someone-new", 10).items
-    base = float(
-        np.mean(
-            [
-                str(
-                    runtime.catalog.category_names[
-                        runtime.catalog.category[runtime.catalog.index[i.item_id]]
-                    ]
-                )
-                in shop.taste(u).categories
-                for u in many
-                for i in popular
-            ]
-        )
-    )
-    cold = runtime.pipeline.recommend("someone-new", 3)
-    console.print(
-        f"cold start (unknown user): {[i.item_id for i in cold.items]} from "
-        f"{sorted({s for i in cold.items for s in i.sources})}"
-    )
-    console.print(
-        f"taste match: {hit:.0%} of top-10 items for 200 random users are in their "
-        f"hidden top categories (popular items for everyone: {base:.0%})."
-    )
+    _show_quality(console, shop, runtime, spec)
     console.print(f"demo finished in {time.perf_counter() - started:.1f} s")
     runtime.close()
     return config

@@ -124,10 +124,275 @@ class BatchHistogram(Collector):
         yield family
 
 
+def _declare(
+    attr: str, kind: Callable[..., object], *args: Any, **kwargs: Any
+) -> tuple[str, Callable[..., object], tuple[Any, ...], dict[str, Any]]:
+    return attr, kind, args, kwargs
+
+
+# Every metric of `Metrics`, in the order `/metrics` lists them: the attribute it is kept
+# in, its class, and its arguments but the registry.
+_DECLARED = (
+    _declare(
+        "events_accepted",
+        Counter,
+        "tastemaker_events_accepted",
+        "Events appended to the log via the API.",
+    ),
+    _declare(
+        "events_rejected",
+        Counter,
+        "tastemaker_events_rejected",
+        "Events refused by validation (whole batches).",
+    ),
+    _declare(
+        "backpressure",
+        Counter,
+        "tastemaker_events_backpressure",
+        "POST /v1/events answered 429 because the stream lagged too far.",
+    ),
+    _declare(
+        "events_processed",
+        Counter,
+        "tastemaker_events_processed",
+        "Events applied to features by the stream.",
+    ),
+    _declare(
+        "duplicates_dropped",
+        Counter,
+        "tastemaker_duplicates_dropped",
+        "Events skipped because their id was applied.",
+    ),
+    _declare(
+        "stream_errors",
+        Counter,
+        "tastemaker_stream_errors",
+        "Stream microbatches that failed and were retried.",
+    ),
+    _declare(
+        "batch_seconds",
+        Histogram,
+        "tastemaker_stream_batch_seconds",
+        "Time to apply one microbatch.",
+        buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    ),
+    _declare(
+        "batch_events",
+        Histogram,
+        "tastemaker_stream_batch_events",
+        "Events read per microbatch.",
+        buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000),
+    ),
+    _declare(
+        "batch_limit",
+        Gauge,
+        "tastemaker_stream_batch_limit",
+        "The most records the stream's next poll may read (stream.batch_target_s).",
+        # The largest of the stream processes' (an API process's is 0, never set).
+        multiprocess_mode="livemax",
+    ),
+    _declare(
+        "freshness_seconds",
+        BatchHistogram,
+        "tastemaker_feature_freshness_seconds",
+        "Now minus the newest event time of each user row when it is written.",
+        (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 30, 300, 3600, 86400),
+    ),
+    _declare(
+        "covis_waiting",
+        Gauge,
+        "tastemaker_stream_covis_waiting_batches",
+        "Batches of each log partition whose co-visitation pairs wait to be merged into "
+        "the neighbour maps (stream.covis_fold_batches).",
+        ["partition"],
+        # Set by the process that owns the partition, which the newest setter is.
+        multiprocess_mode="livemostrecent",
+    ),
+    _declare(
+        "lag_events",
+        Gauge,
+        "tastemaker_stream_lag_events",
+        "Events of each log partition not yet applied (committed) by the stream group.",
+        ["partition"],
+        # Every stream process measures the whole group's lag of every partition about
+        # once a second: the newest measurement is the true one (a max would keep the
+        # figure of a process that measured before the others applied their batches).
+        multiprocess_mode="livemostrecent",
+    ),
+    _declare(
+        "request_seconds",
+        Histogram,
+        "tastemaker_request_seconds",
+        "API request latency by endpoint.",
+        ["endpoint"],
+        buckets=_LATENCY_BUCKETS,
+    ),
+    _declare(
+        "responses",
+        Counter,
+        "tastemaker_responses",
+        "API responses by endpoint and status class (2xx, 4xx, 5xx: an exception too).",
+        ["endpoint", "code"],
+    ),
+    _declare(
+        "stage_seconds",
+        Histogram,
+        "tastemaker_recommend_stage_seconds",
+        "Time of each recommend stage: features (store read), retrieve, rank (features, "
+        "score, filter, diversify, explain); for /v1/recommend and /v1/rank.",
+        ["stage"],
+        buckets=_LATENCY_BUCKETS,
+    ),
+    _declare(
+        "artifact_version",
+        Gauge,
+        "tastemaker_artifact_version",
+        "Artifact version this process serves (-1: none yet).",
+        ["artifact"],
+        multiprocess_mode="liveall",  # one a process, labelled by its pid
+    ),
+    _declare(
+        "artifact_reloads",
+        Counter,
+        "tastemaker_artifact_reloads",
+        "New artifact versions swapped in.",
+    ),
+    _declare(
+        "artifact_reload_errors",
+        Counter,
+        "tastemaker_artifact_reload_errors",
+        "Artifact versions that failed to load (the previous ones kept serving).",
+    ),
+    _declare(
+        "jobs_runs",
+        Counter,
+        "tastemaker_job_runs",
+        "Batch job runs by job and outcome.",
+        ["job", "outcome"],
+    ),
+    _declare(
+        "stage_fallbacks",
+        Counter,
+        "tastemaker_stage_fallbacks",
+        "Recommend stages replaced by their fallback (failed or out of budget).",
+        ["stage"],
+    ),
+    _declare(
+        "stage_overruns",
+        Counter,
+        "tastemaker_stage_overruns",
+        "Recommend stages (or whole requests) that took longer than their budget.",
+        ["stage"],
+    ),
+    _declare(
+        "rate_limited",
+        Counter,
+        "tastemaker_rate_limited",
+        "Requests answered 429 by the per-key rate limit.",
+    ),
+    _declare(
+        "catalog_changes",
+        Counter,
+        "tastemaker_catalog_changes",
+        "Item upserts and deletes applied from the feed.",
+    ),
+    _declare(
+        "catalog_items",
+        Gauge,
+        "tastemaker_catalog_items",
+        "Active items in this process's catalog.",
+        multiprocess_mode="liveall",  # one a process, labelled by its pid
+    ),
+    _declare(
+        "rate_limit_errors",
+        Counter,
+        "tastemaker_rate_limit_errors",
+        "Requests let through because the shared rate limiter could not be reached.",
+    ),
+    _declare(
+        "recommendations",
+        Counter,
+        "tastemaker_recommendations",
+        "Recommend calls by path taken.",
+        ["path"],
+    ),
+    _declare(
+        "breaker_state",
+        Gauge,
+        "tastemaker_breaker_state",
+        "Each backend's circuit breaker: 0 closed, 1 open (failing fast), 2 half-open.",
+        ["backend"],
+        multiprocess_mode="liveall",  # one a process, labelled by its pid
+    ),
+    _declare(
+        "breaker_opened",
+        Counter,
+        "tastemaker_breaker_opened",
+        "Times each backend's circuit breaker opened.",
+        ["backend"],
+    ),
+    _declare(
+        "breaker_rejected",
+        Counter,
+        "tastemaker_breaker_rejected",
+        "Backend calls failed at once because the backend's circuit was open.",
+        ["backend"],
+    ),
+    _declare(
+        "events_dropped_no_consent",
+        Counter,
+        "tastemaker_events_dropped_no_consent",
+        "Events dropped at ingest: their user opted out of personalization.",
+    ),
+    _declare(
+        "users_erased",
+        Counter,
+        "tastemaker_users_erased",
+        "Users erased (DELETE /v1/users/{id}, CLI).",
+    ),
+    _declare("stream_restarts", Counter, *STREAM_RESTARTS),
+    _declare("worker_restarts", Counter, *WORKER_RESTARTS),
+)
+
+
 class Metrics:
     """Every metric tastemaker exports. One instance per process (`METRICS`); `registry` is
     what `/metrics` exports: this process's metrics, or in multiprocess mode every process's
     (their files read afresh at each scrape, this process's among them)."""
+
+    events_accepted: Counter
+    events_rejected: Counter
+    backpressure: Counter
+    events_processed: Counter
+    duplicates_dropped: Counter
+    stream_errors: Counter
+    batch_seconds: Histogram
+    batch_events: Histogram
+    batch_limit: Gauge
+    freshness_seconds: BatchHistogram
+    covis_waiting: Gauge
+    lag_events: Gauge
+    request_seconds: Histogram
+    responses: Counter
+    stage_seconds: Histogram
+    artifact_version: Gauge
+    artifact_reloads: Counter
+    artifact_reload_errors: Counter
+    jobs_runs: Counter
+    stage_fallbacks: Counter
+    stage_overruns: Counter
+    rate_limited: Counter
+    catalog_changes: Counter
+    catalog_items: Gauge
+    rate_limit_errors: Counter
+    recommendations: Counter
+    breaker_state: Gauge
+    breaker_opened: Counter
+    breaker_rejected: Counter
+    events_dropped_no_consent: Counter
+    users_erased: Counter
+    stream_restarts: Counter
+    worker_restarts: Counter
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry or CollectorRegistry()
@@ -136,183 +401,8 @@ class Metrics:
             DeploymentCollector(self.registry)
         else:
             self.registry = r
-        self.events_accepted = Counter(
-            "tastemaker_events_accepted", "Events appended to the log via the API.", registry=r
-        )
-        self.events_rejected = Counter(
-            "tastemaker_events_rejected",
-            "Events refused by validation (whole batches).",
-            registry=r,
-        )
-        self.backpressure = Counter(
-            "tastemaker_events_backpressure",
-            "POST /v1/events answered 429 because the stream lagged too far.",
-            registry=r,
-        )
-        self.events_processed = Counter(
-            "tastemaker_events_processed", "Events applied to features by the stream.", registry=r
-        )
-        self.duplicates_dropped = Counter(
-            "tastemaker_duplicates_dropped",
-            "Events skipped because their id was applied.",
-            registry=r,
-        )
-        self.stream_errors = Counter(
-            "tastemaker_stream_errors",
-            "Stream microbatches that failed and were retried.",
-            registry=r,
-        )
-        self.batch_seconds = Histogram(
-            "tastemaker_stream_batch_seconds",
-            "Time to apply one microbatch.",
-            registry=r,
-            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-        )
-        self.batch_events = Histogram(
-            "tastemaker_stream_batch_events",
-            "Events read per microbatch.",
-            registry=r,
-            buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000),
-        )
-        self.batch_limit = Gauge(
-            "tastemaker_stream_batch_limit",
-            "The most records the stream's next poll may read (stream.batch_target_s).",
-            registry=r,
-            # The largest of the stream processes' (an API process's is 0, never set).
-            multiprocess_mode="livemax",
-        )
-        self.freshness_seconds = BatchHistogram(
-            "tastemaker_feature_freshness_seconds",
-            "Now minus the newest event time of each user row when it is written.",
-            (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 30, 300, 3600, 86400),
-            registry=r,
-        )
-        self.covis_waiting = Gauge(
-            "tastemaker_stream_covis_waiting_batches",
-            "Batches of each log partition whose co-visitation pairs wait to be merged into "
-            "the neighbour maps (stream.covis_fold_batches).",
-            ["partition"],
-            registry=r,
-            # Set by the process that owns the partition, which the newest setter is.
-            multiprocess_mode="livemostrecent",
-        )
-        self.lag_events = Gauge(
-            "tastemaker_stream_lag_events",
-            "Events of each log partition not yet applied (committed) by the stream group.",
-            ["partition"],
-            registry=r,
-            # Every stream process measures the whole group's lag of every partition about
-            # once a second: the newest measurement is the true one (a max would keep the
-            # figure of a process that measured before the others applied their batches).
-            multiprocess_mode="livemostrecent",
-        )
-        self.request_seconds = Histogram(
-            "tastemaker_request_seconds",
-            "API request latency by endpoint.",
-            ["endpoint"],
-            registry=r,
-            buckets=_LATENCY_BUCKETS,
-        )
-        self.responses = Counter(
-            "tastemaker_responses",
-            "API responses by endpoint and status class (2xx, 4xx, 5xx: an exception too).",
-            ["endpoint", "code"],
-            registry=r,
-        )
-        self.stage_seconds = Histogram(
-            "tastemaker_recommend_stage_seconds",
-            "Time of each recommend stage: features (store read), retrieve, rank (features, "
-            "score, filter, diversify, explain); for /v1/recommend and /v1/rank.",
-            ["stage"],
-            registry=r,
-            buckets=_LATENCY_BUCKETS,
-        )
-        self.artifact_version = Gauge(
-            "tastemaker_artifact_version",
-            "Artifact version this process serves (-1: none yet).",
-            ["artifact"],
-            registry=r,
-            multiprocess_mode="liveall",  # one a process, labelled by its pid
-        )
-        self.artifact_reloads = Counter(
-            "tastemaker_artifact_reloads", "New artifact versions swapped in.", registry=r
-        )
-        self.artifact_reload_errors = Counter(
-            "tastemaker_artifact_reload_errors",
-            "Artifact versions that failed to load (the previous ones kept serving).",
-            registry=r,
-        )
-        self.jobs_runs = Counter(
-            "tastemaker_job_runs",
-            "Batch job runs by job and outcome.",
-            ["job", "outcome"],
-            registry=r,
-        )
-        self.stage_fallbacks = Counter(
-            "tastemaker_stage_fallbacks",
-            "Recommend stages replaced by their fallback (failed or out of budget).",
-            ["stage"],
-            registry=r,
-        )
-        self.stage_overruns = Counter(
-            "tastemaker_stage_overruns",
-            "Recommend stages (or whole requests) that took longer than their budget.",
-            ["stage"],
-            registry=r,
-        )
-        self.rate_limited = Counter(
-            "tastemaker_rate_limited",
-            "Requests answered 429 by the per-key rate limit.",
-            registry=r,
-        )
-        self.catalog_changes = Counter(
-            "tastemaker_catalog_changes",
-            "Item upserts and deletes applied from the feed.",
-            registry=r,
-        )
-        self.catalog_items = Gauge(
-            "tastemaker_catalog_items",
-            "Active items in this process's catalog.",
-            registry=r,
-            multiprocess_mode="liveall",  # one a process, labelled by its pid
-        )
-        self.rate_limit_errors = Counter(
-            "tastemaker_rate_limit_errors",
-            "Requests let through because the shared rate limiter could not be reached.",
-            registry=r,
-        )
-        self.recommendations = Counter(
-            "tastemaker_recommendations", "Recommend calls by path taken.", ["path"], registry=r
-        )
-        self.breaker_state = Gauge(
-            "tastemaker_breaker_state",
-            "Each backend's circuit breaker: 0 closed, 1 open (failing fast), 2 half-open.",
-            ["backend"],
-            registry=r,
-            multiprocess_mode="liveall",  # one a process, labelled by its pid
-        )
-        self.breaker_opened = Counter(
-            "tastemaker_breaker_opened",
-            "Times each backend's circuit breaker opened.",
-            ["backend"],
-            registry=r,
-        )
-        self.breaker_rejected = Counter(
-            "tastemaker_breaker_rejected",
-            "Backend calls failed at once because the backend's circuit was open.",
-            ["backend"],
-            registry=r,
-        )
-        self.events_dropped_no_consent = Counter(
-            "tastemaker_events_dropped_no_consent",
-            "Events dropped at ingest: their user opted out of personalization.",
-            registry=r,
-        )
-        self.users_erased = Counter(
-            "tastemaker_users_erased", "Users erased (DELETE /v1/users/{id}, CLI).", registry=r
-        )
-        self.stream_restarts = Counter(*STREAM_RESTARTS, registry=r)
-        self.worker_restarts = Counter(*WORKER_RESTARTS, registry=r)
+        for attr, kind, args, kwargs in _DECLARED:
+            setattr(self, attr, kind(*args, registry=r, **kwargs))
 
 
 METRICS = Metrics()

@@ -56,3 +56,25 @@ def test_changes_come_back_in_order_to_every_reader(feed_url: str) -> None:
 def test_an_unknown_feed_url_is_a_clear_error() -> None:
     with pytest.raises(CatalogError, match="feed_url"):
         open_feed("ftp://somewhere")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://127.0.0.1:1/0?bogus=1", r"unknown option\(s\) bogus; redis:// takes prefix"),
+        ("redis+cluster://127.0.0.1:1?db=2", r"unknown option\(s\) db; redis\+cluster://"),
+        ("redis://127.0.0.1:1/0?timeout_ms=soon", "timeout_ms"),
+        ("embedded:///tmp/feed?fsync=never", r"unknown option\(s\) fsync; embedded:// takes none"),
+    ],
+)
+def test_an_option_the_backend_does_not_take_is_refused(url: str, message: str) -> None:
+    with pytest.raises(CatalogError, match=message):
+        open_feed(url)
+
+
+def test_the_redis_feed_takes_a_timeout(redis_url: str) -> None:
+    feed = open_feed(f"{redis_url}?timeout_ms=2000&prefix=feed-{uuid.uuid4().hex[:8]}:")
+    try:
+        assert feed.append([change(1)]) == feed.read(0)[0][0]
+    finally:
+        feed.close()

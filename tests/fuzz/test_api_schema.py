@@ -21,8 +21,8 @@ from schemathesis.specs.openapi.checks import (
 
 from tastemaker.catalog import Catalog
 from tastemaker.config import local_config
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.serving.api import build_app
-from tastemaker.serving.runtime import Runtime
 from tests.conftest import make_config
 
 Case = schemathesis.Case[Any]

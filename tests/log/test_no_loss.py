@@ -24,11 +24,11 @@ from confluent_kafka import KafkaError, KafkaException
 
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.events import Event, EventType
 from tastemaker.features.layout import PROFILE
 from tastemaker.log import LogConsumer, LogError, open_log
 from tastemaker.log.kafka import KafkaLog
-from tastemaker.serving.runtime import Runtime
 from tastemaker.testing.servers import redis_server
 from tests.conftest import T0, event, make_config
 

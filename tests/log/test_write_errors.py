@@ -16,11 +16,11 @@ import redis
 from starlette.testclient import TestClient
 
 from tastemaker.catalog import Catalog
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.events import Event
 from tastemaker.log import EmbeddedEventLog, LogError, open_log
 from tastemaker.log.redis_streams import RedisStreamsLog
 from tastemaker.serving.api import build_app
-from tastemaker.serving.runtime import Runtime
 from tastemaker.testing.servers import redis_server
 from tests.conftest import event, make_config
 

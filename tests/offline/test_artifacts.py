@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from tastemaker.offline import ArtifactError, ArtifactStore
+from tastemaker.artifacts import ArtifactError, ArtifactStore
 
 
 def publish(store: ArtifactStore, name: str, payload: str, watermark: int) -> int:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tastemaker.cli import main
+from tastemaker.deployment.evaluate import Split, evaluate, ranking_metrics, split_by_time
 from tastemaker.events import EventType
-from tastemaker.offline.evaluate import Split, evaluate, ranking_metrics, split_by_time
 from tests.conftest import T0, event
 
 SYSTEMS = {"tastemaker", "popularity", "item_knn", "als", "ease"}

@@ -7,14 +7,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from tastemaker.artifacts import ArtifactStore
+from tastemaker.artifacts.models import load_models
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config
 from tastemaker.data.synthetic import Shop
 from tastemaker.events import Event
 from tastemaker.log import open_log
-from tastemaker.offline import Archiver, ArtifactStore, Lake
+from tastemaker.offline import Archiver, Lake
 from tastemaker.offline.jobs import JobContext, JobError, run_jobs
-from tastemaker.offline.models import load_models
 from tastemaker.ranking import FEATURE_NAMES
 from tastemaker.ranking.lightgbm import LightGBMScorer
 

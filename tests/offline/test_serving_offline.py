@@ -11,15 +11,15 @@ import pytest
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config
 from tastemaker.data.synthetic import Shop
+from tastemaker.deployment.runtime import Runtime
+from tastemaker.deployment.scheduler import run_offline
 from tastemaker.events import EventType
 from tastemaker.offline import Lake
 from tastemaker.offline.feature_log import logged_training_set, sampled
 from tastemaker.offline.lake import Archiver
-from tastemaker.offline.scheduler import run_offline
 from tastemaker.ranking import FEATURE_NAMES
 from tastemaker.ranking.linear import LinearScorer
 from tastemaker.retrieval import BatchModels
-from tastemaker.serving.runtime import Runtime
 from tests.conftest import event, make_config, wait_until
 
 
@@ -108,7 +108,7 @@ def test_a_running_server_picks_up_new_versions_and_rollbacks(
         rec = rt.pipeline.recommend(events[-1].user_id, 10)
         assert len(rec.items) == 10
         # A rollback reaches the server the same way.
-        from tastemaker.offline import ArtifactStore
+        from tastemaker.artifacts import ArtifactStore
 
         ArtifactStore(config.offline.artifacts_path).rollback("covisitation", 1)
         wait_until(lambda: rt.pipeline.models.models.versions.get("covisitation") == 1, timeout=15)
@@ -183,7 +183,7 @@ def test_the_in_process_scheduler_archives_and_runs_the_jobs(
 
 
 def test_only_one_offline_run_at_a_time(tmp_path: Path, catalog: Catalog) -> None:
-    from tastemaker.offline.scheduler import OfflineBusyError, _exclusive
+    from tastemaker.deployment.scheduler import OfflineBusyError, _exclusive
 
     config = make_config(tmp_path, catalog)
     root = Path(config.offline.artifacts_path)

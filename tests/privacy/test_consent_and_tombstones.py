@@ -11,6 +11,7 @@ from starlette.testclient import TestClient
 
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.events import EventType, InvalidBatchError, decode_batch
 from tastemaker.events.tombstones import without_erased
 from tastemaker.features.layout import user_row
@@ -18,7 +19,6 @@ from tastemaker.metrics import METRICS
 from tastemaker.offline.lake import Archiver, Lake
 from tastemaker.privacy import tombstone
 from tastemaker.serving.api import build_app
-from tastemaker.serving.runtime import Runtime
 from tests.conftest import event
 
 
@@ -145,7 +145,7 @@ def test_the_stream_and_the_archiver_apply_tombstones_of_records_left_in_the_log
 def test_another_process_cache_does_not_serve_an_erased_users_answer(
     runtime: Runtime, config: Config, catalog: Catalog
 ) -> None:
-    from tastemaker.privacy.service import erase_users
+    from tastemaker.deployment.privacy import erase_users
 
     other = Runtime.from_config(config)  # another API worker on the same store
     try:

@@ -25,11 +25,11 @@ from starlette.testclient import TestClient
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config, LogConfig, StoreConfig
 from tastemaker.data.synthetic import Shop
+from tastemaker.deployment.runtime import Runtime
+from tastemaker.deployment.scheduler import run_offline
 from tastemaker.events import Event, EventType
 from tastemaker.features.layout import user_row
-from tastemaker.offline.scheduler import run_offline
 from tastemaker.serving.api import build_app
-from tastemaker.serving.runtime import Runtime
 from tastemaker.store import EmbeddedStore
 from tests.conftest import event, make_config
 

@@ -12,8 +12,8 @@ import pytest
 
 from tastemaker.catalog import Catalog
 from tastemaker.data.synthetic import Shop
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.ranking import FEATURE_NAMES, LightGBMScorer, ModelError, assemble
-from tastemaker.serving.runtime import Runtime
 from tests.conftest import make_config
 
 

@@ -15,10 +15,10 @@ import pytest
 from tastemaker.catalog import Catalog, CatalogError, ItemChange, load_catalog
 from tastemaker.catalog.postgres import catalog_rows, save_postgres_catalog
 from tastemaker.config import CatalogConfig, ConfigError, ServingConfig, load_config
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.pgvector import PgVectorError, PgVectorTable
 from tastemaker.retrieval import AnnRetriever, RetrievalContext
 from tastemaker.retrieval.pgvector import PgVectorRetriever
-from tastemaker.serving.runtime import Runtime
 from tastemaker.store import Cell
 from tastemaker.testing.servers import postgres_server
 from tests.conftest import make_config

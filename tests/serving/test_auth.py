@@ -26,11 +26,11 @@ from tastemaker.catalog import Catalog
 from tastemaker.cli import main
 from tastemaker.client import ApiError, AsyncClient, Client
 from tastemaker.config import ApiKey, Config, ConfigError, ServingConfig, load_config
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.serving import auth
 from tastemaker.serving.api import build_app
 from tastemaker.serving.auth import KeyStore, check_exposure, hash_key, required_scope
 from tastemaker.serving.openapi import openapi_document
-from tastemaker.serving.runtime import Runtime
 from tastemaker.testing.servers import free_port, wait_for_http
 from tests.conftest import make_config
 from tests.serving.test_workers import write_config

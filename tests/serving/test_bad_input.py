@@ -20,9 +20,9 @@ from starlette.types import Message
 
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.features.layout import PROFILE
 from tastemaker.serving.api import build_app
-from tastemaker.serving.runtime import Runtime
 from tastemaker.testing.servers import free_port, wait_for_http
 
 JSON = {"content-type": "application/json"}

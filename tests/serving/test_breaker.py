@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tastemaker.deployment.breaker import CircuitBreaker, StoreUnavailableError
 from tastemaker.metrics import METRICS
-from tastemaker.serving.breaker import CircuitBreaker, StoreUnavailableError
 from tastemaker.store import StoreError
 
 

@@ -10,10 +10,10 @@ import pytest
 
 from tastemaker.catalog import Catalog, ItemChange
 from tastemaker.data.synthetic import Shop
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.ranking.rerank import Filters
-from tastemaker.serving.cache import CacheKey, RecommendCache
-from tastemaker.serving.pipeline import Recommendation, RecommendedItem, Request
-from tastemaker.serving.runtime import Runtime
+from tastemaker.recommend.cache import CacheKey, RecommendCache
+from tastemaker.recommend.pipeline import Recommendation, RecommendedItem, Request
 
 
 def key(cache: RecommendCache, user: str, n: int = 10) -> CacheKey:

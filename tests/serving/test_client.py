@@ -15,9 +15,9 @@ import uvicorn
 from tastemaker.catalog import Catalog
 from tastemaker.client import ApiError, AsyncClient, Call, Client, Filters
 from tastemaker.data.synthetic import Shop
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.events import EventType
 from tastemaker.serving.api import build_app
-from tastemaker.serving.runtime import Runtime
 from tastemaker.serving.schemas import Accepted
 from tastemaker.testing.servers import free_port, wait_for_http
 from tests.conftest import event, make_config

@@ -11,9 +11,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from tastemaker.catalog import Catalog
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.metrics import METRICS
 from tastemaker.serving.api import build_app
-from tastemaker.serving.runtime import Runtime
 from tests.conftest import event, make_config
 from tests.serving.test_auth import KEYS, keyed
 

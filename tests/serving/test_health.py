@@ -9,8 +9,8 @@ import msgspec
 from starlette.testclient import TestClient
 
 from tastemaker.catalog import Catalog
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.serving.api import build_app
-from tastemaker.serving.runtime import Runtime
 from tests.conftest import make_config, wait_until
 
 

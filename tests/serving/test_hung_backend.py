@@ -21,9 +21,9 @@ from starlette.testclient import TestClient
 from tastemaker.catalog import Catalog
 from tastemaker.config import ServingConfig, StoreConfig
 from tastemaker.data.synthetic import Shop
+from tastemaker.deployment.runtime import Runtime
+from tastemaker.recommend.pipeline import Request
 from tastemaker.serving.api import build_app
-from tastemaker.serving.pipeline import Request
-from tastemaker.serving.runtime import Runtime
 from tastemaker.testing.servers import redis_server
 from tests.conftest import make_config, wait_until
 

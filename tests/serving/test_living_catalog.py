@@ -18,10 +18,10 @@ from starlette.testclient import TestClient
 from tastemaker.catalog import Catalog, ItemChange
 from tastemaker.config import Config, dump_config
 from tastemaker.data.synthetic import Shop
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.events import EventType
 from tastemaker.features.layout import PROFILE
 from tastemaker.serving.api import build_app
-from tastemaker.serving.runtime import Runtime
 from tastemaker.testing.servers import free_port, wait_for_http
 from tests.conftest import event, make_config, wait_until
 

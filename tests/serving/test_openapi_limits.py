@@ -8,9 +8,9 @@ import pytest
 
 from tastemaker.catalog import Catalog, ItemChange, check_items
 from tastemaker.config import Config, ServingConfig
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.events import EventLimits, InvalidBatchError
 from tastemaker.serving.openapi import openapi_document
-from tastemaker.serving.runtime import Runtime
 from tests.conftest import event
 
 

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 from tastemaker.data.synthetic import Shop
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.events import EventType
-from tastemaker.serving.runtime import Runtime
 from tastemaker.store import StoreError
 from tests.conftest import T0, event
 

@@ -13,11 +13,11 @@ from starlette.testclient import TestClient
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config
 from tastemaker.data.synthetic import Shop
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.events import EventType
+from tastemaker.recommend.pipeline import RecommendPipeline, Request
 from tastemaker.retrieval import Candidates, RetrievalContext
 from tastemaker.serving.api import build_app
-from tastemaker.serving.pipeline import RecommendPipeline, Request
-from tastemaker.serving.runtime import Runtime
 from tastemaker.testing.servers import free_port
 from tests.conftest import event, make_config
 
@@ -238,7 +238,7 @@ def test_request_context_reaches_the_features(warm: Runtime, shop: Shop) -> None
 
 
 def test_a_shared_rate_limit_holds_across_processes(redis_url: str) -> None:
-    from tastemaker.serving.ratelimit_redis import RedisRateLimiter
+    from tastemaker.serving.ratelimit.redis import RedisRateLimiter
 
     prefix = f"rl-{uuid.uuid4().hex[:8]}:"
     a = RedisRateLimiter(redis_url, 0.5, 3, {"vip": 1000.0}, prefix=prefix)

@@ -9,8 +9,8 @@ import msgspec
 
 from tastemaker.catalog import Catalog
 from tastemaker.data.synthetic import Shop
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.features.layout import COVIS, GLOBAL_ROW, POPULAR, PROFILE, SESSION, STATS
-from tastemaker.serving.runtime import Runtime
 from tastemaker.store import RowData
 from tests.conftest import make_config
 

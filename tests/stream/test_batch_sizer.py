@@ -8,8 +8,8 @@ import msgspec
 import pytest
 
 from tastemaker.catalog import Catalog
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.metrics import METRICS
-from tastemaker.serving.runtime import Runtime
 from tastemaker.stream.batching import BatchSizer
 from tests.conftest import T0, event, make_config
 

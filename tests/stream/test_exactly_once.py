@@ -20,9 +20,9 @@ import pytest
 from tastemaker.catalog import Catalog, load_catalog
 from tastemaker.config import Config, dump_config
 from tastemaker.data.synthetic import ShopSpec, generate_shop
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.features.layout import COVIS, GLOBAL_ROW, POPULAR, PROFILE, SESSION, STATS
 from tastemaker.log import open_log
-from tastemaker.serving.runtime import Runtime
 from tests.conftest import make_config
 
 KILLS = 10

@@ -16,11 +16,11 @@ import pytest
 from tastemaker.catalog import Catalog
 from tastemaker.config import LogConfig, StoreConfig
 from tastemaker.data.synthetic import Shop
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.events import Event, EventType
 from tastemaker.features.layout import COVIS, GLOBAL_ROW, OFFSETS, POPULAR, PROFILE, SESSION
 from tastemaker.log import total_lag
 from tastemaker.metrics import METRICS
-from tastemaker.serving.runtime import Runtime
 from tastemaker.store import Cell, PreparedWrite, PreparedWrites, StoreError
 from tastemaker.stream import collector as collector_module
 from tastemaker.stream.collector import PausedCollector

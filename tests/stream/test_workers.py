@@ -20,11 +20,12 @@ import msgspec
 import pytest
 import redis
 
-from tastemaker.catalog import load_catalog
+from tastemaker.catalog import Catalog, load_catalog
 from tastemaker.config import Config, LogConfig, dump_config
 from tastemaker.data.synthetic import ShopSpec, generate_shop
+from tastemaker.deployment.runtime import Runtime
+from tastemaker.events import Event
 from tastemaker.log import EmbeddedEventLog, EventLog, open_log, total_lag
-from tastemaker.serving.runtime import Runtime
 from tastemaker.store import Cell
 from tests.conftest import make_config, wait_until
 from tests.stream.test_exactly_once import _diff, _snapshot
@@ -93,6 +94,32 @@ def _owners(client: redis.Redis, name: str) -> dict[int, str]:
     return out
 
 
+def _reference(
+    config: Config, catalog: Catalog, events: list[Event], users: list[str]
+) -> dict[str, Any]:
+    """The cells one uninterrupted process leaves after applying `events`."""
+    log = open_log(config.log.url)
+    for i in range(0, len(events), 5000):
+        log.append(events[i : i + 5000])
+    log.close()
+    rt = Runtime(config, catalog)
+    rt.processor.drain()
+    rt.close()
+    return _snapshot(config, catalog, users)
+
+
+def _start_worker(config: Config, member: str, tmp_path: Path) -> subprocess.Popen[bytes]:
+    """`tastemaker stream` as group member `member`, in its own process."""
+    toml = tmp_path / f"{member}.toml"
+    stream = msgspec.structs.replace(config.stream, member=member)
+    dump_config(msgspec.structs.replace(config, stream=stream), toml)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tastemaker", "stream", "--config", str(toml)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("log_backend", ["embedded", "redis", "kafka"])
 def test_a_killed_workers_partitions_are_taken_over_with_nothing_lost_or_doubled(
@@ -110,14 +137,7 @@ def test_a_killed_workers_partitions_are_taken_over_with_nothing_lost_or_doubled
     # The reference: one process, uninterrupted, on the same partitioned log.
     base_config = make_config(tmp_path / "base", catalog)
     base = _shared(base_config, tmp_path / "base", redis_url, f"base{run}", kafka)
-    log = open_log(base.log.url)
-    for i in range(0, len(events), 5000):
-        log.append(events[i : i + 5000])
-    log.close()
-    rt = Runtime(base, catalog)
-    rt.processor.drain()
-    rt.close()
-    expected = _snapshot(base, catalog, users)
+    expected = _reference(base, catalog, events, users)
 
     name = f"w{run}"
     shared_config = make_config(tmp_path / "shared", catalog)
@@ -129,14 +149,7 @@ def test_a_killed_workers_partitions_are_taken_over_with_nothing_lost_or_doubled
     workers: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for member in ("w1", "w2"):
-            toml = tmp_path / f"{member}.toml"
-            stream = msgspec.structs.replace(shared.stream, member=member)
-            dump_config(msgspec.structs.replace(shared, stream=stream), toml)
-            workers[member] = subprocess.Popen(
-                [sys.executable, "-m", "tastemaker", "stream", "--config", str(toml)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            workers[member] = _start_worker(shared, member, tmp_path)
         # Both work: each owns some partitions (on Redis Streams the leases say which; Kafka's
         # assignment is the broker's), and the stream has made progress.
         if client is None:

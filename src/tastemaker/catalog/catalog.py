@@ -14,6 +14,23 @@ import numpy.typing as npt
 __all__ = ["Catalog", "CatalogError", "ItemChange"]
 
 
+def _unit_rows(embeddings: npt.ArrayLike, n: int) -> npt.NDArray[np.float32]:
+    """`n` embeddings scaled to unit length, or the CatalogError naming the bad row."""
+    emb = np.asarray(embeddings, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] != n:
+        raise CatalogError(
+            f"column 'embedding' must be {n} vectors of one length, got shape {emb.shape}"
+        )
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    if not np.all(np.isfinite(norms)):
+        bad = int(np.flatnonzero(~np.isfinite(norms[:, 0]))[0])
+        raise CatalogError(f"column 'embedding' row {bad}: not finite")
+    # Rows already of unit length are kept bit for bit, so saving and loading a catalog
+    # never changes it (dividing by a norm of 0.99999994 would move the last bits).
+    scale = np.where(np.abs(norms - 1.0) > 1e-6, np.maximum(norms, 1e-12), 1.0)
+    return (emb / scale).astype(np.float32)
+
+
 class CatalogError(ValueError):
     """The catalog data is malformed; the message names the column and row."""
 
@@ -81,19 +98,7 @@ class Catalog:
         if not np.all(np.isfinite(self.price)):
             bad = int(np.flatnonzero(~np.isfinite(self.price))[0])
             raise CatalogError(f"column 'price' row {bad}: not a finite number")
-        emb = np.asarray(embeddings, dtype=np.float32)
-        if emb.ndim != 2 or emb.shape[0] != n:
-            raise CatalogError(
-                f"column 'embedding' must be {n} vectors of one length, got shape {emb.shape}"
-            )
-        norms = np.linalg.norm(emb, axis=1, keepdims=True)
-        if not np.all(np.isfinite(norms)):
-            bad = int(np.flatnonzero(~np.isfinite(norms[:, 0]))[0])
-            raise CatalogError(f"column 'embedding' row {bad}: not finite")
-        # Rows already of unit length are kept bit for bit, so saving and loading a catalog
-        # never changes it (dividing by a norm of 0.99999994 would move the last bits).
-        scale = np.where(np.abs(norms - 1.0) > 1e-6, np.maximum(norms, 1e-12), 1.0)
-        self.embedding: npt.NDArray[np.float32] = (emb / scale).astype(np.float32)
+        self.embedding: npt.NDArray[np.float32] = _unit_rows(embeddings, n)
         stock = np.ones(n, bool) if in_stock is None else np.asarray(in_stock, dtype=bool)
         if stock.shape != (n,):
             raise CatalogError(f"column 'in_stock' has {stock.shape[0]} rows, item_id has {n}")

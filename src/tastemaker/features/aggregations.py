@@ -329,21 +329,11 @@ class WindowedCount(_Base, frozen=True, tag="windowed_count"):
         slot = np.searchsorted(touched, users)
         newest = np.full(touched.size, -np.inf)
         np.maximum.at(newest, slot, ts)
-        olds = [states[u] for u in touched.tolist()]
-        held = [u for u, state in enumerate(olds) if state]
-        old_t = np.fromiter((float(olds[u]["t"]) for u in held), np.float64, len(held))
-        np.maximum.at(newest, np.asarray(held, dtype=np.int64), old_t)
-        old_buckets = [olds[u]["buckets"] for u in held]
-        lengths = np.fromiter(map(len, old_buckets), np.int64, len(held))
-        old_starts = np.fromiter(
-            map(float, itertools.chain.from_iterable(old_buckets)), np.float64, int(lengths.sum())
+        held, old_t, old_owner, old_starts, old_counts = _stored_buckets(
+            [states[u] for u in touched.tolist()]
         )
-        old_counts = np.fromiter(
-            itertools.chain.from_iterable(b.values() for b in old_buckets),
-            np.int64,
-            old_starts.size,
-        )
-        owner = np.concatenate([np.repeat(np.asarray(held, dtype=np.int64), lengths), slot])
+        np.maximum.at(newest, held, old_t)
+        owner = np.concatenate([old_owner, slot])
         # A bucket is named by its start's integer part, and counted from that name.
         new_starts = np.trunc(np.floor(ts / self.bucket_s) * self.bucket_s)
         start = np.concatenate([old_starts, new_starts])
@@ -377,6 +367,31 @@ class WindowedCount(_Base, frozen=True, tag="windowed_count"):
                 "counts": dict(zip(names, [c[i] for c in sums], strict=True)),
             }
         return out
+
+
+def _stored_buckets(
+    olds: Sequence[Any],
+) -> tuple[
+    npt.NDArray[np.int64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.int64],
+]:
+    """The stored windowed-count states as columns: the positions of those that hold one,
+    their times, and every stored bucket's owner (a position), start and count."""
+    held = [u for u, state in enumerate(olds) if state]
+    old_t = np.fromiter((float(olds[u]["t"]) for u in held), np.float64, len(held))
+    old_buckets = [olds[u]["buckets"] for u in held]
+    lengths = np.fromiter(map(len, old_buckets), np.int64, len(held))
+    starts = np.fromiter(
+        map(float, itertools.chain.from_iterable(old_buckets)), np.float64, int(lengths.sum())
+    )
+    counts = np.fromiter(
+        itertools.chain.from_iterable(b.values() for b in old_buckets), np.int64, starts.size
+    )
+    positions = np.asarray(held, dtype=np.int64)
+    return positions, old_t, np.repeat(positions, lengths), starts, counts
 
 
 def windowed_counts(

@@ -99,21 +99,25 @@ def open_log(url: str) -> EventLog:
             connect_timeout_s=_positive(url, p, "connect_timeout_ms", "2000") / 1000,
         )
     if parsed.scheme == "kafka":
-        from tastemaker.log.kafka import KafkaLog  # only it imports confluent-kafka
-
-        servers, _, topic = parsed.path.partition("/")
-        if not topic:
-            raise ValueError(f"event log URL {url!r} names no topic (kafka://HOST:PORT/TOPIC)")
-        return KafkaLog(
-            servers,
-            topic,
-            partitions=int(_number(url, p, "partitions", "4", int)),
-            timeout_s=_positive(url, p, "timeout_ms", "10000") / 1000,
-            session_timeout_s=_positive(url, p, "session_timeout_s", "6"),
-        )
+        return _open_kafka(url, parsed.path, p)
     raise ValueError(
         f"unsupported event log URL {url!r}: expected embedded://PATH, redis://HOST:PORT/DB "
         "or kafka://HOST:PORT/TOPIC"
+    )
+
+
+def _open_kafka(url: str, path: str, p: dict[str, str]) -> EventLog:
+    from tastemaker.log.kafka import KafkaLog  # only it imports confluent-kafka
+
+    servers, _, topic = path.partition("/")
+    if not topic:
+        raise ValueError(f"event log URL {url!r} names no topic (kafka://HOST:PORT/TOPIC)")
+    return KafkaLog(
+        servers,
+        topic,
+        partitions=int(_number(url, p, "partitions", "4", int)),
+        timeout_s=_positive(url, p, "timeout_ms", "10000") / 1000,
+        session_timeout_s=_positive(url, p, "session_timeout_s", "6"),
     )
 
 

@@ -1,7 +1,6 @@
 """The offline half: the Parquet lake, point-in-time training sets, versioned batch jobs and
-their artifacts, the evaluation against baselines."""
+the feature log. The artifacts they write are in `tastemaker.artifacts`."""
 
-from tastemaker.offline.artifacts import ArtifactError, ArtifactStore, Manifest
 from tastemaker.offline.lake import Archiver, Lake, LakeError
 
-__all__ = ["Archiver", "ArtifactError", "ArtifactStore", "Lake", "LakeError", "Manifest"]
+__all__ = ["Archiver", "Lake", "LakeError"]

@@ -25,17 +25,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tastemaker.arrays import rank_within
-from tastemaker.catalog import Catalog
-from tastemaker.config import Config
+from tastemaker.artifacts.store import Version
 from tastemaker.extras import missing_extra
 from tastemaker.features.aggregations import DEFAULT_WEIGHTS
 from tastemaker.features.items import Popularity
-from tastemaker.offline.artifacts import ArtifactStore, Version
-from tastemaker.offline.lake import Lake
+from tastemaker.offline.job import JobContext, JobError, new_events, publish
+from tastemaker.offline.ranker import train_ranker_version
 
 # faiss's k-means warns (from C++, on stderr) below 39 points a centroid; cohorts of a small
 # user base are expected to be sparse.
@@ -44,68 +42,6 @@ _QUIET_KMEANS = {"min_points_per_centroid": 1}
 __all__ = ["JOBS", "JobContext", "JobError", "run_jobs"]
 
 log = logging.getLogger(__name__)
-
-
-class JobError(RuntimeError):
-    """A job cannot run (unknown name, missing input); the message says what is missing."""
-
-
-@dataclass
-class JobContext:
-    config: Config
-    lake: Lake
-    artifacts: ArtifactStore
-    catalog: Catalog | None = None  # the ranker needs it (it replays the stream)
-
-    @property
-    def state_dir(self) -> Path:
-        """Mutable working state of jobs (not versioned), beside the artifacts."""
-        return self.artifacts.root / ".state"
-
-
-@dataclass(frozen=True)
-class NewEvents:
-    parent: Version | None
-    table: pa.Table
-    from_offset: int
-    watermark: int
-
-    @property
-    def min_ts(self) -> float | None:
-        return None if self.table.num_rows == 0 else float(pc.min(self.table["ts"]).as_py())
-
-    @property
-    def max_ts(self) -> float | None:
-        return None if self.table.num_rows == 0 else float(pc.max(self.table["ts"]).as_py())
-
-
-def _new_events(ctx: JobContext, name: str) -> NewEvents | None:
-    parent = ctx.artifacts.current(name)
-    start = parent.manifest.watermark if parent else 0
-    watermark = ctx.lake.watermark()
-    if watermark <= start:
-        return None
-    return NewEvents(parent, ctx.lake.read(start, watermark), start, watermark)
-
-
-def _publish(
-    ctx: JobContext,
-    name: str,
-    new: NewEvents,
-    write: Callable[[Path], dict[str, Any]],
-    params: dict[str, Any],
-) -> Version:
-    return ctx.artifacts.publish(
-        name,
-        write,
-        parent=None if new.parent is None else new.parent.manifest.version,
-        watermark=new.watermark,
-        data_from_offset=new.from_offset,
-        events_read=new.table.num_rows,
-        min_ts=new.min_ts,
-        max_ts=new.max_ts,
-        params=params,
-    )
 
 
 def _weights(table: pa.Table) -> npt.NDArray[np.float64]:
@@ -125,7 +61,7 @@ def engaged(table: pa.Table) -> pa.Table:
 
 
 def popularity_job(ctx: JobContext) -> Version | None:
-    new = _new_events(ctx, "popularity")
+    new = new_events(ctx, "popularity")
     if new is None:
         return None
     half_life = ctx.config.offline.popularity_half_life_s
@@ -161,7 +97,7 @@ def popularity_job(ctx: JobContext) -> Version | None:
         pq.write_table(table, d / "popularity.parquet")
         return {"rows": {"items": len(order)}}
 
-    return _publish(ctx, "popularity", new, write, {"half_life_s": half_life})
+    return publish(ctx, "popularity", new, write, {"half_life_s": half_life})
 
 
 # -- co-visitation (item-kNN) -------------------------------------------------------------
@@ -177,48 +113,50 @@ def _codes(values: Sequence[str], vocab: dict[str, int]) -> npt.NDArray[np.int64
     return out
 
 
-def covisitation_job(ctx: JobContext) -> Version | None:
-    """Each engaged item is linked to the previous `covis_window` items of the same user;
-    similarity is cosine over those co-occurrence counts: c(a,b) / sqrt(n(a) n(b))."""
-    new = _new_events(ctx, "covisitation")
-    if new is None:
-        return None
-    o = ctx.config.offline
-    window, keep = o.covis_window, o.covis_neighbours
-    vocab: dict[str, int] = {}
-    users: dict[str, int] = {}
-    np.zeros(0, np.int64)
-    pair_counts = np.zeros(0, np.float64)
-    item_counts = np.zeros(0, np.float64)
-    tail_user = np.zeros(0, np.int64)
-    tail_item = np.zeros(0, np.int64)
-    if new.parent is not None:
-        d = new.parent.path
-        items = pq.read_table(d / "items.parquet")
-        _codes(items["item_id"].to_pylist(), vocab)
-        item_counts = items["count"].to_numpy().astype(np.float64)
-        pairs = pq.read_table(d / "pairs.parquet")
-        pair_a, pair_b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
-        pair_counts = pairs["count"].to_numpy().astype(np.float64)
-        tail = pq.read_table(d / "tail.parquet")
-        tail_user = _codes(tail["user_id"].to_pylist(), users)
-        tail_item = tail["item"].to_numpy().astype(np.int64)
-    else:
-        pair_a = pair_b = np.zeros(0, np.int64)
-    e = engaged(new.table)
-    ev_user = _codes(e["user_id"].to_pylist(), users)
-    ev_item = _codes(e["item_id"].to_pylist(), vocab)
-    n_items = len(vocab)
-    item_counts = np.concatenate([item_counts, np.zeros(n_items - item_counts.size)])
-    np.add.at(item_counts, ev_item, 1.0)
-    # Each user's sequence: the tail kept from the last run, then the new events in time
-    # order (the lake returns them sorted by time; a stable sort by user keeps that order).
-    u = np.concatenate([tail_user, ev_user])
-    it = np.concatenate([tail_item, ev_item])
-    is_new = np.concatenate([np.zeros(tail_user.size, bool), np.ones(ev_user.size, bool)])
-    order = np.argsort(u, kind="stable")
-    u, it, is_new = u[order], it[order], is_new[order]
-    a_parts, b_parts = [pair_a], [pair_b]
+@dataclass
+class _CovisState:
+    """What a covisitation version keeps: item vocabulary and counts, pair counts, and each
+    user's last items (to link with the next run's first ones)."""
+
+    vocab: dict[str, int]
+    users: dict[str, int]
+    item_counts: npt.NDArray[np.float64]
+    pair_a: npt.NDArray[np.int64]
+    pair_b: npt.NDArray[np.int64]
+    pair_counts: npt.NDArray[np.float64]
+    tail_user: npt.NDArray[np.int64]
+    tail_item: npt.NDArray[np.int64]
+
+
+def _covis_state(parent: Version | None) -> _CovisState:
+    empty = np.zeros(0, np.int64)
+    state = _CovisState({}, {}, np.zeros(0, np.float64), empty, empty, np.zeros(0), empty, empty)
+    if parent is None:
+        return state
+    d = parent.path
+    items = pq.read_table(d / "items.parquet")
+    _codes(items["item_id"].to_pylist(), state.vocab)
+    state.item_counts = items["count"].to_numpy().astype(np.float64)
+    pairs = pq.read_table(d / "pairs.parquet")
+    state.pair_a, state.pair_b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
+    state.pair_counts = pairs["count"].to_numpy().astype(np.float64)
+    tail = pq.read_table(d / "tail.parquet")
+    state.tail_user = _codes(tail["user_id"].to_pylist(), state.users)
+    state.tail_item = tail["item"].to_numpy().astype(np.int64)
+    return state
+
+
+def _pairs(
+    state: _CovisState,
+    u: npt.NDArray[np.int64],
+    it: npt.NDArray[np.int64],
+    is_new: npt.NDArray[np.bool_],
+    window: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Pair keys (a * n_items + b) and their summed counts: the kept ones plus each new item
+    linked both ways to the previous `window` items of its user."""
+    n_items = len(state.vocab)
+    a_parts, b_parts = [state.pair_a], [state.pair_b]
     for lag in range(1, window + 1):
         if lag >= u.size:
             break
@@ -228,18 +166,45 @@ def covisitation_job(ctx: JobContext) -> Version | None:
         b_parts += [b, a]
     a_all = np.concatenate(a_parts).astype(np.int64)
     b_all = np.concatenate(b_parts).astype(np.int64)
-    counts = np.concatenate([pair_counts, np.ones(a_all.size - pair_counts.size)])
+    counts = np.concatenate([state.pair_counts, np.ones(a_all.size - state.pair_counts.size)])
     keys, inverse = np.unique(a_all * n_items + b_all, return_inverse=True)
     summed = np.bincount(inverse, weights=counts, minlength=keys.size)
+    return keys, np.asarray(summed, dtype=np.float64)
+
+
+def _names(codes: dict[str, int]) -> list[str]:
+    out = [""] * len(codes)
+    for k, v in codes.items():
+        out[v] = k
+    return out
+
+
+def covisitation_job(ctx: JobContext) -> Version | None:
+    """Each engaged item is linked to the previous `covis_window` items of the same user;
+    similarity is cosine over those co-occurrence counts: c(a,b) / sqrt(n(a) n(b))."""
+    new = new_events(ctx, "covisitation")
+    if new is None:
+        return None
+    o = ctx.config.offline
+    window, keep = o.covis_window, o.covis_neighbours
+    state = _covis_state(new.parent)
+    e = engaged(new.table)
+    ev_user = _codes(e["user_id"].to_pylist(), state.users)
+    ev_item = _codes(e["item_id"].to_pylist(), state.vocab)
+    n_items = len(state.vocab)
+    item_counts = np.concatenate([state.item_counts, np.zeros(n_items - state.item_counts.size)])
+    np.add.at(item_counts, ev_item, 1.0)
+    # Each user's sequence: the tail kept from the last run, then the new events in time
+    # order (the lake returns them sorted by time; a stable sort by user keeps that order).
+    u = np.concatenate([state.tail_user, ev_user])
+    it = np.concatenate([state.tail_item, ev_item])
+    is_new = np.concatenate([np.zeros(state.tail_user.size, bool), np.ones(ev_user.size, bool)])
+    order = np.argsort(u, kind="stable")
+    u, it, is_new = u[order], it[order], is_new[order]
+    keys, summed = _pairs(state, u, it, is_new, window)
     pair_a, pair_b = keys // n_items, keys % n_items
-    # The new tail: each user's last `window` items.
     in_tail = rank_within(u[::-1])[::-1] < window  # each user's last `window` items
-    ids = [""] * n_items
-    for k, v in vocab.items():
-        ids[v] = k
-    user_ids = [""] * len(users)
-    for k, v in users.items():
-        user_ids[v] = k
+    ids, user_ids = _names(state.vocab), _names(state.users)
     sim = summed / np.sqrt(item_counts[pair_a] * item_counts[pair_b])
     # Top `keep` neighbours per item: sort by (item, -similarity), cut each run.
     order = np.lexsort((-sim, pair_a))
@@ -249,28 +214,17 @@ def covisitation_job(ctx: JobContext) -> Version | None:
     def write(d: Path) -> dict[str, Any]:
         pq.write_table(pa.table({"item_id": ids, "count": item_counts}), d / "items.parquet")
         pq.write_table(pa.table({"a": pair_a, "b": pair_b, "count": summed}), d / "pairs.parquet")
-        pq.write_table(
-            pa.table(
-                {
-                    "user_id": [user_ids[x] for x in u[in_tail].tolist()],
-                    "item": it[in_tail],
-                }
-            ),
-            d / "tail.parquet",
-        )
-        pq.write_table(
-            pa.table(
-                {
-                    "item_id": [ids[x] for x in pa_s[best].tolist()],
-                    "neighbour_id": [ids[x] for x in pb_s[best].tolist()],
-                    "score": sim_s[best].astype(np.float32),
-                }
-            ),
-            d / "neighbours.parquet",
-        )
+        tail_ids = [user_ids[x] for x in u[in_tail].tolist()]
+        pq.write_table(pa.table({"user_id": tail_ids, "item": it[in_tail]}), d / "tail.parquet")
+        neighbours = {
+            "item_id": [ids[x] for x in pa_s[best].tolist()],
+            "neighbour_id": [ids[x] for x in pb_s[best].tolist()],
+            "score": sim_s[best].astype(np.float32),
+        }
+        pq.write_table(pa.table(neighbours), d / "neighbours.parquet")
         return {"rows": {"items": n_items, "pairs": int(keys.size), "links": int(best.sum())}}
 
-    return _publish(ctx, "covisitation", new, write, {"window": window, "neighbours": keep})
+    return publish(ctx, "covisitation", new, write, {"window": window, "neighbours": keep})
 
 
 # -- embeddings (implicit ALS) ------------------------------------------------------------
@@ -342,7 +296,7 @@ def _aggregate(
 
 
 def embeddings_job(ctx: JobContext) -> Version | None:
-    new = _new_events(ctx, "embeddings")
+    new = new_events(ctx, "embeddings")
     if new is None:
         return None
     o = ctx.config.offline
@@ -393,45 +347,35 @@ def embeddings_job(ctx: JobContext) -> Version | None:
         "alpha": o.als_alpha,
         "seed": o.seed,
     }
-    return _publish(ctx, "embeddings", new, write, params)
+    return publish(ctx, "embeddings", new, write, params)
 
 
 # -- segments (k-means cohorts) -----------------------------------------------------------
 
 
-def segments_job(ctx: JobContext) -> Version | None:
-    """k-means over the ALS user vectors of the current embeddings version; each cohort's
-    most engaged items. Derived from embeddings: it runs when embeddings moved on."""
+def _kmeans(vectors: npt.NDArray[np.float32], k: int, seed: int) -> npt.NDArray[np.int64]:
+    """Each vector's cluster among `k`, the same on every run (one thread, a fixed seed)."""
     try:
         import faiss
     except ImportError as exc:
         raise missing_extra("faiss-cpu", "offline", "the segments (k-means) job") from exc
 
-    source = ctx.artifacts.current("embeddings")
-    if source is None:
-        return None
-    parent = ctx.artifacts.current("segments")
-    if parent is not None and parent.manifest.watermark >= source.manifest.watermark:
-        return None
-    o = ctx.config.offline
-    d = source.path
-    user_ids = pq.read_table(d / "users.parquet")["user_id"].to_pylist()
-    vectors = np.load(d / "user_factors.npy").astype(np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    vectors = np.ascontiguousarray(vectors / np.maximum(norms, 1e-12))
-    k = max(1, min(o.segments, len(user_ids) // 2 or 1))
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)  # one thread: the same cohorts on every run
     try:
-        km = faiss.Kmeans(
-            vectors.shape[1], k, niter=25, seed=o.seed + 1, verbose=False, **_QUIET_KMEANS
-        )
+        km = faiss.Kmeans(vectors.shape[1], k, niter=25, seed=seed, verbose=False, **_QUIET_KMEANS)
         km.train(vectors)
         _, assign = km.index.search(vectors, 1)
     finally:
         faiss.omp_set_num_threads(threads)
-    segment = assign[:, 0].astype(np.int64)
-    inter = pq.read_table(d / "interactions.parquet")
+    return np.asarray(assign[:, 0], dtype=np.int64)
+
+
+def _segment_top(
+    inter: pa.Table, user_ids: list[str], segment: npt.NDArray[np.int64], k: int, top: int
+) -> tuple[list[int], list[str], list[float]]:
+    """(segment, item, score) of each segment's `top` most engaged items, scores relative
+    to the segment's best."""
     seg_of = dict(zip(user_ids, segment.tolist(), strict=True))
     seg_col = np.fromiter(
         (seg_of[u] for u in inter["user_id"].to_pylist()), np.int64, inter.num_rows
@@ -445,13 +389,36 @@ def segments_job(ctx: JobContext) -> Version | None:
     top_item: list[str] = []
     top_score: list[float] = []
     for s in range(k):
-        best = np.argsort(-totals[s], kind="stable")[: o.segment_top]
+        best = np.argsort(-totals[s], kind="stable")[:top]
         best = best[totals[s, best] > 0]
         top_seg += [s] * best.size
         top_item += [item_list[x] for x in best.tolist()]
         top_score += (
             (totals[s, best] / max(totals[s, best[0]], 1e-12)).tolist() if best.size else []
         )
+    return top_seg, top_item, top_score
+
+
+def segments_job(ctx: JobContext) -> Version | None:
+    """k-means over the ALS user vectors of the current embeddings version; each cohort's
+    most engaged items. Derived from embeddings: it runs when embeddings moved on."""
+    source = ctx.artifacts.current("embeddings")
+    if source is None:
+        return None
+    parent = ctx.artifacts.current("segments")
+    if parent is not None and parent.manifest.watermark >= source.manifest.watermark:
+        return None
+    o = ctx.config.offline
+    d = source.path
+    user_ids = pq.read_table(d / "users.parquet")["user_id"].to_pylist()
+    vectors = np.load(d / "user_factors.npy").astype(np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = np.ascontiguousarray(vectors / np.maximum(norms, 1e-12))
+    k = max(1, min(o.segments, len(user_ids) // 2 or 1))
+    segment = _kmeans(vectors, k, o.seed + 1)
+    top_seg, top_item, top_score = _segment_top(
+        pq.read_table(d / "interactions.parquet"), user_ids, segment, k, o.segment_top
+    )
 
     def write(out: Path) -> dict[str, Any]:
         pq.write_table(
@@ -485,8 +452,6 @@ def segments_job(ctx: JobContext) -> Version | None:
 
 
 def ranker_job(ctx: JobContext) -> Version | None:
-    from tastemaker.offline.ranker import train_ranker_version
-
     return train_ranker_version(ctx)
 
 

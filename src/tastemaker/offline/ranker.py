@@ -26,17 +26,17 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from tastemaker.artifacts.models import MODEL_ARTIFACTS, load_models
+from tastemaker.artifacts.store import Version
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config
 from tastemaker.events import Event
 from tastemaker.extras import missing_extra
 from tastemaker.features.aggregations import DEFAULT_WEIGHTS
 from tastemaker.features.layout import PROFILE
-from tastemaker.offline.artifacts import Version
-from tastemaker.offline.jobs import JobContext, JobError, NewEvents, _publish
+from tastemaker.offline.job import JobContext, JobError, NewEvents, publish
 from tastemaker.offline.lake import table_to_events
 from tastemaker.offline.metrics import ndcg_at
-from tastemaker.offline.models import MODEL_ARTIFACTS, load_models
 from tastemaker.offline.training import Replay, TrainingSet, replay_queries
 from tastemaker.ranking import FEATURE_NAMES
 from tastemaker.retrieval import ModelHolder, RetrievalContext
@@ -234,7 +234,7 @@ def train_ranker_version(ctx: JobContext) -> Version | None:
         "features": list(FEATURE_NAMES),
         "batch_features": holder.models.versions,
     }
-    return _publish(ctx, "ranker", new, write, params)
+    return publish(ctx, "ranker", new, write, params)
 
 
 def _ranker_window(ctx: JobContext) -> NewEvents | None:

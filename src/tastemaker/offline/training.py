@@ -28,8 +28,8 @@ from tastemaker.config import Config
 from tastemaker.events import Event
 from tastemaker.features.layout import OFFSETS, default_families, offsets_row
 from tastemaker.ranking import FEATURE_NAMES
+from tastemaker.recommend.pipeline import RecommendPipeline
 from tastemaker.retrieval import ModelHolder, RetrievalContext, with_rows
-from tastemaker.serving.pipeline import RecommendPipeline
 from tastemaker.store import Cell, Mutation, open_store
 from tastemaker.stream.collector import collector_paused
 from tastemaker.stream.item_stats import ItemStats

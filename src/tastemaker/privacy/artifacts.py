@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tastemaker.offline.artifacts import ArtifactStore, Version
+from tastemaker.artifacts.store import ArtifactStore, Version
 
 __all__ = ["scrub_artifacts", "scrub_directory"]
 

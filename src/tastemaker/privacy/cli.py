@@ -8,10 +8,10 @@ import sys
 
 import msgspec
 
+from tastemaker.artifacts.store import ArtifactStore
 from tastemaker.config import load_config
 from tastemaker.features.layout import default_families
 from tastemaker.log import open_log
-from tastemaker.offline.artifacts import ArtifactStore
 from tastemaker.offline.lake import Lake
 from tastemaker.privacy.erasure import Eraser, check_user_ids
 from tastemaker.privacy.retention import trim_log

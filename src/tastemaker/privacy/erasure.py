@@ -31,11 +31,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tastemaker.artifacts.store import ArtifactStore
 from tastemaker.events import Event, EventType
 from tastemaker.features.layout import user_row
 from tastemaker.log import EventLog
 from tastemaker.metrics import METRICS
-from tastemaker.offline.artifacts import ArtifactStore
 from tastemaker.offline.lake import Lake
 from tastemaker.privacy.artifacts import scrub_artifacts
 from tastemaker.store import OnlineStore

@@ -108,6 +108,27 @@ def _value(user: RowData, family: str, column: str) -> Any:
     return None if cell is None else cell.value
 
 
+def _item_age(
+    age: npt.NDArray[np.float32],
+    rows: npt.NDArray[np.int64],
+    item_first_ts: npt.NDArray[np.float64] | None,
+    n_items: int,
+    now: float,
+) -> None:
+    """Days since each candidate was first seen, into `age`; -1 where unknown."""
+    age[:] = -1.0
+    if item_first_ts is not None and item_first_ts.shape[0] <= n_items:
+        if rows.max() < item_first_ts.shape[0]:
+            first = item_first_ts.take(rows)
+        else:  # items added since the artifact: unknown
+            inside = rows < item_first_ts.shape[0]
+            first = np.full(rows.size, np.inf)
+            first[inside] = item_first_ts[rows[inside]]
+        with np.errstate(invalid="ignore"):  # inf - inf where the first time is unknown
+            days = np.maximum(0.0, (now - first) / 86400.0)
+        age[:] = np.where(np.isfinite(first), days, -1.0)
+
+
 def assemble(
     cands: CandidateSet,
     user: RowData,
@@ -124,18 +145,7 @@ def assemble(
     x = np.zeros((rows.size, len(FEATURE_NAMES)), np.float32, order="F")
     if rows.size == 0:
         return x
-    age = x[:, _COL["item_age_days"]]
-    age[:] = -1.0
-    if item_first_ts is not None and item_first_ts.shape[0] <= len(catalog):
-        if rows.max() < item_first_ts.shape[0]:
-            first = item_first_ts.take(rows)
-        else:  # items added since the artifact: unknown
-            inside = rows < item_first_ts.shape[0]
-            first = np.full(rows.size, np.inf)
-            first[inside] = item_first_ts[rows[inside]]
-        with np.errstate(invalid="ignore"):  # inf - inf where the first time is unknown
-            days = np.maximum(0.0, (now - first) / 86400.0)
-        age[:] = np.where(np.isfinite(first), days, -1.0)
+    _item_age(x[:, _COL["item_age_days"]], rows, item_first_ts, len(catalog), now)
     if cands.names:  # each retriever's scores over its best, all columns in one go
         top = cands.scores.max(axis=0)
         top[top <= 0] = 1

@@ -1,5 +1,1 @@
-"""Serving: the recommend pipeline and the HTTP API."""
-
-from tastemaker.serving.pipeline import Recommendation, RecommendedItem, RecommendPipeline
-
-__all__ = ["RecommendPipeline", "Recommendation", "RecommendedItem"]
+"""Serving: the HTTP API over a `tastemaker.deployment.Runtime`."""

@@ -9,8 +9,8 @@ import msgspec
 from starlette.applications import Starlette
 
 from tastemaker.config import load_config
+from tastemaker.deployment.runtime import Runtime, freeze_loaded_heap
 from tastemaker.serving.api import build_app
-from tastemaker.serving.runtime import Runtime, freeze_loaded_heap
 
 __all__ = ["create_app"]
 

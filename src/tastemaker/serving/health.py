@@ -22,10 +22,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tastemaker.deployment.offload import DeadlineExceededError
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.features.layout import PROFILE
 from tastemaker.log import LogError
-from tastemaker.serving.offload import DeadlineExceededError
-from tastemaker.serving.runtime import Runtime
 from tastemaker.serving.schemas import Health, Liveness, Readiness
 from tastemaker.store import StoreError
 

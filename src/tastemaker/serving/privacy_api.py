@@ -12,11 +12,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tastemaker.deployment.privacy import erase_users, set_consent
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.log import LogError
 from tastemaker.offline.lake import LakeError
 from tastemaker.privacy.erasure import ErasureReport
-from tastemaker.privacy.service import erase_users, set_consent
-from tastemaker.serving.runtime import Runtime
 from tastemaker.serving.schemas import ErrorBody
 from tastemaker.store import StoreError
 

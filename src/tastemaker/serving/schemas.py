@@ -9,7 +9,7 @@ import msgspec
 from tastemaker.catalog import ItemChange
 from tastemaker.events import EventProblem
 from tastemaker.ranking.rerank import Filters
-from tastemaker.serving.pipeline import RecommendedItem
+from tastemaker.recommend.pipeline import RecommendedItem
 
 __all__ = [
     "Accepted",

@@ -33,6 +33,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from tastemaker.store.base import Cell, StoreError
 
@@ -408,6 +409,16 @@ def encode_families(families: Sequence[tuple[int, bytes, Collection[Cell]]]) -> 
 _OWN_DTYPE = np.dtype([("i", ">u2"), ("t", ">f8")])
 
 
+def _size_tables(sizes: npt.NDArray[np.int64], code: npt.NDArray[np.int64]) -> list[bytes]:
+    """Every value size as 1-, 2- and 4-byte big-endian integers, each table only where some
+    family uses that width (`code` 0, 1, 2)."""
+    return [
+        sizes.astype(np.uint8).tobytes() if (code == 0).any() else b"",
+        sizes.astype(">u2").tobytes() if (code == 1).any() else b"",
+        sizes.astype(">u4").tobytes() if (code == 2).any() else b"",
+    ]
+
+
 def _frame_many(
     families: Sequence[tuple[int, bytes, Collection[Cell]]], values: list[bytes]
 ) -> list[bytes] | None:
@@ -438,9 +449,7 @@ def _frame_many(
     sizes = np.fromiter(map(len, values), np.int64, len(values))
     widest = np.maximum.reduceat(sizes, starts)
     code = np.where(widest < 256, 0, np.where(widest < 65536, 1, 2))
-    size_bytes = [sizes.astype(np.uint8).tobytes() if (code == 0).any() else b""]
-    size_bytes.append(sizes.astype(">u2").tobytes() if (code == 1).any() else b"")
-    size_bytes.append(sizes.astype(">u4").tobytes() if (code == 2).any() else b"")
+    size_bytes = _size_tables(sizes, code)
     flags = np.fromiter((f for f, _, _ in families), np.uint8, len(families)) | (code << 1)
     heads = _heads(flags, counts, base, m).tobytes()
     out = []

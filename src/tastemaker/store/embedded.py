@@ -163,6 +163,28 @@ class EmbeddedStore:
                     data[fam] = rec.cells
         return out
 
+    def _plan(
+        self, mutations: Sequence[Mutation], plans: dict[str, tuple[bytes, float]]
+    ) -> tuple[list[tuple[bytes, float]], dict[int, bytes]]:
+        """Each mutation's (key, expiry), and the encoded records of the whole families
+        (by index) that need no merge."""
+        encode = self._encode
+        keys: list[tuple[bytes, float]] = []
+        ready: dict[int, bytes] = {}
+        met: set[bytes] = set()  # a key met twice in one write is merged
+        for i, m in enumerate(mutations):
+            plan = plans.get(m.family)
+            if plan is None:  # raised before the transaction: nothing is written
+                self._check_family(m.family)
+            suffix, expire_at = cast("tuple[bytes, float]", plan)
+            key = m.row.encode() + suffix
+            keys.append((key, expire_at))
+            if m.whole and key not in met:
+                # A `_Record`'s bytes: msgpack `[expire_at, {column: [ts, value]}]`.
+                ready[i] = encode((expire_at, m.cells))
+            met.add(key)
+        return keys, ready
+
     def write(self, mutations: Sequence[Mutation], *, seen: Sequence[str] = ()) -> None:
         if not mutations and not seen:
             return
@@ -178,20 +200,7 @@ class EmbeddedStore:
         # profile and session rows is a large share of its cell writes), unless an earlier mutation
         # of this write has its key. LMDB has one writer at a time across processes, so
         # encoding under the lock made stream processes sharing the store wait for each other.
-        keys: list[tuple[bytes, float]] = []
-        ready: dict[int, bytes] = {}
-        met: set[bytes] = set()  # a key met twice in one write is merged
-        for i, m in enumerate(mutations):
-            plan = plans.get(m.family)
-            if plan is None:  # raised before the transaction: nothing is written
-                self._check_family(m.family)
-            suffix, expire_at = cast("tuple[bytes, float]", plan)
-            key = m.row.encode() + suffix
-            keys.append((key, expire_at))
-            if m.whole and key not in met:
-                # A `_Record`'s bytes: msgpack `[expire_at, {column: [ts, value]}]`.
-                ready[i] = encode((expire_at, m.cells))
-            met.add(key)
+        keys, ready = self._plan(mutations, plans)
         try:
             with self._env.begin(db=self._cells, write=True) as txn:
                 # `putmulti`: one call for all the keys, its loop in C (about half the time

@@ -42,6 +42,7 @@ from tastemaker.store.base import (
     columns_to_mutations,
 )
 from tastemaker.store.codec import decode_family, encode_columns, encode_families, id_bytes
+from tastemaker.store.redis_writes import Deferred, Done, StoreTimeoutError, Transaction, wrap
 
 __all__ = ["RedisStore", "StoreTimeoutError"]
 
@@ -53,10 +54,6 @@ _SEEN_PER_SCRIPT = 1000  # idempotency keys: one SET each, cheaper than a merge
 _STREAM_CHUNK_KEYS = 512
 _STREAM_MIN_KEYS = 2 * _STREAM_CHUNK_KEYS
 _T = TypeVar("_T")
-
-
-class StoreTimeoutError(StoreError):
-    """A Redis call did not answer within the configured timeout."""
 
 
 def _lua(name: str) -> str:
@@ -148,7 +145,7 @@ class RedisStore:
                 f.name: 0 if f.ttl_s is None else max(1, int(f.ttl_s * 1000)) for f in families
             }
         except redis.RedisError as exc:
-            raise _wrap(exc) from exc
+            raise wrap(exc) from exc
 
     @classmethod
     def from_url(
@@ -180,7 +177,7 @@ class RedisStore:
         try:
             client, writer = connect(timeout_s), connect(write_timeout_s)
         except redis.RedisError as exc:
-            raise _wrap(exc) from exc
+            raise wrap(exc) from exc
         return cls(client, families, prefix=prefix, seen_ttl_s=seen_ttl_s, writer=writer)
 
     @property
@@ -206,7 +203,7 @@ class RedisStore:
         try:
             values = self._retry_moved(lambda: self._mget(keys, len(fams)))
         except redis.RedisError as exc:
-            raise _wrap(exc) from exc
+            raise wrap(exc) from exc
         out: dict[str, RowData] = {}
         column = self._schema.column
         i = 0
@@ -237,13 +234,13 @@ class RedisStore:
         returns, and `finish` reads the server's replies, so the caller works while the
         server applies it. On a cluster `finish` does all of it."""
         if not mutations and not seen:
-            return _Done()
+            return Done()
         keys, ttls, cells_of, whole = self._unique(mutations)
         blobs = dict(zip(keys, zip(ttls, self._encode(cells_of), strict=True), strict=True))
         seen_keys = [self._seen_key(k) for k in seen]
         if self._cluster:
-            return _Deferred(lambda: self._submit(blobs, seen_keys, whole))
-        return _Transaction(self, blobs, seen_keys, whole)
+            return Deferred(lambda: self._submit(blobs, seen_keys, whole))
+        return Transaction(self, blobs, seen_keys, whole)
 
     def _transaction(
         self, blobs: Mapping[str, tuple[int, bytes]], seen_keys: list[str], whole: frozenset[str]
@@ -325,16 +322,16 @@ class RedisStore:
                     and not isinstance(exc, redis.TimeoutError)
                 ):
                     continue  # a connection the server closed while idle: once more, anew
-                raise _wrap(exc) from exc
+                raise wrap(exc) from exc
             if not errors:
                 return
             if attempt == 0 and all(isinstance(e, NoScriptError) for e in errors):
                 try:  # the server lost its scripts (a restart, SCRIPT FLUSH): load, run again
                     self._writer.script_load(self._merge.script)
                 except redis.RedisError as exc:
-                    raise _wrap(exc) from exc
+                    raise wrap(exc) from exc
                 continue
-            raise _wrap(errors[0])
+            raise wrap(errors[0])
 
     def _merged(
         self, keys: list[str], mutations: Sequence[Mutation]
@@ -404,7 +401,7 @@ class RedisStore:
                 present.update(wanted[k] for k, n in zip(flat, pipe.execute(), strict=True) if n)
             return present
         except redis.RedisError as exc:
-            raise _wrap(exc) from exc
+            raise wrap(exc) from exc
 
     def forget(self, keys: Sequence[str]) -> None:
         if not keys:
@@ -421,7 +418,7 @@ class RedisStore:
         try:
             self._retry_moved(delete)
         except redis.RedisError as exc:
-            raise _wrap(exc) from exc
+            raise wrap(exc) from exc
 
     def _seen_key(self, key: str) -> str:
         return f"{self._prefix}{{s:{key}}}"
@@ -500,7 +497,7 @@ class RedisStore:
         try:
             self._retry_moved(lambda: self._run_merge(blobs, seen_keys, whole))
         except redis.RedisError as exc:
-            raise _wrap(exc) from exc
+            raise wrap(exc) from exc
 
     def _run_merge(
         self, blobs: Mapping[str, tuple[int, bytes]], seen_keys: list[str], whole: frozenset[str]
@@ -559,7 +556,7 @@ class RedisStore:
         try:
             self._retry_moved(delete)
         except redis.RedisError as exc:
-            raise _wrap(exc) from exc
+            raise wrap(exc) from exc
 
     def close(self) -> None:
         for conn in list(self._own):
@@ -579,91 +576,3 @@ def _close(client: Any) -> None:
             if node.redis_connection is not None:
                 node.redis_connection.connection_pool.disconnect()
     client.close()
-
-
-class _Done:
-    """A write with nothing to send."""
-
-    def start(self) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-
-class _Deferred:
-    """A write done whole by `finish` (a cluster's: one pipeline per node)."""
-
-    def __init__(self, run: Callable[[], None]) -> None:
-        self._run = run
-
-    def start(self) -> None:
-        pass
-
-    def finish(self) -> None:
-        self._run()
-
-
-class _Transaction:
-    """A batch write on a standalone server: one MULTI/EXEC, sent by `start` on a
-    connection of its own (`SentCommands`, held until `finish`), whose replies `finish`
-    reads. The replies wait in the socket meanwhile, so the caller's thread is free and no
-    other thread is needed. If the server lost the scripts (a restart, SCRIPT FLUSH) or had
-    closed the connection, the write runs once more through redis-py's pipeline, which
-    loads scripts and reconnects: merges and idempotency keys are the same the second time,
-    so running it twice is harmless."""
-
-    def __init__(
-        self,
-        store: RedisStore,
-        blobs: Mapping[str, tuple[int, bytes]],
-        seen_keys: list[str],
-        whole: frozenset[str],
-    ) -> None:
-        self._store = store
-        self._blobs = blobs
-        self._seen_keys = seen_keys
-        self._whole = whole
-        self._sent: SentCommands | None = None
-        self._error: redis.RedisError | None = None
-
-    def start(self) -> None:
-        if self._sent is not None or self._error is not None:
-            return
-        try:
-            sent = SentCommands(self._store._writer.connection_pool)
-            sent.send(*self._store._transaction(self._blobs, self._seen_keys, self._whole))
-            self._sent = sent
-        except redis.RedisError as exc:
-            self._error = exc
-
-    def finish(self) -> None:
-        try:
-            self._replies()
-        except (NoScriptError, redis.ConnectionError) as exc:
-            if isinstance(exc, redis.TimeoutError):
-                raise _wrap(exc) from exc
-            self._store._submit(self._blobs, self._seen_keys, self._whole)
-        except redis.RedisError as exc:
-            raise _wrap(exc) from exc
-
-    def _replies(self) -> None:
-        if self._sent is None and self._error is None:
-            self.start()
-        sent, self._sent = self._sent, None
-        if self._error is not None:
-            raise self._error
-        assert sent is not None  # started without an error
-        *queued, results = sent.replies()  # MULTI's OK and each command's QUEUED, then EXEC's
-        if isinstance(results, redis.ResponseError):  # a command refused when queued: aborted
-            refused = [r for r in queued if isinstance(r, redis.ResponseError)]
-            raise refused[0] if refused else results
-        for result in results:
-            if isinstance(result, redis.RedisError):
-                raise result
-
-
-def _wrap(exc: redis.RedisError) -> StoreError:
-    if isinstance(exc, redis.TimeoutError):
-        return StoreTimeoutError(f"redis call timed out: {exc}")
-    return StoreError(f"redis call failed: {exc}")

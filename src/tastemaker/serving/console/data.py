@@ -9,11 +9,11 @@ from typing import Any
 
 import msgspec
 
+from tastemaker.artifacts.store import ArtifactStore
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.features.layout import GLOBAL_ROW, POPULAR, SESSION, merge_shards
 from tastemaker.metrics import METRICS
-from tastemaker.offline.artifacts import ArtifactStore
-from tastemaker.serving.pipeline import Request as PipelineRequest
-from tastemaker.serving.runtime import Runtime
+from tastemaker.recommend.pipeline import Request as PipelineRequest
 
 __all__ = ["item_view", "metric_samples", "summary", "user_view"]
 

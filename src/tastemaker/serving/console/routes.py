@@ -12,11 +12,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tastemaker.deployment.offload import DeadlineExceededError
+from tastemaker.deployment.runtime import Runtime
 from tastemaker.ranking.rerank import Filters
+from tastemaker.recommend.pipeline import Request as PipelineRequest
 from tastemaker.serving.console.data import item_view, summary, user_view
-from tastemaker.serving.offload import DeadlineExceededError
-from tastemaker.serving.pipeline import Request as PipelineRequest
-from tastemaker.serving.runtime import Runtime
 from tastemaker.store import StoreError
 
 __all__ = ["console_routes"]

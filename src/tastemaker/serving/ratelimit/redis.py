@@ -1,6 +1,6 @@
 """Per-API-key rate limits shared by every API process, on a Redis server.
 
-The same token bucket as `RateLimiter`, kept in one hash per key (`<prefix>{rl:<key>}`) and
+The same token bucket as `MemoryRateLimiter`, kept in one hash per key (`<prefix>{rl:<key>}`) and
 updated by a Lua script, so N workers on M machines share one limit per key. The server's
 clock is used (`TIME`), so the processes' clocks do not matter. If the server cannot be
 reached the limiter lets the request through (it is a guard against abuse, not a reason to
@@ -15,9 +15,9 @@ from typing import Any
 
 import redis
 
+from tastemaker.deployment.breaker import CircuitBreaker
 from tastemaker.metrics import METRICS
-from tastemaker.serving.breaker import CircuitBreaker
-from tastemaker.serving.ratelimit import Limits
+from tastemaker.serving.ratelimit.base import Limits
 
 __all__ = ["RedisRateLimiter"]
 
@@ -51,6 +51,10 @@ return wait
 
 
 class RedisRateLimiter(Limits):
+    """Token buckets on a Redis server (`redis://`), shared by every process."""
+
+    blocking = True
+
     def __init__(
         self,
         url: str,

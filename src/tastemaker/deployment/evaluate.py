@@ -278,6 +278,26 @@ def baselines(split: Split, catalog: Catalog, seed: int) -> dict[str, Any]:
 # -- tastemaker ---------------------------------------------------------------------------
 
 
+def _eval_config(workdir: Path, seed: int, offline: dict[str, Any] | None) -> Config:
+    """The local config the evaluation runs, with the protocol's rules applied."""
+    base = local_config(workdir, fsync="never")
+    # The protocol never recommends an item the user engaged with in training, so neither
+    # does the served pipeline (and the ranker learns without those items as negatives);
+    # labels reach to the end of the training window, as test labels reach to the end.
+    features = [
+        msgspec.structs.replace(f, n=1000) if f.name == "engaged_items" else f
+        for f in base.features
+    ]
+    return msgspec.structs.replace(
+        base,
+        serving=msgspec.structs.replace(base.serving, exclude_seen=True),
+        features=features,
+        offline=msgspec.structs.replace(
+            base.offline, seed=seed, **{"label_horizon_s": 3650 * 86400.0, **(offline or {})}
+        ),
+    )
+
+
 def run_tastemaker(
     split: Split,
     catalog: Catalog,
@@ -288,32 +308,17 @@ def run_tastemaker(
     offline: dict[str, Any] | None = None,
 ) -> tuple[dict[str, list[str]], dict[str, Any]]:
     """The whole engine on the training events; returns each test user's top 20."""
-    from tastemaker.offline.artifacts import ArtifactStore
+    from tastemaker.artifacts.models import load_models
+    from tastemaker.artifacts.store import ArtifactStore
+    from tastemaker.deployment.runtime import Runtime
     from tastemaker.offline.jobs import JobContext, run_jobs
     from tastemaker.offline.lake import Archiver, Lake
-    from tastemaker.offline.models import load_models
     from tastemaker.ranking.features import FEATURE_NAMES
     from tastemaker.ranking.lightgbm import LightGBMScorer
+    from tastemaker.recommend.pipeline import RecommendPipeline
     from tastemaker.retrieval import ModelHolder
-    from tastemaker.serving.pipeline import RecommendPipeline
-    from tastemaker.serving.runtime import Runtime
 
-    base = local_config(workdir, fsync="never")
-    # The protocol never recommends an item the user engaged with in training, so neither
-    # does the served pipeline (and the ranker learns without those items as negatives);
-    # labels reach to the end of the training window, as test labels reach to the end.
-    features = [
-        msgspec.structs.replace(f, n=1000) if f.name == "engaged_items" else f
-        for f in base.features
-    ]
-    config: Config = msgspec.structs.replace(
-        base,
-        serving=msgspec.structs.replace(base.serving, exclude_seen=True),
-        features=features,
-        offline=msgspec.structs.replace(
-            base.offline, seed=seed, **{"label_horizon_s": 3650 * 86400.0, **(offline or {})}
-        ),
-    )
+    config = _eval_config(workdir, seed, offline)
     runtime = Runtime(config, catalog)
     lake = Lake(config.offline.lake_url)
     artifacts = ArtifactStore(config.offline.artifacts_path)
@@ -342,13 +347,9 @@ def run_tastemaker(
         holder = ModelHolder(load_models(artifacts, catalog))
         pipeline = RecommendPipeline(config, runtime.store, catalog, scorer, holder)
         recs = {
-            user: [
-                i.item_id
-                for i in pipeline.recommend(
-                    user, K_LIST, exclude=split.train_items.get(user, frozenset()), now=t
-                ).items
-            ]
+            user: [i.item_id for i in pipeline.recommend(user, K_LIST, exclude=seen, now=t).items]
             for user, (t, _) in split.test.items()
+            for seen in [split.train_items.get(user, frozenset())]
         }
     finally:
         runtime.close()

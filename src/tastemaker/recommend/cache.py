@@ -27,7 +27,7 @@ from tastemaker.catalog import Catalog
 from tastemaker.ranking.rerank import Filters, filter_mask
 
 if TYPE_CHECKING:
-    from tastemaker.serving.pipeline import Recommendation, Request
+    from tastemaker.recommend.types import Recommendation, Request
 
 __all__ = ["CacheKey", "RecommendCache"]
 

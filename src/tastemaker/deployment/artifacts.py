@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 import threading
 
+from tastemaker.artifacts.models import MODEL_ARTIFACTS, load_models
+from tastemaker.artifacts.store import ArtifactStore
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config
 from tastemaker.metrics import METRICS
-from tastemaker.offline.artifacts import ArtifactStore
-from tastemaker.offline.models import MODEL_ARTIFACTS, load_models
 from tastemaker.ranking import FEATURE_NAMES
 from tastemaker.ranking.lightgbm import LightGBMScorer
-from tastemaker.serving.pipeline import RecommendPipeline
+from tastemaker.recommend.pipeline import RecommendPipeline
 
 __all__ = ["ArtifactWatcher"]
 

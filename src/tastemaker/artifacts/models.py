@@ -7,8 +7,8 @@ import numpy.typing as npt
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from tastemaker.artifacts.store import ArtifactStore, Version
 from tastemaker.catalog import Catalog
-from tastemaker.offline.artifacts import ArtifactStore, Version
 from tastemaker.retrieval import BatchModels
 from tastemaker.retrieval.vector_index import IvfIndex, faiss_installed
 

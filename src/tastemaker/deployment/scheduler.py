@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tastemaker.artifacts.store import ArtifactStore, Version
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config
 from tastemaker.log import EventLog
 from tastemaker.metrics import METRICS
-from tastemaker.offline.artifacts import ArtifactStore, Version
 from tastemaker.offline.jobs import JOBS, JobContext, run_jobs
 from tastemaker.offline.lake import Archiver, ArchiveResult, Lake
 from tastemaker.privacy.retention import trim_log

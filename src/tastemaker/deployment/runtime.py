@@ -17,15 +17,8 @@ from tastemaker.catalog import (
     open_feed,
 )
 from tastemaker.config import Config
-from tastemaker.features.layout import default_families
-from tastemaker.log import EventLog, LogError, open_log
-from tastemaker.metrics import METRICS
-from tastemaker.offline.feature_log import FeatureLogger
-from tastemaker.offline.lake import Lake
-from tastemaker.offline.scheduler import Scheduler
-from tastemaker.privacy.consent import ConsentRegistry
-from tastemaker.serving.artifacts import ArtifactWatcher
-from tastemaker.serving.breaker import (
+from tastemaker.deployment.artifacts import ArtifactWatcher
+from tastemaker.deployment.breaker import (
     CircuitBreaker,
     GuardedLog,
     GuardedStore,
@@ -33,9 +26,16 @@ from tastemaker.serving.breaker import (
     StoreUnavailableError,
     breaker,
 )
-from tastemaker.serving.ingest import Ingestor
-from tastemaker.serving.offload import Offloader
-from tastemaker.serving.pipeline import RecommendPipeline
+from tastemaker.deployment.ingest import Ingestor
+from tastemaker.deployment.offload import Offloader
+from tastemaker.deployment.scheduler import Scheduler
+from tastemaker.features.layout import default_families
+from tastemaker.log import EventLog, LogError, open_log
+from tastemaker.metrics import METRICS
+from tastemaker.offline.feature_log import FeatureLogger
+from tastemaker.offline.lake import Lake
+from tastemaker.privacy.consent import ConsentRegistry
+from tastemaker.recommend.pipeline import RecommendPipeline
 from tastemaker.store import OnlineStore, StoreError, open_store
 from tastemaker.stream.processor import StreamProcessor
 

@@ -7,12 +7,12 @@ import threading
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
-from tastemaker.offline.artifacts import ArtifactStore
+from tastemaker.artifacts.store import ArtifactStore
 from tastemaker.offline.lake import Lake
 from tastemaker.privacy.erasure import Eraser, ErasureReport, check_user_ids, scrub_feature_log
 
 if TYPE_CHECKING:
-    from tastemaker.serving.runtime import Runtime
+    from tastemaker.deployment.runtime import Runtime
 
 __all__ = ["erase_users", "set_consent"]
 

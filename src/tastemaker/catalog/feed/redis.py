@@ -33,6 +33,8 @@ def _entry_id(position: int) -> str:
 
 
 class RedisCatalogFeed:
+    """The feed on one Redis stream (`<prefix>{tm:catalog}`)."""
+
     def __init__(self, client: Any, key: str) -> None:
         self.client = client
         self.key = key
@@ -40,16 +42,13 @@ class RedisCatalogFeed:
         self._dec = msgspec.msgpack.Decoder(ItemChange)
 
     @classmethod
-    def from_url(cls, url: str, *, timeout_s: float = 5.0) -> RedisCatalogFeed:
+    def from_url(cls, url: str, *, prefix: str = "", timeout_s: float = 5.0) -> RedisCatalogFeed:
+        """`url` without options (`open_feed` parses them): `redis://` or `redis+cluster://`."""
         opts: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": 1.0}
-        base, _, query = url.partition("?")
-        prefix = dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("prefix", "")
-        if base.startswith("redis+cluster://"):
-            client: Any = RedisCluster.from_url(
-                "redis://" + base[len("redis+cluster://") :], **opts
-            )
+        if url.startswith("redis+cluster://"):
+            client: Any = RedisCluster.from_url("redis://" + url[len("redis+cluster://") :], **opts)
         else:
-            client = redis.Redis.from_url(base, **opts)
+            client = redis.Redis.from_url(url, **opts)
         return cls(client, f"{prefix}{{tm:catalog}}")
 
     def append(self, changes: Sequence[ItemChange]) -> int:

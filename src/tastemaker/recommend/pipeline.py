@@ -27,7 +27,6 @@ import threading
 import time
 import uuid
 from collections.abc import Collection, Sequence
-from typing import Protocol
 
 import msgspec
 import numpy as np
@@ -52,11 +51,12 @@ from tastemaker.ranking import FEATURE_NAMES, LinearScorer, Scorer, assemble
 from tastemaker.ranking.lightgbm import LightGBMScorer
 from tastemaker.ranking.rerank import (
     Contribution,
-    Filters,
     diversify,
     filter_mask,
     top_contributions,
 )
+from tastemaker.recommend.cache import RecommendCache
+from tastemaker.recommend.types import FeatureSink, Recommendation, RecommendedItem, Request
 from tastemaker.retrieval import (
     AnnRetriever,
     Candidates,
@@ -76,59 +76,11 @@ from tastemaker.retrieval import (
     merge,
     with_rows,
 )
-from tastemaker.serving.cache import RecommendCache
 from tastemaker.store import Cell, OnlineStore, RowData, StoreError
 
 __all__ = ["RecommendPipeline", "Recommendation", "RecommendedItem", "Request"]
 
 log = logging.getLogger(__name__)
-
-
-class FeatureSink(Protocol):
-    """Where sampled requests' scored feature rows go (`offline.feature_log.FeatureLogger`)."""
-
-    def wants(self, request_id: str) -> bool: ...
-
-    def log(
-        self,
-        request_id: str,
-        user_id: str,
-        ts: float,
-        *,
-        item_ids: list[str],
-        scores: npt.NDArray[np.float32],
-        x: npt.NDArray[np.float32],
-    ) -> None: ...
-
-
-class RecommendedItem(msgspec.Struct, frozen=True, omit_defaults=True):
-    item_id: str
-    score: float
-    sources: list[str]
-    # With `explain`: the features that added most to the score.
-    because: list[Contribution] | None = None
-
-
-class Recommendation(msgspec.Struct, frozen=True):
-    items: list[RecommendedItem]
-    degraded: bool = False
-    # Send it back as `context.extra.request_id` on impression and click events.
-    request_id: str | None = None
-    fallbacks: list[str] = []  # the stages that fell back
-    cached: bool = False
-
-
-class Request(msgspec.Struct, frozen=True, kw_only=True):
-    """One recommend call's options (the HTTP body maps onto it)."""
-
-    n: int = 10
-    filters: Filters | None = None
-    explain: bool = False
-    deadline_ms: float | None = None  # default: serving.deadline_ms
-    exclude: frozenset[str] = frozenset()  # item ids never to return
-    now: float | None = None  # the time features are computed at (default: the clock)
-    region: str | None = None  # popular items of this region; the fallback's too
-    device: str | None = None
 
 
 class _Clock:
@@ -434,18 +386,7 @@ class RecommendPipeline:
         at = time.time() if req.now is None else req.now
         x = self.features(ctx, cands, at)
         scores, scorer = self._score(x, clock, fallbacks)
-        catalog = ctx.catalog
-        keep = filter_mask(catalog, cands.rows, req.filters) & catalog.active[cands.rows]
-        if given is not None:
-            keep &= member(cands.rows, given)
-        scores[~keep] = -np.inf
-        if given is None:
-            for column in self.excluded_columns:
-                cell = ctx.user.get(PROFILE, {}).get(column)
-                if cell is not None:
-                    scores[member(cands.rows, self.catalog.rows(cell.value))] = -np.inf
-        if req.exclude:
-            scores[member(cands.rows, self.catalog.rows(list(req.exclude)))] = -np.inf
+        self._mask(ctx, req, cands, scores, given)
         s = self.config.serving
         top = diversify(
             cands.rows,
@@ -459,17 +400,11 @@ class RecommendPipeline:
             return []
         if given is None:
             top = self._new_item_slots(cands, scores, top)
-        ids = catalog.ids[cands.rows[top]]
+        ids = ctx.catalog.ids[cands.rows[top]]
         logger = self.feature_logger
         if logger is not None and request_id is not None and logger.wants(request_id):
-            logger.log(
-                request_id,
-                ctx.user_id,
-                at,
-                item_ids=[str(i) for i in ids],
-                scores=scores[top],
-                x=x[top],
-            )
+            ids_ = [str(i) for i in ids]
+            logger.log(request_id, ctx.user_id, at, item_ids=ids_, scores=scores[top], x=x[top])
         because: list[list[Contribution]] | list[None] = [None] * top.size
         if req.explain:
             because = top_contributions(scorer.contributions(x[top], FEATURE_NAMES), FEATURE_NAMES)
@@ -485,6 +420,28 @@ class RecommendPipeline:
                 strict=True,
             )
         ]
+
+    def _mask(
+        self,
+        ctx: RetrievalContext,
+        req: Request,
+        cands: CandidateSet,
+        scores: npt.NDArray[np.float32],
+        given: npt.NDArray[np.int64] | None,
+    ) -> None:
+        """Score -inf what may not be shown: filtered, inactive, excluded, already owned."""
+        catalog = ctx.catalog
+        keep = filter_mask(catalog, cands.rows, req.filters) & catalog.active[cands.rows]
+        if given is not None:
+            keep &= member(cands.rows, given)
+        scores[~keep] = -np.inf
+        if given is None:
+            for column in self.excluded_columns:
+                cell = ctx.user.get(PROFILE, {}).get(column)
+                if cell is not None:
+                    scores[member(cands.rows, self.catalog.rows(cell.value))] = -np.inf
+        if req.exclude:
+            scores[member(cands.rows, self.catalog.rows(list(req.exclude)))] = -np.inf
 
     def _new_item_slots(
         self, cands: CandidateSet, scores: npt.NDArray[np.float32], top: npt.NDArray[np.int64]

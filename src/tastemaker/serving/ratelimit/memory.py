@@ -4,34 +4,24 @@ Written here rather than taken from a library: it is a dozen lines over a dict, 
 path, and the ASGI rate-limit packages either need a Redis round trip per request or do not
 let each key have its own rate. The limit is per process: with `--workers N` each worker
 allows `rate` per key, so set `rate_limit_rps` to the total divided by N, or set
-`serving.rate_limit_url` for one limit shared by every process (`ratelimit_redis.py`).
+`serving.rate_limit_url` for one limit shared by every process (`redis.py`).
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 
-__all__ = ["Limits", "RateLimiter", "retry_after"]
+from tastemaker.serving.ratelimit.base import Limits
+
+__all__ = ["MemoryRateLimiter"]
 
 
-class Limits:
-    """The limits of every key: `rate` requests/s with bursts of `burst`, or its own rate."""
+class MemoryRateLimiter(Limits):
+    """Token buckets in this process (`memory://`)."""
 
-    def __init__(self, rate: float, burst: int, per_key: dict[str, float] | None = None) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.per_key = dict(per_key or {})
+    blocking = False
 
-    def enabled(self) -> bool:
-        return self.rate > 0 or bool(self.per_key)
-
-    def rate_of(self, key: str) -> float:
-        return self.per_key.get(key, self.rate)
-
-
-class RateLimiter(Limits):
     def __init__(self, rate: float, burst: int, per_key: dict[str, float] | None = None) -> None:
         super().__init__(rate, burst, per_key)
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill)
@@ -52,7 +42,5 @@ class RateLimiter(Limits):
             self._buckets[key] = (tokens, now)
             return (1.0 - tokens) / rate
 
-
-def retry_after(seconds: float) -> str:
-    """A Retry-After header value: whole seconds, at least 1."""
-    return str(max(1, math.ceil(seconds)))
+    def close(self) -> None:
+        """Nothing to release: the buckets are this process's memory."""
