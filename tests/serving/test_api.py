@@ -56,6 +56,7 @@ def test_a_bad_batch_is_refused_whole_and_names_each_problem(
     body = r.json()
     assert body["error"] == "invalid_batch"
     assert [(p["index"], p["field"]) for p in body["problems"]] == [(1, "type"), (2, "ts")]
+    assert body["detail"].startswith("2 invalid event(s), 2 problem(s); nothing was written")
     assert runtime.log.end_offsets()[0] == 0  # nothing of the batch was written
 
 

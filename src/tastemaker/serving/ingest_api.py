@@ -42,7 +42,7 @@ class IngestHandlers:
             return error(
                 400,
                 "invalid_batch",
-                f"{len(exc.problems)} invalid event(s); nothing was written",
+                f"{_refused(exc)}; nothing was written",
                 exc.problems,
             )
         except LogError as exc:
@@ -76,3 +76,12 @@ class IngestHandlers:
                 exc.problems,
             )
         return json(ItemsAccepted(len(batch.items), version), 202)
+
+
+def _refused(exc: InvalidBatchError) -> str:
+    """What a refused batch's detail says: how many events were invalid (an event with two
+    bad fields counts once), or that the body as a whole was."""
+    events = {p.index for p in exc.problems if p.index >= 0}
+    if not events:
+        return "the batch is invalid"
+    return f"{len(events)} invalid event(s), {len(exc.problems)} problem(s)"
