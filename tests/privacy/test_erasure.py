@@ -27,7 +27,7 @@ from tastemaker.config import Config, LogConfig, StoreConfig
 from tastemaker.data.synthetic import Shop
 from tastemaker.deployment.runtime import Runtime
 from tastemaker.deployment.scheduler import run_offline
-from tastemaker.events import Event, EventType
+from tastemaker.events import Event, EventType, idempotency_key
 from tastemaker.features.layout import user_row
 from tastemaker.serving.api import build_app
 from tastemaker.store import EmbeddedStore
@@ -117,7 +117,7 @@ def _everywhere(rt: Runtime, tmp_path: Path, event_ids: list[str]) -> dict[str, 
         "tombstones": [e.item_id for e in records if e.type is EventType.ERASE],
         "store": rt.store.get([user_row(USER)], rt.store.families),
         "store_scan": _store_keys_and_values_naming(rt, USER),
-        "seen": rt.store.seen(event_ids),
+        "seen": rt.store.seen([idempotency_key(USER, i) for i in event_ids]),
         "files": _files_naming(tmp_path / "lake", USER)
         + _files_naming(tmp_path / "artifacts", USER),
     }

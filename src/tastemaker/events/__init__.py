@@ -1,7 +1,7 @@
 """Events: the typed schema and the all-or-nothing batch decoder."""
 
 from tastemaker.events.limits import EventLimits, check_events, id_problem
-from tastemaker.events.schema import Context, Event, EventBatch, EventType
+from tastemaker.events.schema import Context, Event, EventBatch, EventType, idempotency_key
 from tastemaker.events.validate import EventProblem, InvalidBatchError, decode_batch
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "check_events",
     "decode_batch",
     "id_problem",
+    "idempotency_key",
 ]

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import msgspec
 
-__all__ = ["TS_FLOOR", "Context", "Event", "EventBatch", "EventType"]
+__all__ = ["TS_FLOOR", "Context", "Event", "EventBatch", "EventType", "idempotency_key"]
 
 
 class EventType(enum.StrEnum):
@@ -68,3 +68,11 @@ class EventBatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The body of `POST /v1/events`."""
 
     events: Annotated[list[msgspec.Raw], msgspec.Meta(min_length=1, max_length=10_000)]
+
+
+def idempotency_key(user_id: str, event_id: str) -> str:
+    """What makes an event a duplicate: its `event_id` among its user's events. The stream's
+    and the lake's deduplication both use it, so one id sent for two users is two events,
+    never one of them dropped as a copy of the other. The user id's length leads, so no two
+    (user, event) pairs share a key whatever characters the ids hold."""
+    return f"{len(user_id)}:{user_id}{event_id}"

@@ -7,9 +7,9 @@ through fsspec):
 
 A file's name holds the range of log offsets it was written from, and every row keeps its
 `offset`, so the lake itself is the archiver's watermark: re-running the archiver never
-writes an event twice. An event id the lake already holds within the dedup window (a client
-that sent one event twice put it in the log twice) is not written again; readers also drop
-repeated `event_id`s among what they read, keeping the first.
+writes an event twice. An event the lake already holds within the dedup window (the same
+`event_id` of the same user: a client that sent one event twice put it in the log twice) is
+not written again; readers also drop such repeats among what they read, keeping the first.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tastemaker.events import Event
+from tastemaker.events import Event, idempotency_key
 from tastemaker.events.tombstones import has_tombstones, kept_and_erased
 from tastemaker.log import EventLog, LogRecord
 
@@ -167,12 +167,15 @@ class Lake:
             written.append(self._write(part, str(d), first, last))
         return written
 
-    def event_ids(self, day: str) -> set[str]:
-        """The event ids stored under one day (only that column is read)."""
+    def event_keys(self, day: str) -> set[str]:
+        """The idempotency keys (user and event id) of the events stored under one day (only
+        those two columns are read)."""
         out: set[str] = set()
         for f in self.files(day):
             with self.fs.open(f.path, "rb") as fh:
-                out.update(pq.read_table(fh, columns=["event_id"])["event_id"].to_pylist())
+                t = pq.read_table(fh, columns=["user_id", "event_id"])
+            users, ids = t["user_id"].to_pylist(), t["event_id"].to_pylist()
+            out.update(map(idempotency_key, users, ids))
         return out
 
     def remove_after(self, offset: int) -> int:
@@ -250,8 +253,8 @@ class Lake:
         return pa.concat_tables(tables)
 
     def read(self, after: int = 0, until: int | None = None) -> pa.Table:
-        """Events with `after < offset <= until`, each `event_id` once, sorted by event time
-        (then offset). Only files that can hold such offsets are opened: the watermark
+        """Events with `after < offset <= until`, each (user, `event_id`) once, sorted by event
+        time (then offset). Only files that can hold such offsets are opened: the watermark
         makes batch jobs incremental."""
         files = [f for f in self.files() if f.last > after and (until is None or f.first <= until)]
         table = self._read_files([f.path for f in files])
@@ -259,9 +262,18 @@ class Lake:
         if until is not None:
             mask = pc.and_(mask, pc.less_equal(table.column("offset"), until))
         table = table.filter(mask).sort_by([("offset", "ascending")])
-        # First occurrence of each event id wins (the log order).
-        ids = table.column("event_id").to_numpy(zero_copy_only=False)
-        _, first = np.unique(ids, return_index=True)
+        # First occurrence of each (user, event id) wins (the log order).
+        keys = np.array(
+            list(
+                map(
+                    idempotency_key,
+                    table.column("user_id").to_pylist(),
+                    table.column("event_id").to_pylist(),
+                )
+            ),
+            dtype=object,
+        )
+        _, first = np.unique(keys, return_index=True)
         table = table.take(pa.array(np.sort(first)))
         return table.sort_by([("ts", "ascending"), ("offset", "ascending")])
 
@@ -342,15 +354,16 @@ class Archiver:
         while day <= last:
             key = day.isoformat()
             if key not in known:
-                known[key] = self.lake.event_ids(key)
+                known[key] = self.lake.event_keys(key)
             day += dt.timedelta(days=1)
         seen = set().union(*known.values())
         out = []
         for r in records:
-            if r.event.event_id not in seen:
-                seen.add(r.event.event_id)
+            ikey = idempotency_key(r.event.user_id, r.event.event_id)
+            if ikey not in seen:
+                seen.add(ikey)
                 out.append(r)
-                known.setdefault(day_of(r.event.ts), set()).add(r.event.event_id)
+                known.setdefault(day_of(r.event.ts), set()).add(ikey)
         return out
 
     def _erase(self, records: list[LogRecord]) -> list[LogRecord]:

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tastemaker.artifacts.store import ArtifactStore
-from tastemaker.events import Event, EventType
+from tastemaker.events import Event, EventType, idempotency_key
 from tastemaker.features.layout import user_row
 from tastemaker.log import EventLog
 from tastemaker.metrics import METRICS
@@ -103,17 +103,18 @@ class Eraser:
         users = check_user_ids(user_ids)
         report = ErasureReport(users)
         self.log.append([tombstone(u) for u in users])
-        event_ids = set(self.log.erase_users(users))
-        report.log_records = len(event_ids)
+        # Per user, so that each event id is known with its user (the idempotency key).
+        keys = {idempotency_key(u, e) for u in users for e in self.log.erase_users([u])}
+        report.log_records = len(keys)
         rows = [user_row(u) for u in users]
         report.store_rows = len(self.store.get(rows, self.store.families))
         self.store.delete_rows(rows)
         if self.lake is not None:
-            event_ids |= lake_event_ids(self.lake, users)
+            keys |= {idempotency_key(u, e) for u, e in lake_events(self.lake, users)}
             report.lake_events = self.lake.delete_users(users)
             report.feature_log_rows = scrub_feature_log(self.lake, users)
-        self.store.forget(sorted(event_ids))
-        report.seen_keys = len(event_ids)
+        self.store.forget(sorted(keys))
+        report.seen_keys = len(keys)
         if self.artifacts is not None:
             report.artifact_rows = scrub_artifacts(self.artifacts, users)
         METRICS.users_erased.inc(len(users))
@@ -122,15 +123,17 @@ class Eraser:
         return report
 
 
-def lake_event_ids(lake: Lake, user_ids: Collection[str]) -> set[str]:
-    """The event ids of the users' events in the lake (two columns read per file)."""
+def lake_events(lake: Lake, user_ids: Collection[str]) -> set[tuple[str, str]]:
+    """(user id, event id) of the users' events in the lake (two columns read per file)."""
     users = pa.array(sorted(set(user_ids)), pa.string())
-    out: set[str] = set()
+    out: set[tuple[str, str]] = set()
     for f in lake.files():
         with lake.fs.open(f.path, "rb") as fh:
             t = pq.read_table(fh, columns=["user_id", "event_id"])
         hit = t.filter(pc.is_in(t.column("user_id"), value_set=users))
-        out.update(hit.column("event_id").to_pylist())
+        out.update(
+            zip(hit.column("user_id").to_pylist(), hit.column("event_id").to_pylist(), strict=True)
+        )
     return out
 
 

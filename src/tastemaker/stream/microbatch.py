@@ -13,7 +13,7 @@ import numpy as np
 
 from tastemaker.catalog import Catalog
 from tastemaker.config import Config
-from tastemaker.events import Event
+from tastemaker.events import Event, idempotency_key
 from tastemaker.features.fold import CatalogJoin, fold, group_by_user, whole_families
 from tastemaker.features.layout import COVIS, PROFILE, SESSION, user_row
 from tastemaker.store import Mutation, RowData
@@ -71,7 +71,7 @@ class MicrobatchFold:
         """What `compute` reads, in multi-gets: the events' ids, the users' rows and, with
         `covis`, the co-visitation rows of the items the batch may link (its engaged items
         and the items of the stored sessions it may continue) and of the waiting pairs."""
-        seen = reader.seen([e.event_id for e in events])
+        seen = reader.seen([idempotency_key(e.user_id, e.event_id) for e in events])
         rows = [user_row(u) for u in dict.fromkeys([e.user_id for e in events])]
         states = reader.get(rows, [PROFILE, SESSION])
         if not covis:
@@ -104,7 +104,8 @@ class MicrobatchFold:
             return Computed(list(extra), [], {})
         mutations, newest_ts = self._apply(fresh, reads, items, merge=merge)
         mutations.extend(extra)
-        return Computed(mutations, [e.event_id for e in fresh], newest_ts)
+        keys = [idempotency_key(e.user_id, e.event_id) for e in fresh]
+        return Computed(mutations, keys, newest_ts)
 
     def _apply(
         self, events: list[Event], reads: Reads, items: ItemStats, *, merge: bool
@@ -159,11 +160,13 @@ class MicrobatchFold:
 
 
 def _drop_duplicates(events: list[Event], seen: set[str]) -> list[Event]:
-    """Events whose id is not in `seen` (applied before), each id once."""
+    """Events whose idempotency key (user and event id) is not in `seen` (applied before),
+    each key once."""
     seen = set(seen)
     fresh: list[Event] = []
     for e in events:
-        if e.event_id not in seen:
-            seen.add(e.event_id)  # a repeat inside the batch is a duplicate too
+        key = idempotency_key(e.user_id, e.event_id)
+        if key not in seen:
+            seen.add(key)  # a repeat inside the batch is a duplicate too
             fresh.append(e)
     return fresh
