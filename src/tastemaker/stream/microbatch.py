@@ -38,12 +38,14 @@ class StateReader(Protocol):
 
 
 class Reads(NamedTuple):
-    """The stored state a batch needs: which event ids were applied before, the users'
-    profile and session families, and the co-visitation rows read ahead."""
+    """The stored state a batch needs: which of its events' idempotency keys (`keys`, one an
+    event) were applied before, the users' profile and session families, and the
+    co-visitation rows read ahead."""
 
     seen: set[str]
     states: dict[str, RowData]
     covis: CovisReads
+    keys: list[str]
 
 
 class Computed(NamedTuple):
@@ -71,13 +73,14 @@ class MicrobatchFold:
         """What `compute` reads, in multi-gets: the events' ids, the users' rows and, with
         `covis`, the co-visitation rows of the items the batch may link (its engaged items
         and the items of the stored sessions it may continue) and of the waiting pairs."""
-        seen = reader.seen([idempotency_key(e.user_id, e.event_id) for e in events])
+        ikeys = [idempotency_key(e.user_id, e.event_id) for e in events]
+        seen = reader.seen(ikeys)
         rows = [user_row(u) for u in dict.fromkeys([e.user_id for e in events])]
         states = reader.get(rows, [PROFILE, SESSION])
         if not covis:
             # `ItemStats` reads exactly the rows it links, when it needs them (reading them
             # here makes an embedded drain slower: more rows, held decoded through the batch).
-            return Reads(seen, states, NO_COVIS)
+            return Reads(seen, states, NO_COVIS, ikeys)
         engaged = [e for e in events if e.type in ENGAGED]
         linked = {e.item_id for e in engaged}
         for row in {user_row(e.user_id) for e in engaged}:  # only they can link items
@@ -85,7 +88,7 @@ class MicrobatchFold:
             if prior is not None:
                 linked.update(prior.value)
         keys = items.covis_rows(linked)
-        return Reads(seen, states, CovisReads(reader.get(keys, [COVIS]), set(keys)))
+        return Reads(seen, states, CovisReads(reader.get(keys, [COVIS]), set(keys)), ikeys)
 
     def compute(
         self,
@@ -99,12 +102,11 @@ class MicrobatchFold:
         """The batch's effect (events applied before dropped), with `extra` mutations; with
         `merge`, its co-visitation pairs and those waiting are merged into the neighbour
         maps, otherwise they wait."""
-        fresh = _drop_duplicates(events, reads.seen)
+        fresh, keys = _drop_duplicates(events, reads.keys, reads.seen)
         if not fresh:
             return Computed(list(extra), [], {})
         mutations, newest_ts = self._apply(fresh, reads, items, merge=merge)
         mutations.extend(extra)
-        keys = [idempotency_key(e.user_id, e.event_id) for e in fresh]
         return Computed(mutations, keys, newest_ts)
 
     def _apply(
@@ -159,14 +161,17 @@ class MicrobatchFold:
         return mutations, dict(zip(groups.users, newest, strict=True))
 
 
-def _drop_duplicates(events: list[Event], seen: set[str]) -> list[Event]:
-    """Events whose idempotency key (user and event id) is not in `seen` (applied before),
-    each key once."""
+def _drop_duplicates(
+    events: list[Event], keys: list[str], seen: set[str]
+) -> tuple[list[Event], list[str]]:
+    """The events whose idempotency key (`keys`, one an event) is not in `seen` (applied
+    before), each key once; and their keys."""
     seen = set(seen)
     fresh: list[Event] = []
-    for e in events:
-        key = idempotency_key(e.user_id, e.event_id)
+    fresh_keys: list[str] = []
+    for e, key in zip(events, keys, strict=True):
         if key not in seen:
             seen.add(key)  # a repeat inside the batch is a duplicate too
             fresh.append(e)
-    return fresh
+            fresh_keys.append(key)
+    return fresh, fresh_keys
