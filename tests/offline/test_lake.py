@@ -62,7 +62,6 @@ def test_rerunning_the_archiver_writes_nothing_twice(log: EventLog, tmp_path: Pa
     assert len(lake.read()) == 40
 
 
-
 def test_one_event_id_for_two_users_is_two_events_in_the_lake(
     log: EventLog, tmp_path: Path
 ) -> None:
@@ -73,6 +72,7 @@ def test_one_event_id_for_two_users_is_two_events_in_the_lake(
     log.append([event("e1", "ann", "i1", EventType.CLICK, T0 + 2)])  # a resend: a copy
     Archiver(log, lake).run_once(batch_size=7)
     assert [(e.user_id, e.event_id) for e in lake.events()] == [("ann", "e1"), ("bob", "e1")]
+
 
 def test_a_batch_cut_short_is_written_again_without_duplicates(
     log: EventLog, tmp_path: Path

@@ -62,7 +62,6 @@ def test_duplicates_inside_one_batch_count_once(runtime: Runtime, catalog: Catal
     assert profile["counts"].value == {"click": 1}
 
 
-
 def test_one_event_id_for_two_users_is_two_events(runtime: Runtime, catalog: Catalog) -> None:
     """An event id is an idempotency key among its user's events: the same id sent later for
     another user is applied, not dropped as a copy; for the same user it is a copy."""
@@ -75,6 +74,7 @@ def test_one_event_id_for_two_users_is_two_events(runtime: Runtime, catalog: Cat
     for user in ("ann", "bob"):
         profile = runtime.pipeline.user_features(user)[PROFILE]
         assert profile["counts"].value == {"click": 1}, user
+
 
 def test_features_reflect_the_users_events(runtime: Runtime, catalog: Catalog) -> None:
     a, b = str(catalog.ids[0]), str(catalog.ids[1])
