@@ -13,6 +13,7 @@ import logging
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from tastemaker.catalog import Catalog
 from tastemaker.features.layout import PROFILE
@@ -83,15 +84,10 @@ class AnnRetriever:
         self.catalog = catalog
 
     def retrieve(self, ctx: RetrievalContext, k: int) -> Candidates:
-        cell = ctx.user.get(PROFILE, {}).get("click_centroid")
-        if cell is None:
+        query = centroid_query(ctx)
+        if query is None:
             return Candidates.empty()
-        query = np.asarray(cell.value, np.float32)
-        norm = float(np.linalg.norm(query))
         catalog = ctx.catalog
-        if norm == 0.0 or query.shape[0] != catalog.dim:
-            return Candidates.empty()
-        query /= norm
         if self._index is not None:
             if self.kind == "hnsw":
                 self._index.hnsw.efSearch = max(k, 64)
@@ -105,3 +101,16 @@ class AnnRetriever:
             sims = sim[found]
         # cosine similarity in [-1, 1] -> positive scores, as the merge expects
         return Candidates(found, ((sims + 1.0) / 2.0).astype(np.float32) + 1e-6)
+
+
+def centroid_query(ctx: RetrievalContext) -> npt.NDArray[np.float32] | None:
+    """The user's click centroid as a unit query vector, or None when there is none to ask
+    with (no clicks yet, a zero vector, or one of another dimension than the catalog's)."""
+    cell = ctx.user.get(PROFILE, {}).get("click_centroid")
+    if cell is None:
+        return None
+    query = np.asarray(cell.value, np.float32)
+    norm = float(np.linalg.norm(query))
+    if norm == 0.0 or query.shape[0] != ctx.catalog.dim:
+        return None
+    return query / norm

@@ -20,8 +20,8 @@ import numpy.typing as npt
 
 from tastemaker.catalog import Catalog, CatalogError
 from tastemaker.catalog.postgres import catalog_rows
-from tastemaker.features.layout import PROFILE
 from tastemaker.pgvector import PgVectorTable
+from tastemaker.retrieval.ann import centroid_query
 from tastemaker.retrieval.base import Candidates, RetrievalContext
 
 __all__ = ["PgVectorRetriever", "changed_rows"]
@@ -75,15 +75,11 @@ class PgVectorRetriever:
         self.catalog = catalog
 
     def retrieve(self, ctx: RetrievalContext, k: int) -> Candidates:
-        cell = ctx.user.get(PROFILE, {}).get("click_centroid")
-        if cell is None:
+        query = centroid_query(ctx)
+        if query is None:
             return Candidates.empty()
-        query = np.asarray(cell.value, np.float32)
-        norm = float(np.linalg.norm(query))
         catalog = ctx.catalog
-        if norm == 0.0 or query.shape[0] != catalog.dim:
-            return Candidates.empty()
-        ids, sims = self.table.search(query / norm, k)
+        ids, sims = self.table.search(query, k)
         rows = catalog.rows(ids)
         keep = rows >= 0
         keep[keep] = catalog.active[rows[keep]]
