@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["connect_wal"]
+__all__ = ["connect_wal", "immediate"]
 
 
 def connect_wal(
@@ -43,3 +44,18 @@ def connect_wal(
                 db.close()
                 raise
             time.sleep(0.05)
+
+
+@contextmanager
+def immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction (`BEGIN IMMEDIATE`), committed when the block ends. If anything
+    fails, it is rolled back only while still open: a failed COMMIT (a full disk) may have
+    ended it already, and a ROLLBACK then would raise and hide the real error."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise

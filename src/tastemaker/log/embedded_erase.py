@@ -23,6 +23,7 @@ import msgspec
 
 from tastemaker.events import Event, EventType
 from tastemaker.log.base import LogError, partition_of
+from tastemaker.sqlite import immediate
 
 __all__ = ["erase_users", "trim"]
 
@@ -89,14 +90,8 @@ def erase_users(
                 ]
             if not found:
                 return []
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(db):
                 erased = _rewrite(db, found, users)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
     except sqlite3.Error as exc:
         raise LogError(f"event log {path}: cannot erase users: {exc}") from exc
     return erased
@@ -147,18 +142,11 @@ def trim(
     cutoff = (time.time() if now is None else now) - (max_age_s or 0.0)
     deleted = 0
     try:
-        with closing(_connect(path, timeout_s)) as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for p in range(partitions):
-                    deleted += _trim_partition(
-                        db, p, _floor(db, p, groups), cutoff if max_age_s else None, max_records
-                    )
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+        with closing(_connect(path, timeout_s)) as db, immediate(db):
+            for p in range(partitions):
+                deleted += _trim_partition(
+                    db, p, _floor(db, p, groups), cutoff if max_age_s else None, max_records
+                )
     except sqlite3.Error as exc:
         raise LogError(f"event log {path}: cannot trim: {exc}") from exc
     return deleted
